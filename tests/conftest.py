@@ -1,0 +1,23 @@
+import pytest
+
+from zgdyn import Config, DataConfig, ModelConfig, RecordConfig, ScheduleConfig
+
+
+def small_config(epochs: int = 300, **changes) -> Config:
+    """A run that takes well under a second: p = 13, hidden (24, 24)."""
+    cfg = Config(data=DataConfig(p=13, train_frac=0.5), model=ModelConfig(hidden=(24, 24)),
+                 schedule=ScheduleConfig(epochs=epochs),
+                 record=RecordConfig(eval_every=10, ckpt_every=20, keyframe_every=100))
+    return cfg.replace(**changes) if changes else cfg
+
+
+@pytest.fixture
+def small():
+    return small_config
+
+
+def pytest_configure(config):
+    # the test models are tiny: one thread is fastest, and immune to another process
+    # holding the other core (OpenMP's spinning threads slow down 100x when oversubscribed)
+    import torch
+    torch.set_num_threads(1)

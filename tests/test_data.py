@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+
+from zgdyn.data import distribution_stats, make_split, stats_table, zipf_weights
+
+# REFERENCE.md, p = 97, 30% split: (s, ratio, ess, top-10% mass %, top-1 %, top-2 %), digits as shown
+TABLE = [
+    (0.0, "1", "2822", "9.99", "0.035", "0.035"),
+    (1.0, "2822", "44.2", "73.0", "11.7", "5.9"),
+    (1.5, "149912", "5.51", "96.8", "38.8", "13.7"),
+    (2.0, "7963684", "2.50", "99.8", "60.8", "15.2"),
+    (3.0, "2.25e10", "1.42", "100.0", "83.2", "10.4"),
+]
+
+
+def _matches(value: float, shown: str) -> bool:
+    """value rounded to the digits of `shown` equals it."""
+    if "e" in shown:
+        mant, exp = shown.split("e")
+        decimals = len(mant.split(".")[1]) if "." in mant else 0
+        return round(value / 10 ** int(exp), decimals) == float(mant)
+    decimals = len(shown.split(".")[1]) if "." in shown else 0
+    return round(value, decimals) == float(shown)
+
+
+@pytest.mark.parametrize("row", TABLE, ids=[f"s={r[0]}" for r in TABLE])
+def test_stats_match_reference_table(row):
+    s, ratio, ess, top10, top1, top2 = row
+    (r,) = stats_table(97, 0.3, [s])
+    assert r["n"] == 2822
+    assert _matches(r["ratio"], ratio)
+    assert _matches(r["ess"], ess)
+    assert _matches(100 * r["top10_mass"], top10)
+    assert _matches(100 * r["top1"], top1)
+    assert _matches(100 * r["top2"], top2)
+
+
+def test_matches_rejects_wrong_digits():
+    assert not _matches(44.26, "44.2")
+    assert not _matches(2.26e10, "2.25e10")
+
+
+def test_split_is_reference_shuffle_of_pair_list():
+    p = 17
+    pairs = np.array([(a, b) for a in range(p) for b in range(p)])
+    np.random.RandomState(42).shuffle(pairs)
+    split = make_split(p, 0.3, seed=42)
+    a, b, c = split.tokens(split.train_idx)
+    n = int(p * p * 0.3)
+    assert split.n_train == n and len(split.test_idx) == p * p - n
+    np.testing.assert_array_equal(a, pairs[:n, 0])
+    np.testing.assert_array_equal(b, pairs[:n, 1])
+    np.testing.assert_array_equal(c, (pairs[:n, 0] + pairs[:n, 1]) % p)
+    everything = np.sort(np.concatenate([split.train_idx, split.test_idx]))
+    np.testing.assert_array_equal(everything, np.arange(p * p))
+
+
+def test_weight_modes_follow_their_definitions():
+    split = make_split(11, 0.5, seed=3)
+    a, b, c = split.tokens(split.train_idx)
+    s = 1.3
+    w = zipf_weights(split, s, "rank")
+    np.testing.assert_allclose(w[0] / w[4], 5**s)
+    w = zipf_weights(split, s, "independent")
+    expect = ((a + 1.0) * (b + 1.0)) ** -s
+    np.testing.assert_allclose(w, expect / expect.sum())
+    w = zipf_weights(split, s, "output_freq")
+    expect = (c + 1.0) ** -s
+    np.testing.assert_allclose(w, expect / expect.sum())
+    for mode in ("rank", "independent", "output_freq"):
+        np.testing.assert_allclose(zipf_weights(split, 0.0, mode), 1 / split.n_train)
+        assert zipf_weights(split, 2.0, mode).sum() == pytest.approx(1.0)
+
+
+def test_distribution_stats_closed_form():
+    w = np.array([0.5, 0.25, 0.125, 0.125])
+    st = distribution_stats(w)
+    assert st["ratio"] == 4.0
+    assert st["ess"] == pytest.approx(1 / (0.25 + 0.0625 + 2 * 0.015625))
+    assert st["top1"] == 0.5 and st["top2"] == 0.25
+    assert st["top10_mass"] == 0.5  # n // 10 = 0 -> at least the heaviest one

@@ -1,0 +1,98 @@
+"""Z_p addition pairs, the seeded train/test split, Zipf weights and their statistics.
+
+Pure numpy; no torch, no files.
+
+    >>> split = make_split(97, 0.3, seed=42)          # 2,822 train / 6,587 test pairs
+    >>> w = zipf_weights(split, 1.5)                  # (2822,) sums to 1
+    >>> distribution_stats(w)["ess"]                  # 5.51...
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import WEIGHTINGS, ConfigError
+
+
+@dataclass(frozen=True)
+class Split:
+    """The task's pairs, split. Pair index i stands for (a, b) = (i // p, i % p)."""
+
+    p: int
+    train_idx: np.ndarray  # (n_train,) int64 pair indices, in shuffled (rank) order
+    test_idx: np.ndarray  # (n_test,) int64 pair indices, in shuffled order
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train_idx)
+
+    def tokens(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(a, b, (a + b) mod p) for pair indices idx."""
+        a, b = np.divmod(idx, self.p)
+        return a, b, (a + b) % self.p
+
+
+def make_split(p: int, train_frac: float, seed: int) -> Split:
+    """All p^2 pairs in a-major order, shuffled by RandomState(seed); the first
+    int(p*p*train_frac) are the training set (the reference's split, pair for pair)."""
+    order = np.arange(p * p, dtype=np.int64)
+    np.random.RandomState(seed).shuffle(order)
+    n_train = int(p * p * train_frac)
+    return Split(p=p, train_idx=order[:n_train], test_idx=order[n_train:])
+
+
+def _zipf(ranks: np.ndarray, s: float) -> np.ndarray:
+    """1 / rank^s for 1-based ranks, in float64."""
+    return np.power(ranks.astype(np.float64), -float(s))
+
+
+def zipf_weights(split: Split, s: float, mode: str = "rank") -> np.ndarray:
+    """Normalized training weights w (n_train,), sum 1.
+
+    rank:        w_k ∝ 1/k^s, k = 1-based position in the shuffled training list;
+    independent: w ∝ z(a) z(b), z(t) ∝ 1/(t+1)^s over token values;
+    output_freq: w ∝ z((a+b) mod p).
+    s = 0 is uniform in every mode.
+    """
+    if mode not in WEIGHTINGS:
+        raise ConfigError(f"weighting: must be {' | '.join(WEIGHTINGS)}, got {mode!r}")
+    if not (s >= 0):
+        raise ConfigError(f"zipf_s: must be a number >= 0, got {s!r}")
+    if mode == "rank":
+        w = _zipf(np.arange(1, split.n_train + 1), s)
+    else:
+        a, b, c = split.tokens(split.train_idx)
+        if mode == "independent":
+            w = _zipf(a + 1, s) * _zipf(b + 1, s)
+        else:
+            w = _zipf(c + 1, s)
+    return w / w.sum()
+
+
+def distribution_stats(w: np.ndarray) -> dict[str, float]:
+    """Statistics of normalized weights w (n,).
+
+    ratio = max/min; ess = 1/Σw²; top10_mass = mass of the n//10 heaviest;
+    top1, top2 = the largest and second-largest weight.
+    """
+    w = np.asarray(w, dtype=np.float64)
+    srt = np.sort(w)[::-1]
+    k = max(len(w) // 10, 1)
+    return {
+        "n": int(len(w)),
+        "ratio": float(srt[0] / srt[-1]),
+        "ess": float(1.0 / np.sum(w * w)),
+        "top10_mass": float(srt[:k].sum()),
+        "top1": float(srt[0]),
+        "top2": float(srt[1]) if len(w) > 1 else 0.0,
+    }
+
+
+def stats_table(p: int, train_frac: float, exponents: list[float], *, seed: int = 42,
+                mode: str = "rank") -> list[dict[str, float]]:
+    """One row of `distribution_stats` per Zipf exponent, with the exponent as "s"."""
+    split = make_split(p, train_frac, seed)
+    return [{"s": float(s), **distribution_stats(zipf_weights(split, s, mode))}
+            for s in exponents]
