@@ -1,0 +1,599 @@
+"""The HDF5 run format (v1): the only module that imports h5py.
+
+A run file holds the config, the split and weights, metrics, parameter checkpoints and
+keyframes (Adam state), laid out as the README's "Run files" section describes.
+
+Crash safety. The writer never modifies the file between commits: HDF5 writes go through
+`JournaledFile`, an in-memory page overlay. A commit (at every keyframe) first saves the
+original bytes of every page it will overwrite to ``RUN.h5-journal``, then writes the
+pages, truncates, fsyncs and deletes the journal. If the process dies mid-commit, the next
+open finds the journal and rolls the file back to the previous commit. So a run killed at
+any moment leaves a file that opens, holding everything up to its last keyframe.
+
+    >>> with open_run("data/runs/run.h5") as run:
+    ...     run.metrics["test_acc"], run.checkpoint_epochs, run.params_at(10_000)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import json
+import os
+import struct
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import __version__
+from .config import Config, ZgdynError, from_dict
+from .data import Split
+from .model import MLP, build_model, param_shapes
+from .train import METRICS, Callback, Snapshot, Trainer
+
+FORMAT = "zgdyn.run"
+FORMAT_VERSION = 1
+JOURNAL_SUFFIX = "-journal"
+_PAGE = 4096
+_JMAGIC, _JEND = b"ZGDYNJNL", b"JEND"
+
+
+class RunFileError(ZgdynError):
+    """A run file that is missing, locked, corrupt, or not a zgdyn run."""
+
+
+# -- rollback journal ----------------------------------------------------------------------
+
+
+def _journal_path(path: Path) -> Path:
+    return path.with_name(path.name + JOURNAL_SUFFIX)
+
+
+def _read_journal(jpath: Path) -> tuple[int, list[tuple[int, bytes]]] | None:
+    """(old size, [(offset, original bytes)]) if the journal is complete, else None."""
+    try:
+        blob = jpath.read_bytes()
+    except FileNotFoundError:
+        return None
+    if len(blob) < 28 or blob[:8] != _JMAGIC or blob[-4:] != _JEND:
+        return None
+    body, crc = blob[:-8], struct.unpack("<I", blob[-8:-4])[0]
+    if zlib.crc32(body) != crc:
+        return None
+    old_size, n = struct.unpack_from("<QQ", body, 8)
+    records, pos = [], 24
+    for _ in range(n):
+        off, length = struct.unpack_from("<QI", body, pos)
+        pos += 12
+        records.append((off, body[pos:pos + length]))
+        pos += length
+    return old_size, records
+
+
+def _rollback(fd: int, jpath: Path) -> bool:
+    """Undo an interrupted commit on `fd` (locked by the caller). Returns whether it did."""
+    if not jpath.exists():
+        return False
+    journal = _read_journal(jpath)
+    if journal is not None:  # complete journal: the file may be half-written, restore it
+        old_size, records = journal
+        for off, data in records:
+            os.pwrite(fd, data, off)
+        os.ftruncate(fd, old_size)
+        os.fsync(fd)
+    # an incomplete journal means the commit died before touching the file
+    jpath.unlink()
+    return True
+
+
+def _try_lock(fd: int, path: Path) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RunFileError(f"{path}: is being written by another process; "
+                           "wait for it to finish or stop it first") from None
+
+
+class JournaledFile:
+    """A file object for h5py's ``fileobj`` driver: writes stay in memory until `commit`.
+
+    Holds an exclusive flock on the file while open.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.jpath = _journal_path(self.path)
+        self.fd = os.open(self.path, os.O_RDWR)
+        try:
+            _try_lock(self.fd, self.path)
+            _rollback(self.fd, self.jpath)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.disk_size = os.fstat(self.fd).st_size
+        self.size = self.disk_size
+        self.pos = 0
+        self.pages: dict[int, bytearray] = {}
+
+    # file-object protocol used by h5py
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = offset if whence == 0 else self.pos + offset if whence == 1 else \
+            self.size + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def _page(self, i: int) -> bytearray:
+        page = self.pages.get(i)
+        if page is None:
+            page = bytearray(_PAGE)
+            if i * _PAGE < self.disk_size:
+                data = os.pread(self.fd, _PAGE, i * _PAGE)
+                page[:len(data)] = data
+            self.pages[i] = page
+        return page
+
+    def readinto(self, buf: Any) -> int:
+        out = memoryview(buf).cast("B")
+        n = max(0, min(len(out), self.size - self.pos))
+        done = 0
+        while done < n:
+            addr = self.pos + done
+            i, off = divmod(addr, _PAGE)
+            take = min(_PAGE - off, n - done)
+            page = self.pages.get(i)
+            if page is not None:
+                out[done:done + take] = page[off:off + take]
+            else:
+                data = os.pread(self.fd, take, addr) if addr < self.disk_size else b""
+                out[done:done + len(data)] = data
+                out[done + len(data):done + take] = bytes(take - len(data))
+            done += take
+        self.pos += n
+        return n
+
+    def read(self, n: int = -1) -> bytes:
+        n = max(0, self.size - self.pos) if n < 0 else n
+        buf = bytearray(n)
+        got = self.readinto(buf)
+        return bytes(buf[:got])
+
+    def write(self, data: Any) -> int:
+        src = memoryview(data).cast("B")
+        done = 0
+        while done < len(src):
+            i, off = divmod(self.pos + done, _PAGE)
+            take = min(_PAGE - off, len(src) - done)
+            self._page(i)[off:off + take] = src[done:done + take]
+            done += take
+        self.pos += done
+        self.size = max(self.size, self.pos)
+        return done
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self.pos if size is None else size
+        for i in [i for i in self.pages if i * _PAGE >= size]:
+            del self.pages[i]
+        i, off = divmod(size, _PAGE)
+        if off and i in self.pages:
+            self.pages[i][off:] = bytes(_PAGE - off)
+        self.size = size
+        return size
+
+    def flush(self) -> None:
+        """Nothing: data reaches the disk only in `commit`."""
+
+    def commit(self) -> None:
+        """Atomically make the file on disk equal to the in-memory view."""
+        if not self.pages and self.size == self.disk_size:
+            return
+        records = []
+        for i in sorted(self.pages):
+            if i * _PAGE < self.disk_size:
+                records.append((i * _PAGE, os.pread(self.fd, _PAGE, i * _PAGE)))
+        body = bytearray(_JMAGIC + struct.pack("<QQ", self.disk_size, len(records)))
+        for off, data in records:
+            body += struct.pack("<QI", off, len(data)) + data
+        body += struct.pack("<I", zlib.crc32(body)) + _JEND
+        jfd = os.open(self.jpath, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(jfd, body)
+            os.fsync(jfd)
+        finally:
+            os.close(jfd)
+        run_start, run = None, bytearray()
+        for i in sorted(self.pages):  # coalesce consecutive pages into one pwrite
+            if i * _PAGE >= self.size:
+                break
+            if run_start is not None and i * _PAGE == run_start + len(run):
+                run += self.pages[i]
+            else:
+                if run_start is not None:
+                    os.pwrite(self.fd, run, run_start)
+                run_start, run = i * _PAGE, bytearray(self.pages[i])
+        if run_start is not None:
+            os.pwrite(self.fd, run, run_start)
+        os.ftruncate(self.fd, self.size)
+        os.fsync(self.fd)
+        self.jpath.unlink()
+        self.pages.clear()
+        self.disk_size = self.size
+
+    def discard(self) -> None:
+        """Forget every write since the last commit."""
+        self.pages.clear()
+        self.size = self.disk_size
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def recover(path: str | Path, *, wait_s: float = 5.0) -> bool:
+    """Roll back an interrupted commit, if any. Returns whether there was one.
+
+    While a live writer holds the file, waits up to `wait_s` for its commit to finish.
+    """
+    path = Path(path)
+    jpath = _journal_path(path)
+    deadline = time.monotonic() + wait_s
+    while jpath.exists():
+        fd = os.open(path, os.O_RDWR if os.access(path, os.W_OK) else os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a writer is committing right now
+            os.close(fd)
+            if time.monotonic() > deadline:
+                raise RunFileError(f"{path}: a commit by another process did not finish "
+                                   f"within {wait_s:.0f} s") from None
+            time.sleep(0.05)
+            continue
+        try:
+            return _rollback(fd, jpath)
+        except OSError as e:
+            raise RunFileError(f"{path}: has an interrupted commit that needs write access "
+                               f"to roll back ({e.strerror})") from None
+        finally:
+            os.close(fd)
+    return False
+
+
+# -- writing ----------------------------------------------------------------------------------
+
+
+def _utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _ext_dataset(group: h5py.Group, name: str, shape: tuple[int, ...], dtype: Any, *,
+                 checksum: bool = False) -> None:
+    """An empty dataset that grows along axis 0, chunked one record (or 1024 scalars) a chunk."""
+    chunk = (1, *shape) if shape else (1024,)
+    group.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
+                         chunks=chunk, fletcher32=checksum)
+
+
+def _append(ds: h5py.Dataset, value: Any) -> None:
+    n = ds.shape[0]
+    ds.resize(n + 1, axis=0)
+    ds[n] = value
+
+
+def _create_skeleton(path: Path, config: Config, trainer: Trainer) -> None:
+    """Write a new run file with its config, split, weights and empty datasets, atomically."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    shapes = param_shapes(config.data.p, config.model.hidden)
+    np_dtype = np.float32 if config.model.dtype == "float32" else np.float64
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs.update({
+                "format": FORMAT, "format_version": FORMAT_VERSION,
+                "config": config.to_json(), "zgdyn_version": __version__,
+                "torch_version": str(torch.__version__), "created": _utc_now(),
+                "device": config.device, "threads": torch.get_num_threads(),
+                "status": "running", "epochs_done": -1, "switch_epoch": -1,
+                "n_params": int(sum(int(np.prod(s)) for s in shapes.values())),
+            })
+            f.create_dataset("split/train_idx", data=trainer.split.train_idx)
+            f.create_dataset("split/test_idx", data=trainer.split.test_idx)
+            for i, w in enumerate(trainer.phase_weights):
+                f.create_dataset(f"weights/phase{i}", data=w.numpy())
+                f["weights"].attrs[f"phase{i}_zipf_s"] = trainer.phase_s[i]
+            for name in METRICS:
+                _ext_dataset(f.require_group("metrics"), name, (),
+                             np.int64 if name in ("epoch", "phase") else np.float64)
+            ck = f.create_group("checkpoints")
+            _ext_dataset(ck, "epoch", (), np.int64)
+            kf = f.create_group("keyframes")
+            for name in ("epoch", "step", "phase", "switch_epoch"):
+                _ext_dataset(kf, name, (), np.int64)
+            for name, shape in shapes.items():
+                _ext_dataset(ck, name, shape, np_dtype, checksum=True)
+                for moment in ("exp_avg", "exp_avg_sq"):
+                    _ext_dataset(kf.require_group(moment), name, shape, np_dtype,
+                                 checksum=True)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+class RunWriter(Callback):
+    """Records a Trainer's events into a run file; commits at every keyframe.
+
+    Create with `RunWriter.create` (new file) or `RunWriter.resume` (existing file).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.jfile = JournaledFile(path)
+        try:
+            self.h5 = h5py.File(self.jfile, "r+")
+        except OSError as e:
+            self.jfile.close()
+            raise RunFileError(f"{path}: cannot be opened as a zgdyn run ({e})") from None
+        self._closed = False
+        _validate(self.h5, path)
+
+    @classmethod
+    def create(cls, path: str | Path, config: Config, trainer: Trainer, *,
+               force: bool = False) -> RunWriter:
+        path = Path(path)
+        if path.exists() and not force:
+            raise RunFileError(f"{path}: already exists; pass --resume to continue it or "
+                               "--force to replace it")
+        if path.exists():  # refuse to replace a file another process is writing
+            with open(path, "rb") as fh:
+                _try_lock(fh.fileno(), path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _create_skeleton(path, config, trainer)
+        jpath = _journal_path(path)
+        if jpath.exists():  # a stale journal of the replaced file
+            jpath.unlink()
+        return cls(path)
+
+    @classmethod
+    def resume(cls, path: str | Path) -> RunWriter:
+        path = Path(path)
+        if not path.exists():
+            raise RunFileError(f"{path}: no such run file to resume")
+        _check_hdf5(path)
+        return cls(path)
+
+    # state read back for resuming
+    @property
+    def config(self) -> Config:
+        return _config_of(self.h5, self.path)
+
+    def last_snapshot(self, device: str = "cpu") -> Snapshot | None:
+        return _snapshot(self.h5, -1, device) if len(self.h5["keyframes/epoch"]) else None
+
+    def set_config(self, config: Config) -> None:
+        self.h5.attrs["config"] = config.to_json()
+
+    # -- callback events ---------------------------------------------------------------
+
+    def on_start(self, trainer: Trainer) -> None:
+        self.h5.attrs["status"] = "running"
+
+    def on_eval(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        g = self.h5["metrics"]
+        for name in METRICS:
+            _append(g[name], metrics[name])
+
+    def on_switch(self, trainer: Trainer) -> None:
+        self.h5.attrs["switch_epoch"] = trainer.switch_epoch
+
+    def on_checkpoint(self, trainer: Trainer) -> None:
+        g = self.h5["checkpoints"]
+        if len(g["epoch"]) and g["epoch"][-1] == trainer.epoch:
+            return
+        _append(g["epoch"], trainer.epoch)
+        for name, value in trainer.params.items():
+            _append(g[name], value.detach().cpu().numpy())
+
+    def on_keyframe(self, trainer: Trainer) -> None:
+        g = self.h5["keyframes"]
+        snap = trainer.snapshot()
+        for name, value in (("epoch", snap.epoch), ("step", snap.step), ("phase", snap.phase),
+                            ("switch_epoch", snap.switch_epoch)):
+            _append(g[name], value)
+        for moment in ("exp_avg", "exp_avg_sq"):
+            for name, value in getattr(snap, moment).items():
+                _append(g[moment][name], value.cpu().numpy())
+        self.h5.attrs["epochs_done"] = trainer.epoch
+        self.commit()
+
+    def on_end(self, trainer: Trainer) -> None:
+        self.h5.attrs["status"] = "interrupted" if trainer.stopped_early else "complete"
+        self.commit()
+
+    def commit(self) -> None:
+        self.h5.flush()
+        self.jfile.commit()
+
+    def close(self, *, commit: bool = False) -> None:
+        """Close the file; without `commit`, everything since the last commit is dropped."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.h5.close()
+            if commit:
+                self.jfile.commit()
+        finally:
+            self.jfile.discard()
+            self.jfile.close()
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+def _check_hdf5(path: Path) -> None:
+    if not path.is_file():
+        raise RunFileError(f"{path}: no such run file")
+    if not h5py.is_hdf5(path):
+        raise RunFileError(f"{path}: not an HDF5 file, so not a zgdyn run")
+
+
+def _validate(f: h5py.File, path: Path) -> None:
+    if f.attrs.get("format") != FORMAT:
+        raise RunFileError(f"{path}: an HDF5 file but not a zgdyn run (no format={FORMAT!r} "
+                           "attribute)")
+    version = f.attrs.get("format_version")
+    if version != FORMAT_VERSION:
+        raise RunFileError(f"{path}: run format version {version}, this zgdyn reads version "
+                           f"{FORMAT_VERSION}")
+    for group in ("split", "metrics", "checkpoints", "keyframes"):
+        if group not in f:
+            raise RunFileError(f"{path}: damaged run file, group '{group}' is missing")
+
+
+def _config_of(f: h5py.File, path: Path) -> Config:
+    try:
+        return from_dict(json.loads(f.attrs["config"]))
+    except (KeyError, ValueError, TypeError) as e:
+        raise RunFileError(f"{path}: damaged run file, its config cannot be read ({e})") from None
+
+
+def _snapshot(f: h5py.File, row: int, device: str) -> Snapshot:
+    kf = f["keyframes"]
+    epoch = int(kf["epoch"][row])
+    ck_epochs = f["checkpoints/epoch"][:]
+    ck_row = int(np.flatnonzero(ck_epochs == epoch)[-1])
+    as_t = lambda ds, r: torch.from_numpy(np.asarray(ds[r])).to(device)
+    names = list(kf["exp_avg"].keys())
+    return Snapshot(
+        epoch=epoch,
+        params={n: as_t(f["checkpoints"][n], ck_row) for n in names},
+        exp_avg={n: as_t(kf["exp_avg"][n], row) for n in names},
+        exp_avg_sq={n: as_t(kf["exp_avg_sq"][n], row) for n in names},
+        step=int(kf["step"][row]), phase=int(kf["phase"][row]),
+        switch_epoch=int(kf["switch_epoch"][row]),
+    )
+
+
+class Run:
+    """A run file opened for reading. Use as a context manager, or call `close()`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        _check_hdf5(self.path)
+        recover(self.path)
+        try:
+            self.h5 = h5py.File(self.path, "r", locking=False)
+        except OSError as e:
+            raise RunFileError(f"{self.path}: cannot be opened ({e})") from None
+        try:
+            _validate(self.h5, self.path)
+            self.config = _config_of(self.h5, self.path)
+            self.metrics: dict[str, np.ndarray] = {k: self.h5["metrics"][k][:]
+                                                   for k in self.h5["metrics"]}
+            self.checkpoint_epochs: np.ndarray = self.h5["checkpoints/epoch"][:]
+            self.keyframe_epochs: np.ndarray = self.h5["keyframes/epoch"][:]
+        except BaseException:
+            self.h5.close()
+            raise
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.h5.close()
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return {k: (v.item() if isinstance(v, np.generic) else v)
+                for k, v in self.h5.attrs.items()}
+
+    @property
+    def split(self) -> Split:
+        return Split(p=self.config.data.p, train_idx=self.h5["split/train_idx"][:],
+                     test_idx=self.h5["split/test_idx"][:])
+
+    def _ckpt_row(self, epoch: int) -> int:
+        rows = np.flatnonzero(self.checkpoint_epochs == epoch)
+        if not len(rows):
+            near = self.checkpoint_epochs[np.argsort(np.abs(self.checkpoint_epochs - epoch))[:3]]
+            raise RunFileError(f"{self.path}: no checkpoint at epoch {epoch}; nearest: "
+                               f"{', '.join(str(int(e)) for e in sorted(near)) or 'none'}")
+        return int(rows[-1])
+
+    def params_at(self, epoch: int, *, device: str = "cpu") -> dict[str, Tensor]:
+        """Named parameters at checkpoint `epoch`."""
+        row = self._ckpt_row(epoch)
+        shapes = param_shapes(self.config.data.p, self.config.model.hidden)
+        try:
+            return {n: torch.from_numpy(self.h5["checkpoints"][n][row]).to(device)
+                    for n in shapes}
+        except OSError as e:
+            raise RunFileError(f"{self.path}: checkpoint at epoch {epoch} is corrupt ({e})") \
+                from None
+
+    def model_at(self, epoch: int, *, device: str = "cpu") -> MLP:
+        """The MLP with the parameters of checkpoint `epoch`."""
+        m = self.config.model
+        model = build_model(self.config.data.p, m.hidden, init=m.init, seed=0, dtype=m.dtype,
+                            device=device)
+        with torch.no_grad():
+            for name, t in model.named_parameters():
+                t.copy_(self.params_at(epoch, device=device)[name])
+        return model
+
+    def checkpoints(self, *, device: str = "cpu") -> Iterator[tuple[int, dict[str, Tensor]]]:
+        """(epoch, named parameters) for every checkpoint, in order."""
+        for e in self.checkpoint_epochs:
+            yield int(e), self.params_at(int(e), device=device)
+
+    def snapshot_at(self, epoch: int, *, device: str = "cpu") -> Snapshot:
+        """The full training state (parameters and Adam state) at keyframe `epoch`."""
+        rows = np.flatnonzero(self.keyframe_epochs == epoch)
+        if not len(rows):
+            raise RunFileError(f"{self.path}: no keyframe at epoch {epoch}; keyframes: "
+                               f"{', '.join(str(int(e)) for e in self.keyframe_epochs[-5:])}")
+        return _snapshot(self.h5, int(rows[-1]), device)
+
+    def summary(self) -> dict[str, Any]:
+        """What `zgdyn info` shows."""
+        m, a = self.metrics, self.attrs
+        test = m.get("test_acc", np.array([]))
+        above = np.flatnonzero(test >= 0.95)
+        last = {k: float(v[-1]) for k, v in m.items() if len(v)}
+        return {
+            "path": str(self.path),
+            "status": a["status"],
+            "format_version": a["format_version"],
+            "config": self.config.to_dict(),
+            "epochs_done": int(a["epochs_done"]),
+            "switch_epoch": None if a["switch_epoch"] < 0 else int(a["switch_epoch"]),
+            "n_params": int(a["n_params"]),
+            "n_evals": int(len(test)),
+            "n_checkpoints": int(len(self.checkpoint_epochs)),
+            "n_keyframes": int(len(self.keyframe_epochs)),
+            "first_epoch_test_acc_95": int(m["epoch"][above[0]]) if len(above) else None,
+            "frac_evals_test_acc_95": float(len(above) / len(test)) if len(test) else None,
+            "final": {k: last.get(k) for k in ("epoch", "train_loss", "train_acc", "test_loss",
+                                               "test_acc")},
+            "file_bytes": self.path.stat().st_size,
+            "created": a["created"], "zgdyn_version": a["zgdyn_version"],
+            "torch_version": a["torch_version"], "threads": int(a["threads"]),
+        }
+
+
+def open_run(path: str | Path) -> Run:
+    """Open a run file for reading (rolls back an interrupted commit first)."""
+    return Run(path)
