@@ -1,0 +1,139 @@
+import json
+
+import pytest
+
+from zgdyn.cli import main
+from zgdyn.store import open_run
+
+SMALL = ["--p", "13", "--train-frac", "0.5", "--hidden", "16", "16", "--eval-every", "10",
+         "--ckpt-every", "20", "--keyframe-every", "40", "--no-progress"]
+
+
+def run_cli(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_stats_json_reproduces_reference(capsys):
+    code, out, _ = run_cli(capsys, "stats", "--p", 97, "--train-frac", 0.3, "--zipf-s", 0, 1,
+                           1.5, 2, 3, "--json")
+    assert code == 0
+    rows = json.loads(out)["rows"]
+    assert [round(r["ess"], 2) for r in rows] == [2822.0, 44.17, 5.51, 2.5, 1.42]
+    assert round(rows[2]["ratio"]) == 149912
+    assert round(100 * rows[1]["top10_mass"], 1) == 73.0
+
+
+def test_stats_table_text(capsys):
+    code, out, _ = run_cli(capsys, "stats")
+    assert code == 0
+    assert "149,912" in out and "7,963,684" in out and "2.25e+10" in out
+    assert "44.2" in out and "5.51" in out and "96.8%" in out and "38.8%" in out
+
+
+def test_train_info_and_resume(tmp_path, capsys):
+    out_path = tmp_path / "r.h5"
+    code, out, _ = run_cli(capsys, "train", *SMALL, "--epochs", 60, "--zipf-s", 1.5,
+                           "--out", out_path, "--json")
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["epochs_done"] == 60 and summary["config"]["data"]["zipf_s"] == 1.5
+    code, out, _ = run_cli(capsys, "train", "--resume", "--out", out_path, "--epochs", 100,
+                           "--no-progress")
+    assert code == 0 and "epochs done    100 of 100" in out
+    code, out, _ = run_cli(capsys, "info", out_path)
+    assert code == 0 and "(a + b) mod 13" in out and "rank, s = 1.5" in out
+    code, out, _ = run_cli(capsys, "info", out_path, "--json")
+    assert json.loads(out)["n_checkpoints"] == 6
+
+
+def test_train_from_toml_with_flag_override(tmp_path, capsys):
+    toml = tmp_path / "c.toml"
+    toml.write_text('seed = 5\n[data]\np = 11\nzipf_s = 1.0\n[schedule]\nepochs = 30\n'
+                    '[model]\nhidden = [8]\n')
+    out_path = tmp_path / "r.h5"
+    code, _, _ = run_cli(capsys, "train", "--config", toml, "--zipf-s", 2.0, "--out", out_path,
+                         "--no-progress")
+    assert code == 0
+    with open_run(out_path) as run:
+        c = run.config
+    assert (c.seed, c.data.p, c.data.zipf_s, c.model.hidden, c.schedule.epochs) == \
+        (5, 11, 2.0, (8,), 30)
+
+
+def test_two_phase_flags(tmp_path, capsys):
+    out_path = tmp_path / "r.h5"
+    code, out, _ = run_cli(capsys, "train", *SMALL, "--epochs", 100, "--switch-s", 3,
+                           "--switch-at-epoch", 30, "--phase2-epochs", 20, "--out", out_path,
+                           "--json")
+    assert code == 0
+    s = json.loads(out)
+    assert s["switch_epoch"] == 30 and s["epochs_done"] == 50
+
+
+BAD = [
+    (["train", "--p", "1"], "p: must be an integer >= 2, got 1"),
+    (["train", "--train-frac", "1.5"], "train_frac: must be a number in (0, 1)"),
+    (["train", "--train-frac", "0"], "train_frac: must be a number in (0, 1)"),
+    (["train", "--zipf-s", "-1"], "zipf_s: must be a number >= 0"),
+    (["train", "--hidden", "0"], "hidden: must be one or more integers >= 1"),
+    (["train", "--weighting", "bogus"], "invalid choice: 'bogus'"),
+    (["train", "--init", "xavier"], "invalid choice: 'xavier'"),
+    (["train", "--dtype", "float16"], "invalid choice: 'float16'"),
+    (["train", "--device", "tpu"], "device: must be cpu | cuda | cuda:N"),
+    (["train", "--lr", "-1"], "lr: must be a number > 0"),
+    (["train", "--epochs", "0"], "epochs: must be an integer >= 1"),
+    (["train", "--p", "seven"], "invalid int value: 'seven'"),
+    (["train", "--ckpt-every", "30", "--keyframe-every", "100"], "keyframe_every: must be a multiple"),
+    (["train", "--switch-s", "1"], "switch_s: must be given with exactly one of"),
+    (["train", "--lr", "nan"], "lr: must be a number > 0"),
+    (["stats", "--p", "1"], "p: must be an integer >= 2"),
+    (["stats", "--zipf-s", "-2"], "zipf_s: must be a number >= 0"),
+    (["info", "missing.h5"], "no such run file"),
+    (["train", "--resume"], "--resume needs --out"),
+    (["nonsense"], "invalid choice: 'nonsense'"),
+]
+
+
+def _exit_code(args):
+    try:
+        return main(args)
+    except SystemExit as e:  # argparse's own errors
+        return e.code
+
+
+@pytest.mark.parametrize("args,message", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_one_line_exit_2_no_file(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    code = _exit_code(args)
+    _, err = capsys.readouterr()
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert message in err
+    assert list(tmp_path.iterdir()) == []  # nothing created, not even data/
+
+
+def test_bad_toml_and_unknown_field(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[data\np = 3")
+    code, _, err = run_cli(capsys, "train", "--config", bad)
+    assert code == 2 and "not valid TOML" in err and err.count("\n") == 1
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("[data]\nq = 3\n")
+    code, _, err = run_cli(capsys, "train", "--config", unknown)
+    assert code == 2 and "data.q: unknown field" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.toml", "unknown.toml"]
+
+
+def test_refuses_to_clobber_and_non_runs(tmp_path, capsys):
+    target = tmp_path / "r.h5"
+    target.write_bytes(b"someone's data")
+    code, _, err = run_cli(capsys, "train", *SMALL, "--epochs", 5, "--out", target)
+    assert code == 2 and "already exists" in err
+    assert target.read_bytes() == b"someone's data"
+    code, _, err = run_cli(capsys, "info", target)
+    assert code == 2 and "not an HDF5 file" in err
+    code, _, err = run_cli(capsys, "train", "--resume", "--out", target)
+    assert code == 2 and "not an HDF5 file" in err
+    assert target.read_bytes() == b"someone's data"

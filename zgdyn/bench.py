@@ -1,0 +1,173 @@
+"""`zgdyn bench`: training throughput against the plain PyTorch loop, side by side.
+
+Every figure is a ratio of medians measured in this one process, the variants alternating
+repeat by repeat, so machine noise hits all of them alike:
+
+- plain:  ``nn.Sequential`` on dense one-hots with ``torch.optim.AdamW`` and the same
+          weighted loss and evaluation interval (what a user would write);
+- zgdyn:  `Trainer` (gather first layer, fused backward, flat-buffer AdamW);
+- record: `Trainer` recording to an HDF5 run file with a checkpoint every 100 epochs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import Config, DataConfig, RecordConfig, ScheduleConfig
+from .data import make_split, zipf_weights
+from .model import param_shapes
+from .step import _mkldnn_linear_available, keep_heap_mapped
+from .train import Trainer
+
+BENCH_DIR = Path("data/bench")
+
+
+def _plain_loop(cfg: Config, epochs: int) -> float:
+    """Seconds for `epochs` epochs of the obvious PyTorch implementation."""
+    with torch.random.fork_rng(devices=[]):  # nn.Linear draws from the global generator
+        torch.manual_seed(cfg.seed)
+        return _plain_loop_body(cfg, epochs)
+
+
+def _plain_loop_body(cfg: Config, epochs: int) -> float:
+    d, o = cfg.data, cfg.optim
+    split = make_split(d.p, d.train_frac, cfg.seed)
+    grid = np.arange(d.p * d.p)
+    a, b, y = (torch.as_tensor(t) for t in split.tokens(grid))
+    x = torch.cat([nn.functional.one_hot(a, d.p), nn.functional.one_hot(b, d.p)], 1).float()
+    tr, te = torch.as_tensor(split.train_idx), torch.as_tensor(split.test_idx)
+    x_tr, y_tr = x[tr], y[tr]
+    w = torch.as_tensor(zipf_weights(split, d.zipf_s, d.weighting)).float()
+    dims = [2 * d.p, *cfg.model.hidden]
+    layers: list[nn.Module] = []
+    for d_in, d_out in zip(dims[:-1], dims[1:]):
+        layers += [nn.Linear(d_in, d_out), nn.ReLU()]
+    net = nn.Sequential(*layers, nn.Linear(dims[-1], d.p))
+    opt = torch.optim.AdamW(net.parameters(), lr=o.lr, weight_decay=o.weight_decay,
+                            betas=(o.beta1, o.beta2), eps=o.eps)
+    t0 = time.perf_counter()
+    for epoch in range(epochs + 1):
+        if epoch % cfg.record.eval_every == 0:
+            with torch.no_grad():
+                logits = net(x)
+                ce = nn.functional.cross_entropy(logits, y, reduction="none")
+                correct = (logits.argmax(1) == y).float()
+                _ = (ce[tr] * w).sum().item(), ce[te].mean().item(), correct[te].mean().item()
+        if epoch == epochs:
+            break
+        opt.zero_grad(set_to_none=True)
+        loss = (nn.functional.cross_entropy(net(x_tr), y_tr, reduction="none") * w).sum()
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - t0
+
+
+def _zgdyn_loop(cfg: Config, record_dir: str | None) -> float:
+    trainer = Trainer(cfg)
+    callbacks = []
+    if record_dir is not None:
+        from .store import RunWriter
+        path = Path(record_dir) / "bench.h5"
+        writer = RunWriter.create(path, cfg, trainer, force=True)
+        callbacks.append(writer)
+    t0 = time.perf_counter()
+    trainer.run(callbacks)
+    if record_dir is not None:
+        writer.close(commit=True)
+    return time.perf_counter() - t0
+
+
+def _gemm_gflops(n: int = 2048, iters: int = 10) -> dict[str, float]:
+    """The best large-GEMM rate this process reaches, via torch.mm and oneDNN's linear."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    fns = {"torch.mm": lambda: torch.mm(a, b)}
+    if _mkldnn_linear_available():
+        fns["onednn_linear"] = lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none",
+                                                                           [], "")
+    out = {}
+    for name, fn in fns.items():
+        fn()
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        out[name] = 2 * n**3 * iters / (time.perf_counter() - t0) / 1e9
+    return out
+
+
+def useful_flops_per_epoch(p: int, hidden: tuple[int, ...], n_train: int) -> float:
+    """Forward + backward matmul FLOPs of one full-batch epoch with a gather first layer."""
+    shapes = param_shapes(p, hidden)
+    dense = sum(2 * n_train * s[0] * s[1] for k, s in shapes.items()
+                if k.endswith(".weight") and not k.startswith("fc1."))
+    return 3.0 * dense
+
+
+def run_bench(*, epochs: int = 400, repeats: int = 5, p: int = 97) -> dict[str, Any]:
+    """Median seconds per epoch of each variant, and their ratios."""
+    keep_heap_mapped()  # applies to every variant alike
+    cfg = Config(data=DataConfig(p=p), schedule=ScheduleConfig(epochs=epochs),
+                 record=RecordConfig(eval_every=100, ckpt_every=100,
+                                     keyframe_every=100 * max(1, epochs // 100)))
+    times: dict[str, list[float]] = {"plain": [], "zgdyn": [], "zgdyn_record": []}
+    _plain_loop(cfg, 20), _zgdyn_loop(cfg.replace(epochs=20), None)  # warm-up
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeats):
+            times["plain"].append(_plain_loop(cfg, epochs))
+            times["zgdyn"].append(_zgdyn_loop(cfg, None))
+            times["zgdyn_record"].append(_zgdyn_loop(cfg, tmp))
+    ms = {k: 1e3 * statistics.median(v) / epochs for k, v in times.items()}
+    n_train = int(p * p * cfg.data.train_frac)
+    flops = useful_flops_per_epoch(p, cfg.model.hidden, n_train)
+    gemm = _gemm_gflops()
+    return {
+        "machine": {"cpu": platform.processor() or platform.machine(),
+                    "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "torch": str(torch.__version__)},
+        "setup": {"p": p, "hidden": list(cfg.model.hidden), "epochs": epochs,
+                  "repeats": repeats, "eval_every": 100, "ckpt_every": 100},
+        "ms_per_epoch": ms,
+        "epochs_per_s": {k: 1e3 / v for k, v in ms.items()},
+        "speedup_vs_plain": ms["plain"] / ms["zgdyn"],
+        "recording_overhead": ms["zgdyn_record"] / ms["zgdyn"] - 1.0,
+        "useful_gflop_per_epoch": flops / 1e9,
+        "achieved_gflops": flops / (ms["zgdyn"] * 1e-3) / 1e9,
+        "large_gemm_gflops": gemm,
+        "raw_seconds": times,
+    }
+
+
+def format_bench(r: dict[str, Any]) -> str:
+    ms, eps = r["ms_per_epoch"], r["epochs_per_s"]
+    s = r["setup"]
+    lines = [f"p = {s['p']}, hidden {s['hidden']}, {s['epochs']} epochs x {s['repeats']} "
+             f"alternating repeats, evaluation every {s['eval_every']}, "
+             f"{r['machine']['torch_threads']} threads",
+             f"{'variant':<34}{'ms/epoch':>10}{'epochs/s':>10}{'vs plain':>10}"]
+    names = {"plain": "plain PyTorch loop", "zgdyn": "zgdyn",
+             "zgdyn_record": "zgdyn + HDF5, checkpoint every 100"}
+    for k, label in names.items():
+        lines.append(f"{label:<34}{ms[k]:>10.3f}{eps[k]:>10.0f}{ms['plain'] / ms[k]:>9.2f}x")
+    gemm = max(r["large_gemm_gflops"].values())
+    lines += [f"recording overhead: {100 * r['recording_overhead']:+.1f}%",
+              f"achieved {r['achieved_gflops']:.0f} GFLOP/s of useful matmul work "
+              f"({r['useful_gflop_per_epoch']:.3f} GFLOP/epoch); best large GEMM here "
+              f"{gemm:.0f} GFLOP/s ({', '.join(f'{k} {v:.0f}' for k, v in r['large_gemm_gflops'].items())})"]
+    return "\n".join(lines)
+
+
+def save_bench(result: dict[str, Any], path: str | Path | None = None) -> Path:
+    path = Path(path) if path else BENCH_DIR / "bench.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    return path

@@ -1,0 +1,272 @@
+"""The `zgdyn` command line: parse, call one library function, print or save.
+
+    zgdyn train --zipf-s 1.5 --epochs 100000 --out data/runs/s1.5.h5
+    zgdyn train --config experiments/two_phase_s1.5.toml
+    zgdyn train --resume --out data/runs/s1.5.h5 [--epochs 200000]
+    zgdyn info data/runs/s1.5.h5 [--json]
+    zgdyn stats --p 97 --train-frac 0.3 --zipf-s 0 1 1.5 2 3 [--json]
+    zgdyn bench [--json]
+
+Bad input gets a one-line error on stderr and exit code 2; nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from .config import DTYPES, INITS, WEIGHTINGS, Config, ZgdynError, fields_by_section, \
+    flatten, from_flat, load_toml
+
+CHOICES = {"weighting": WEIGHTINGS, "init": INITS, "dtype": DTYPES}
+RUNS_DIR = Path("data/runs")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error message (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        raise SystemExit(2)
+
+
+def _fail(message: str) -> int:
+    sys.stderr.write(f"zgdyn: error: {message}\n")
+    return 2
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field, from the dataclasses; only flags given appear in args."""
+    for section, fields in fields_by_section().items():
+        group = parser.add_argument_group(f"[{section}]" if section else "run")
+        for f in fields:
+            kw: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": f"cfg_{f.name}",
+                                  "help": f"{f.metadata['help']} (default: {_default(f)})"}
+            typ = str(f.type)
+            if typ.startswith("tuple[int"):
+                kw.update(type=int, nargs="+", metavar="N")
+            elif typ.startswith("int"):
+                kw.update(type=int, metavar="N")
+            elif typ.startswith("float"):
+                kw.update(type=float, metavar="X")
+            else:
+                kw.update(choices=CHOICES.get(f.name), metavar=f.name.upper())
+            group.add_argument(_flag(f.name), **kw)
+    parser.add_argument("--wd", dest="cfg_weight_decay", type=float, metavar="X",
+                        default=argparse.SUPPRESS, help="alias of --weight-decay")
+
+
+def _default(f: Any) -> Any:
+    return f.default
+
+
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    return {k[4:]: (tuple(v) if isinstance(v, list) else v)
+            for k, v in vars(args).items() if k.startswith("cfg_")}
+
+
+def _default_out(cfg: Config) -> Path:
+    d, sch = cfg.data, cfg.schedule
+    name = f"p{d.p}-{d.weighting}-s{d.zipf_s:g}"
+    if sch.switch_s is not None:
+        name += f"-to-s{sch.switch_s:g}"
+    return RUNS_DIR / f"{name}-seed{cfg.seed}.h5"
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+# -- commands -----------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .runner import resume_run, train_run
+    from .store import open_run
+
+    if args.threads is not None:
+        import torch
+        torch.set_num_threads(args.threads)
+    given = _given(args)
+    if args.resume:
+        if args.out is None:
+            return _fail("--resume needs --out RUN.h5, the run to continue")
+        if args.config is not None:
+            return _fail("--resume takes the config stored in the run; drop --config")
+        if args.force:
+            return _fail("--resume and --force exclude each other")
+        resume_run(args.out, changes=given, progress=not args.no_progress)
+        out = args.out
+    else:
+        base = load_toml(args.config) if args.config else Config()
+        cfg = from_flat({**flatten(base), **given})
+        out = args.out or _default_out(cfg)
+        train_run(cfg, out, force=args.force, progress=not args.no_progress)
+    with open_run(out) as run:
+        summary = run.summary()
+    if args.json:
+        _print_json(summary)
+    else:
+        sys.stdout.write(_format_info(summary))
+    return 0
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def _format_info(s: dict[str, Any]) -> str:
+    c = s["config"]
+    d, m, o, sch = c["data"], c["model"], c["optim"], c["schedule"]
+    fin = s["final"]
+    lines = [
+        f"run            {s['path']}  ({s['status']}, format v{s['format_version']}, "
+        f"{s['file_bytes'] / 1e6:.1f} MB)",
+        f"task           (a + b) mod {d['p']}, train fraction {d['train_frac']}, seed {c['seed']}",
+        f"weighting      {d['weighting']}, s = {d['zipf_s']}"
+        + (f" -> s = {sch['switch_s']} at epoch {s['switch_epoch']}"
+           if s["switch_epoch"] is not None else
+           (f" -> s = {sch['switch_s']} (switch not reached)" if sch["switch_s"] is not None
+            else "")),
+        f"model          MLP 2p -> {' -> '.join(map(str, m['hidden']))} -> p, {s['n_params']:,} "
+        f"parameters, {m['init']} init, {m['dtype']}",
+        f"optimizer      AdamW lr {o['lr']:g}, weight decay {o['weight_decay']:g}, "
+        f"betas ({o['beta1']}, {o['beta2']}), eps {o['eps']:g}",
+        f"epochs done    {s['epochs_done']:,} of {sch['epochs']:,}"
+        + (f" (+{sch['phase2_epochs']:,} after the switch)" if sch["phase2_epochs"] else ""),
+        f"records        {s['n_evals']:,} evaluations, {s['n_checkpoints']:,} checkpoints, "
+        f"{s['n_keyframes']:,} keyframes",
+        f"first >= 95%   {s['first_epoch_test_acc_95'] if s['first_epoch_test_acc_95'] is not None else 'never'}"
+        + " (test accuracy, on the evaluation grid)",
+        f"time >= 95%    {_pct(s['frac_evals_test_acc_95'])} of evaluations",
+        f"final          epoch {int(fin['epoch']) if fin['epoch'] is not None else '-'}: "
+        f"train acc {_pct(fin['train_acc'])}, test acc {_pct(fin['test_acc'])}, "
+        f"train loss {fin['train_loss'] if fin['train_loss'] is None else format(fin['train_loss'], '.3g')}, "
+        f"test loss {fin['test_loss'] if fin['test_loss'] is None else format(fin['test_loss'], '.3g')}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .store import open_run
+
+    with open_run(args.run) as run:
+        summary = run.summary()
+    if args.json:
+        _print_json(summary)
+    else:
+        sys.stdout.write(_format_info(summary))
+    return 0
+
+
+def _fmt_ratio(x: float) -> str:
+    return f"{x:,.0f}" if x < 1e9 else f"{x:.3g}"
+
+
+def _fmt_sig(x: float) -> str:
+    return f"{x:,.0f}" if x >= 1000 else f"{x:.3g}" if x < 100 else f"{x:.1f}"
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from .config import DataConfig
+    from .data import stats_table
+
+    DataConfig(p=args.p, train_frac=args.train_frac, weighting=args.weighting)  # validates
+    for s in args.zipf_s:
+        DataConfig(zipf_s=s)  # validates
+    rows = stats_table(args.p, args.train_frac, args.zipf_s, seed=args.seed,
+                       mode=args.weighting)
+    if args.json:
+        _print_json({"p": args.p, "train_frac": args.train_frac, "weighting": args.weighting,
+                     "n_train": rows[0]["n"], "rows": rows})
+        return 0
+    head = f"{'s':>5}  {'max/min':>14}  {'ESS 1/Σw²':>10}  {'top-10% mass':>12}  " \
+           f"{'top-1':>8}  {'top-2':>8}"
+    out = [f"p = {args.p}, train fraction {args.train_frac}: {rows[0]['n']:,} training pairs, "
+           f"{args.weighting} weighting", head]
+    for r in rows:
+        out.append(f"{r['s']:>5g}  {_fmt_ratio(r['ratio']):>14}  {_fmt_sig(r['ess']):>10}  "
+                   f"{100 * r['top10_mass']:>11.3g}%  {100 * r['top1']:>7.3g}%  "
+                   f"{100 * r['top2']:>7.3g}%")
+    sys.stdout.write("\n".join(out) + "\n")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import format_bench, run_bench, save_bench
+
+    result = run_bench(epochs=args.epochs, repeats=args.repeats, p=args.p)
+    path = save_bench(result, args.out)
+    if args.json:
+        _print_json(result)
+    else:
+        sys.stdout.write(format_bench(result) + f"\nsaved {path}\n")
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="zgdyn", description="Dynamics of Zipfian grokking: train, record, "
+                     "analyze.")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"zgdyn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train a run and record it to HDF5",
+                       description="Train one run, recording metrics, checkpoints and "
+                       "keyframes to an HDF5 run file. Flags override --config.")
+    p.add_argument("--config", type=Path, metavar="FILE.toml", help="TOML config file")
+    p.add_argument("--out", type=Path, metavar="RUN.h5",
+                   help="run file (default: data/runs/<p>-<weighting>-<s>-seed<seed>.h5)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue --out from its last keyframe (may change --epochs, "
+                   "--phase2-epochs, --device)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("info", help="summarize a run file")
+    p.add_argument("run", type=Path, metavar="RUN.h5")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("stats", help="statistics of the Zipf weight distribution")
+    p.add_argument("--p", type=int, default=97)
+    p.add_argument("--train-frac", type=float, default=0.3)
+    p.add_argument("--zipf-s", type=float, nargs="+", default=[0.0, 1.0, 1.5, 2.0, 3.0])
+    p.add_argument("--weighting", choices=WEIGHTINGS, default="rank")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("bench", help="throughput against a plain PyTorch loop, side by side")
+    p.add_argument("--epochs", type=int, default=400, help="epochs per timed run")
+    p.add_argument("--repeats", type=int, default=5, help="alternating repeats per variant")
+    p.add_argument("--p", type=int, default=97)
+    p.add_argument("--out", type=Path, help="JSON file (default: data/bench/bench.json)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ZgdynError as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        sys.stderr.write("zgdyn: interrupted\n")
+        return 130
