@@ -41,7 +41,7 @@ def test_train_info_and_resume(tmp_path, capsys):
     assert summary["epochs_done"] == 60 and summary["config"]["data"]["zipf_s"] == 1.5
     code, out, _ = run_cli(capsys, "train", "--resume", "--out", out_path, "--epochs", 100,
                            "--no-progress")
-    assert code == 0 and "epochs done    100 of 100" in out
+    assert code == 0 and "complete:" in out and "100 epochs" in out
     code, out, _ = run_cli(capsys, "info", out_path)
     assert code == 0 and "(a + b) mod 13" in out and "rank, s = 1.5" in out
     code, out, _ = run_cli(capsys, "info", out_path, "--json")

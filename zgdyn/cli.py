@@ -114,7 +114,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(summary)
     else:
-        sys.stdout.write(_format_info(summary))
+        first = summary["first_epoch_test_acc_95"]
+        sys.stdout.write(
+            f"{summary['status']}: {out}, {summary['epochs_done']:,} epochs, first >= 95% test "
+            f"at {first if first is not None else 'never'}, final test acc "
+            f"{_pct(summary['final']['test_acc'])} (details: zgdyn info {out})\n")
     return 0
 
 

@@ -223,7 +223,7 @@ class ProgressBar(Callback):
     def on_start(self, trainer: Trainer) -> None:
         from tqdm.auto import tqdm
         self.bar = tqdm(total=trainer.end_epoch, initial=trainer.epoch, desc=self.desc,
-                        unit="epoch", dynamic_ncols=True, disable=self.disable)
+                        unit="epoch", disable=self.disable)
 
     def on_eval(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         if self.bar.total != trainer.end_epoch:
