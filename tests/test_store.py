@@ -34,6 +34,8 @@ def test_round_trip(tmp_path, small):
         for name in ("epoch", "train_loss", "test_acc", "zipf_s", "train_acc_weighted"):
             np.testing.assert_array_equal(run.metrics[name], keep.array(name))
         snap = run.snapshot_at(120)
+        order = list(tr.params)  # layer order, as nn.Linear names them
+        assert list(snap.params) == list(snap.exp_avg) == list(snap.exp_avg_sq) == order
         assert snap.step == 120 and torch.equal(snap.params["out.bias"], tr.params["out.bias"])
         live = tr.snapshot()
         for k in live.exp_avg_sq:

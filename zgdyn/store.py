@@ -206,6 +206,81 @@ class RunWriter(Callback):
             self.jfile.close()
 
 
+# -- analysis results -----------------------------------------------------------------------
+
+
+class AnalysisWriter:
+    """Writes one subgroup `analysis/<group>` of a run file; crash-safe, commits as it goes.
+
+    Holds the run's write lock, so it refuses a file that is training.
+    """
+
+    def __init__(self, path: str | Path, group: str) -> None:
+        self.path = Path(path)
+        _check_hdf5(self.path)
+        self.jfile = JournaledFile(self.path)
+        try:
+            self.h5 = h5py.File(self.jfile, "r+")
+            _validate(self.h5, self.path)
+        except BaseException as e:
+            self.jfile.close()
+            if isinstance(e, OSError):
+                raise RunFileError(f"{self.path}: cannot be opened ({e})") from None
+            raise
+        self.name = f"analysis/{group}"
+
+    def reader(self) -> Run:
+        """The run, read through this writer's handle (sees its uncommitted writes)."""
+        return Run(self.path, _h5=self.h5)
+
+    @property
+    def settings(self) -> dict[str, Any] | None:
+        g = self.h5.get(self.name)
+        return None if g is None else json.loads(g.attrs["settings"])
+
+    def done_epochs(self) -> np.ndarray:
+        g = self.h5.get(self.name)
+        return np.zeros(0, np.int64) if g is None or "epoch" not in g else g["epoch"][:]
+
+    def reset(self, settings: dict[str, Any]) -> None:
+        """Drop any earlier results of this group and start afresh with `settings`."""
+        if self.name in self.h5:
+            del self.h5[self.name]
+        self.h5.create_group(self.name).attrs["settings"] = json.dumps(settings)
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Append one record: {name: scalar or array}; datasets are created on first use."""
+        g = self.h5[self.name]
+        for name, value in row.items():
+            value = np.asarray(value)
+            if name not in g:
+                _ext_dataset(g, name, value.shape, value.dtype)
+            _append(g[name], value)
+
+    def put(self, name: str, value: Any) -> None:
+        """Replace dataset `name` (a path below the group) with `value`."""
+        full = f"{self.name}/{name}"
+        if full in self.h5:
+            del self.h5[full]
+        self.h5.create_dataset(full, data=np.asarray(value))
+
+    def put_attrs(self, attrs: dict[str, Any]) -> None:
+        self.h5[self.name].attrs.update({k: json.dumps(v) for k, v in attrs.items()})
+
+    def commit(self) -> None:
+        self.h5.flush()
+        self.jfile.commit()
+
+    def close(self, *, commit: bool = True) -> None:
+        try:
+            self.h5.close()
+            if commit:
+                self.jfile.commit()
+        finally:
+            self.jfile.discard()
+            self.jfile.close()
+
+
 # -- reading ----------------------------------------------------------------------------------
 
 
@@ -242,7 +317,8 @@ def _snapshot(f: h5py.File, row: int, device: str) -> Snapshot:
     ck_epochs = f["checkpoints/epoch"][:]
     ck_row = int(np.flatnonzero(ck_epochs == epoch)[-1])
     as_t = lambda ds, r: torch.from_numpy(np.asarray(ds[r])).to(device)
-    names = list(kf["exp_avg"].keys())
+    cfg = json.loads(f.attrs["config"])
+    names = list(param_shapes(cfg["data"]["p"], tuple(cfg["model"]["hidden"])))  # layer order
     return Snapshot(
         epoch=epoch,
         params={n: as_t(f["checkpoints"][n], ck_row) for n in names},
@@ -256,14 +332,17 @@ def _snapshot(f: h5py.File, row: int, device: str) -> Snapshot:
 class Run:
     """A run file opened for reading. Use as a context manager, or call `close()`."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, _h5: h5py.File | None = None) -> None:
         self.path = Path(path)
-        _check_hdf5(self.path)
-        recover(self.path)
-        try:
-            self.h5 = h5py.File(self.path, "r", locking=False)
-        except OSError as e:
-            raise RunFileError(f"{self.path}: cannot be opened ({e})") from None
+        self._owns = _h5 is None
+        if _h5 is None:
+            _check_hdf5(self.path)
+            recover(self.path)
+            try:
+                _h5 = h5py.File(self.path, "r", locking=False)
+            except OSError as e:
+                raise RunFileError(f"{self.path}: cannot be opened ({e})") from None
+        self.h5 = _h5
         try:
             _validate(self.h5, self.path)
             self.config = _config_of(self.h5, self.path)
@@ -272,7 +351,7 @@ class Run:
             self.checkpoint_epochs: np.ndarray = self.h5["checkpoints/epoch"][:]
             self.keyframe_epochs: np.ndarray = self.h5["keyframes/epoch"][:]
         except BaseException:
-            self.h5.close()
+            self.close()
             raise
 
     def __enter__(self) -> Run:
@@ -282,7 +361,8 @@ class Run:
         self.close()
 
     def close(self) -> None:
-        self.h5.close()
+        if self._owns:
+            self.h5.close()
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -335,6 +415,16 @@ class Run:
             raise RunFileError(f"{self.path}: no keyframe at epoch {epoch}; keyframes: "
                                f"{', '.join(str(int(e)) for e in self.keyframe_epochs[-5:])}")
         return _snapshot(self.h5, int(rows[-1]), device)
+
+    def analysis(self, group: str) -> dict[str, Any] | None:
+        """{dataset path: array} of `analysis/<group>`, plus its attributes under "attrs"."""
+        g = self.h5.get(f"analysis/{group}")
+        if g is None:
+            return None
+        out: dict[str, Any] = {"attrs": {k: json.loads(v) for k, v in g.attrs.items()}}
+        g.visititems(lambda name, obj: out.__setitem__(name, obj[()])
+                     if isinstance(obj, h5py.Dataset) else None)
+        return out
 
     def summary(self) -> dict[str, Any]:
         """What `zgdyn info` shows."""
