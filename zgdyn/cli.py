@@ -4,6 +4,7 @@
     zgdyn train --config experiments/two_phase_s1.5.toml
     zgdyn train --resume --out data/runs/s1.5.h5 [--epochs 200000]
     zgdyn info data/runs/s1.5.h5 [--json]
+    zgdyn analyze data/runs/s1.5.h5 [--key-freqs fixed|auto] [--ref-epoch E] [--json]
     zgdyn stats --p 97 --train-frac 0.3 --zipf-s 0 1 1.5 2 3 [--json]
     zgdyn bench [--json]
 
@@ -203,6 +204,42 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .analyze import analyze_run
+
+    s = analyze_run(args.run, key_freqs=args.key_freqs, ref_epoch=args.ref_epoch,
+                    top_k=args.top_k, force=args.force, progress=not args.no_progress)
+    if args.json:
+        _print_json(s)
+        return 0
+    fe, g = s["fourier_energy"], s["gamma_curve"]
+    key = (f"{s['n_key']} fixed from epoch {s['ref_epoch']}: {s['key']}"
+           if s["key"] is not None else f"chosen afresh at each checkpoint "
+           f"({s['n_key_auto_final']} at the last)")
+    m_star = "none (gamma stays on one side of lambda)" if g["m_star"] is None \
+        else f"{g['m_star']:.3g}"
+    gn = s["gamma_near_solution"]
+    near = "-" if gn["gamma_fd_mean"] is None else \
+        f"{gn['gamma_fd_mean']:.3g} ({'above' if gn['above_lambda'] else 'below'} lambda)"
+    gi = s["gamma_inst"]
+    lines = [
+        f"analyzed       {s['n_checkpoints']} checkpoints ({s['newly_analyzed']} new) -> "
+        f"{s['path']}:analysis/trajectory",
+        f"key freqs      {key}",
+        f"Fourier energy start {fe['start']:.3f}, peak {fe['peak']:.3f} (epoch "
+        f"{fe['peak_epoch']}), end {fe['end']:.3f}; all-diagonal fraction at the end "
+        f"{s['diagonal_fraction_end']:.3f}",
+        f"m_w (weights)  {s['m_w']['min']:.3g} .. {s['m_w']['max']:.3g}, end {s['m_w']['end']:.3g}",
+        f"m_f (logits)   {s['m_f']['min']:.3g} .. {s['m_f']['max']:.3g}, end {s['m_f']['end']:.3g}",
+        f"gamma(m)       lambda_eff = lr*wd = {s['lambda_eff']:.3g}/epoch; crossing m* = {m_star}; "
+        f"gamma_fd near the solution (energy >= 95% of peak, {gn['n']} checkpoints): {near}",
+        f"gamma_inst     {gi['n']} keyframes, median {gi['median'] if gi['median'] is None else format(gi['median'], '.3g')}/epoch, "
+        f"fraction above lambda {gi['frac_above_lambda'] if gi['frac_above_lambda'] is None else format(gi['frac_above_lambda'], '.2f')}",
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import format_bench, run_bench, save_bench
 
@@ -245,6 +282,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path, metavar="RUN.h5")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("analyze", help="Fourier measures, memorization m and gamma(m) over "
+                       "every checkpoint", description="Analyze every checkpoint of a run and "
+                       "write the results to its analysis/trajectory group (resumable).")
+    p.add_argument("run", type=Path, metavar="RUN.h5")
+    p.add_argument("--key-freqs", choices=("fixed", "auto"), default="fixed",
+                   help="fixed: from --ref-epoch (default: the best-test checkpoint); auto: "
+                   "chosen afresh at each checkpoint")
+    p.add_argument("--ref-epoch", type=int, metavar="E", help="checkpoint fixing the key freqs")
+    p.add_argument("--top-k", type=int, metavar="K",
+                   help="take the K strongest diagonal frequencies (the reference's K = 5) "
+                   "instead of the spectral gap")
+    p.add_argument("--force", action="store_true",
+                   help="recompute an analysis made with other settings")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("stats", help="statistics of the Zipf weight distribution")
     p.add_argument("--p", type=int, default=97)

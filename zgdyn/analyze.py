@@ -1,0 +1,184 @@
+"""`zgdyn analyze`: Fourier measures, both memorization amplitudes and γ(m) over a whole run.
+
+Reads the run's checkpoints, computes `fourier.checkpoint_measures` for each, then γ_fd
+along the trajectory, γ_inst at every keyframe, and the binned γ(m) curve; writes all of
+it to the run file's ``analysis/trajectory`` group. Resumable: checkpoints already
+analyzed with the same settings are skipped.
+
+    >>> summary = analyze_run("data/runs/s1.5.h5")                 # key freqs fixed
+    >>> summary = analyze_run(path, key_freqs="auto", top_k=5)     # afresh per checkpoint
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import ZgdynError
+from .fourier import all_logits, checkpoint_measures, detect_key_freqs, memorization_projector, \
+    spectrum
+from .growth import adamw_direction, gamma_curve, gamma_fd, gamma_inst
+from .step import FusedStep
+from .store import AnalysisWriter, Run
+
+GROUP = "trajectory"
+KEY_MODES = ("fixed", "auto")
+NEAR_SOLUTION = 0.95  # "near the Fourier solution": Fourier energy >= this x its peak
+
+
+def reference_epoch(run: Run) -> int:
+    """The checkpoint with the best test accuracy (the latest such), for fixing key freqs."""
+    ev, acc = run.metrics["epoch"], run.metrics["test_acc"]
+    ck = run.checkpoint_epochs
+    at = {int(e): a for e, a in zip(ev, acc)}
+    scored = [(at.get(int(e), -1.0), int(e)) for e in ck]
+    return max(scored)[1]
+
+
+def _phase_weights(run: Run, epoch: int) -> torch.Tensor:
+    """Weights of the loss that the step after `epoch` uses."""
+    switch = run.attrs["switch_epoch"]
+    phase = 1 if 0 <= switch <= epoch else 0
+    return torch.from_numpy(run.h5[f"weights/phase{phase}"][:])
+
+
+def _key_at(params: dict[str, torch.Tensor], p: int, top_k: int | None) -> list[int]:
+    return detect_key_freqs(spectrum(all_logits(params, p)).diagonal, top_k=top_k).freqs
+
+
+def _gamma_inst_at_keyframes(run: Run, key: list[int] | None, top_k: int | None,
+                             epochs: list[int]) -> tuple[list[int], list[float], list[float]]:
+    """(epochs, γ_inst, m_w) at each keyframe."""
+    cfg = run.config
+    p = cfg.data.p
+    split = run.split
+    a, b, _ = split.tokens(split.train_idx)
+    step = FusedStep(p, cfg.model.hidden, torch.as_tensor(a), torch.as_tensor(b),
+                     optim=cfg.optim, dtype=cfg.model.dtype)
+    out_e, out_g, out_m = [], [], []
+    for e in epochs:
+        snap = run.snapshot_at(e)
+        k = key if key is not None else _key_at(snap.params, p, top_k)
+        project = memorization_projector(p, k)
+        step.load_params(snap.params)
+        step.set_weights(_phase_weights(run, e))
+        step.loss_and_grad()
+        flat = lambda named: torch.cat([t.flatten() for t in named.values()])
+        views = lambda buf: step._views(buf)
+        u = adamw_direction(step.grad, flat(snap.exp_avg), flat(snap.exp_avg_sq), snap.step,
+                            cfg.optim)
+        u_m = flat(project(views(u)))
+        theta_m = flat(project(views(step.theta)))
+        out_e.append(e)
+        out_g.append(gamma_inst(u_m, theta_m, cfg.optim.lr))
+        out_m.append(float(theta_m.double().norm()))
+    return out_e, out_g, out_m
+
+
+def analyze_run(path: str, *, key_freqs: str = "fixed", ref_epoch: int | None = None,
+                top_k: int | None = None, force: bool = False, progress: bool = False,
+                commit_every: int = 50) -> dict[str, Any]:
+    """Analyze every checkpoint of a run (resumably) and return the summary.
+
+    key_freqs: "fixed" (from `ref_epoch`, default the best-test checkpoint) or "auto"
+    (afresh at each checkpoint). top_k: take the top_k diagonal frequencies instead of
+    the spectral gap.
+    """
+    if key_freqs not in KEY_MODES:
+        raise ZgdynError(f"key_freqs: must be {' | '.join(KEY_MODES)}, got {key_freqs!r}")
+    if top_k is not None and top_k < 1:
+        raise ZgdynError(f"top_k: must be an integer >= 1, got {top_k}")
+    writer = AnalysisWriter(path, GROUP)
+    try:
+        run = writer.reader()
+        summary = _analyze(writer, run, key_freqs, ref_epoch, top_k, force, progress,
+                           commit_every)
+    except BaseException:
+        writer.close(commit=False)
+        raise
+    writer.close(commit=True)
+    return summary
+
+
+def _analyze(writer: AnalysisWriter, run: Run, key_freqs: str, ref_epoch: int | None,
+             top_k: int | None, force: bool, progress: bool, commit_every: int) -> dict[str, Any]:
+    cfg = run.config
+    p = cfg.data.p
+    if not len(run.checkpoint_epochs):
+        raise ZgdynError(f"{run.path}: has no checkpoints to analyze")
+    key: list[int] | None = None
+    if key_freqs == "fixed":
+        if ref_epoch is None:
+            ref_epoch = reference_epoch(run)
+        key = _key_at(run.params_at(ref_epoch), p, top_k)
+    settings = {"key_freqs": key_freqs, "ref_epoch": ref_epoch, "top_k": top_k, "key": key}
+    if writer.settings != settings:
+        if writer.settings is not None and not force:
+            raise ZgdynError(f"{run.path}: analysis/{GROUP} was computed with other settings "
+                             f"({writer.settings}); pass --force to recompute it")
+        writer.reset(settings)
+    done = set(int(e) for e in writer.done_epochs())
+    todo = [int(e) for e in run.checkpoint_epochs if int(e) not in done]
+    train_idx = torch.from_numpy(run.split.train_idx)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(run.checkpoint_epochs), initial=len(done), unit="ckpt",
+                   desc="analyze", disable=None)
+    for i, e in enumerate(todo):
+        params = run.params_at(e)
+        k = key if key is not None else _key_at(params, p, top_k)
+        row, diag = checkpoint_measures(params, p, k, train_idx, _phase_weights(run, e))
+        writer.append({"epoch": e, **row, "n_key": len(k), "spectrum": diag.numpy()})
+        if (i + 1) % commit_every == 0:
+            writer.commit()
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+
+    res = writer.reader().analysis(GROUP)
+    order = np.argsort(res["epoch"])
+    epochs = res["epoch"][order]
+    lam = cfg.optim.lr * cfg.optim.weight_decay
+    g_w = gamma_fd(epochs, res["m_w"][order], lam)
+    g_f = gamma_fd(epochs, res["m_f"][order], lam)
+    writer.put("gamma_fd/epoch", epochs)
+    writer.put("gamma_fd/m_w", g_w)
+    writer.put("gamma_fd/m_f", g_f)
+    kf_e, kf_g, kf_m = _gamma_inst_at_keyframes(run, key, top_k,
+                                                [int(e) for e in run.keyframe_epochs])
+    writer.put("gamma_inst/epoch", np.array(kf_e, np.int64))
+    writer.put("gamma_inst/gamma", np.array(kf_g))
+    writer.put("gamma_inst/m_w", np.array(kf_m))
+    curve = gamma_curve(res["m_w"][order], g_w, lam)
+    for name in ("m_center", "gamma", "lo", "hi", "count"):
+        writer.put(f"gamma_curve/{name}", getattr(curve, name))
+    fe = res["fourier_energy"][order]
+    near = fe >= NEAR_SOLUTION * fe.max()  # checkpoints near the best Fourier solution
+    g_near = float(np.nanmean(g_w[near])) if near.any() else None
+    summary = {
+        "path": str(run.path),
+        "key_freqs": key_freqs, "ref_epoch": ref_epoch, "top_k": top_k,
+        "key": key, "n_key": len(key) if key is not None else None,
+        "n_key_auto_final": int(res["n_key_auto"][order][-1]),
+        "n_checkpoints": int(len(epochs)), "newly_analyzed": len(todo),
+        "fourier_energy": {"start": float(fe[0]), "peak": float(fe.max()),
+                           "peak_epoch": int(epochs[int(fe.argmax())]), "end": float(fe[-1])},
+        "diagonal_fraction_end": float(res["diagonal_fraction"][order][-1]),
+        "m_w": {"min": float(res["m_w"].min()), "max": float(res["m_w"].max()),
+                "end": float(res["m_w"][order][-1])},
+        "m_f": {"min": float(res["m_f"].min()), "max": float(res["m_f"].max()),
+                "end": float(res["m_f"][order][-1])},
+        "lambda_eff": lam,
+        "gamma_curve": {"m_star": curve.m_star, "bins": int(len(curve.m_center))},
+        "gamma_near_solution": {"gamma_fd_mean": g_near, "n": int(near.sum()),
+                                "above_lambda": None if g_near is None else g_near > lam},
+        "gamma_inst": {"n": len(kf_g), "median": float(np.median(kf_g)) if kf_g else None,
+                       "frac_above_lambda": float(np.mean(np.array(kf_g) > lam)) if kf_g
+                       else None},
+    }
+    writer.put_attrs({"summary": summary})
+    return summary
