@@ -298,3 +298,18 @@ def test_float32_operator_runs_in_float32(prob):
     torch.testing.assert_close(out.double(), H @ v, rtol=1e-4, atol=1e-4 * H.abs().max().item())
     res = extreme_eigs(hvp32, theta32.numel(), k=2, which="top", tol=1e-4, seed=0)
     torch.testing.assert_close(res.eigenvalues, prob["evals"][-2:].flip(0), rtol=1e-4, atol=0)
+
+
+def test_lanczos_extremes_match_a_known_spectrum():
+    from zgdyn.hessian import lanczos_extremes
+    rng = np.random.default_rng(0)
+    n = 300
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    spec = np.r_[-3.0, -1.0, np.linspace(0, 1, n - 4), 5.0, 40.0]
+    a = torch.from_numpy(q @ np.diag(spec) @ q.T)
+    res = lanczos_extremes(lambda v: a @ v.double(), n, steps=80, k=2, tol=1e-8)
+    np.testing.assert_allclose(res.eigenvalues.numpy(), [40.0, 5.0, -1.0, -3.0], rtol=1e-8)
+    assert res.converged and float(res.residuals.max()) < 1e-6
+    assert res.n_hvp == 80 + 4
+    short = lanczos_extremes(lambda v: a @ v.double(), n, steps=5, k=1, tol=1e-8)
+    assert not short.converged  # five steps cannot resolve the bottom of this spectrum

@@ -6,6 +6,10 @@
     zgdyn info data/runs/s1.5.h5 [--json]
     zgdyn analyze data/runs/s1.5.h5 [--key-freqs fixed|auto] [--ref-epoch E] [--json]
     zgdyn stats --p 97 --train-frac 0.3 --zipf-s 0 1 1.5 2 3 [--json]
+    zgdyn plot data/runs/s1.5.h5 --kind dynamics|memorization|gamma|spectrum --out fig.png
+    zgdyn replay data/runs/s1.5.h5 --from 56500 --to 57100 --every 5 --out window.h5
+    zgdyn hessian data/runs/s0.h5 [--epoch E] [--zipf-s 1.5] [--k 10] [--preconditioned]
+    zgdyn saddle data/runs/s0.h5 [--epoch E] [--zipf-s 0 1 1.5 2 3] [--json]
     zgdyn bench [--json]
 
 Bad input gets a one-line error on stderr and exit code 2; nothing is written.
@@ -240,6 +244,103 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .plots import run_figure, save
+
+    outs = [args.out] + ([args.out.with_suffix(".pdf")] if args.out.suffix == ".png" else [])
+    if args.out.suffix not in (".png", ".pdf", ".svg"):
+        raise ZgdynError(f"--out: must end in .png, .pdf or .svg, got {args.out.name!r}")
+    existing = [str(o) for o in outs if o.exists()]
+    if existing and not args.force:
+        raise ZgdynError(f"{', '.join(existing)}: already exists; pass --force to replace it")
+    fig = run_figure(str(args.run), args.kind, epoch_from=args.epoch_from,
+                     epoch_to=args.epoch_to, epochs=args.epochs)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for o in outs:
+        save(fig, str(o))
+    sys.stdout.write(f"wrote {', '.join(str(o) for o in outs)}\n")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .runner import replay_run
+    from .store import open_run
+
+    replay_run(args.run, args.out, epoch_from=args.epoch_from, epoch_to=args.epoch_to,
+               every=args.every, force=args.force, progress=not args.no_progress)
+    with open_run(args.out) as run:
+        s = run.summary()
+    if args.json:
+        _print_json(s)
+    else:
+        sys.stdout.write(f"wrote {args.out}: epochs {int(run.checkpoint_epochs[0])}.."
+                         f"{s['epochs_done']} every {args.every} ({s['n_checkpoints']} "
+                         "checkpoints)\n")
+    return 0
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
+
+
+def cmd_hessian(args: argparse.Namespace) -> int:
+    from .stability import hessian_at
+
+    r = hessian_at(str(args.run), epoch=args.epoch, zipf_s=args.zipf_s, k=args.k,
+                   which=args.which, preconditioned=args.preconditioned, dtype=args.dtype,
+                   coupled_wd=args.coupled_wd)
+    if args.json:
+        _print_json(r)
+        return 0
+    kind = "D^-1/2 H D^-1/2 (Adam-preconditioned)" if r["preconditioned"] else "H"
+    lines = [f"{kind} of L_s, s = {r['zipf_s']:g}, at epoch {r['epoch']} ({r['dtype']}; "
+             f"{r['n_hvp']} HVPs, converged: {r['converged']})",
+             f"{'#':>3} {'eigenvalue':>12} {'residual':>10} {'overlap θ_M':>12} "
+             f"{'max |cos| heavy-pair grads':>27}"
+             + (f" {'growth/epoch':>13}" if r["preconditioned"] else "")]
+    for i, lam in enumerate(r["eigenvalues"]):
+        cos = max(abs(c) for c in r["cos_heavy_pair_grads"][i])
+        row = (f"{i + 1:>3} {_fmt(lam):>12} {_fmt(r['residuals'][i]):>10} "
+               f"{r['overlap_theta_m'][i]:>12.3f} {cos:>27.3f}")
+        if r["preconditioned"]:
+            row += f" {_fmt(r['growth_rates'][i]):>13}"
+        lines.append(row)
+    if r["preconditioned"]:
+        lines.append(f"Adam stability threshold 38/lr = {r['adam_threshold']:.4g}; "
+                     f"decay lr*wd = {r['lr_wd']:g}/epoch")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def format_saddle(r: dict[str, Any]) -> str:
+    lines = [f"saddle test at epoch {r['epoch']} ({r['dtype']}, {r['n_key']} key frequencies); "
+             f"decay rate lr*wd = {r['lr_wd']:g}/epoch, Adam threshold {r['adam_threshold']:.4g}",
+             f"{'s':>4} {'|grad L_s|':>11} {'λ_min':>10} {'λ_max':>10} {'pre λ_min':>10} "
+             f"{'pre λ_max':>10} {'overlap θ_M':>11} {'growth/epoch':>12}"]
+    for row in r["rows"]:
+        lines.append(f"{row['zipf_s']:>4g} {_fmt(row['grad_norm']):>11} "
+                     f"{_fmt(row['lambda_min']):>10} {_fmt(row['lambda_max']):>10} "
+                     f"{_fmt(row['pre_lambda_min']):>10} {_fmt(row['pre_lambda_max']):>10} "
+                     f"{row['overlap_theta_m']:>11.3f} {_fmt(row['growth_rate']):>12}"
+                     + ("" if row["converged"] else "  (not converged)"))
+    lines.append("growth = -lr*(pre λ_min) - lr*wd: > 0 means the linearized AdamW update leaves "
+                 "the point along that direction; monotone in s: "
+                 f"{'yes' if r['monotone_growth'] else 'no'}")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_saddle(args: argparse.Namespace) -> int:
+    from .stability import saddle_table
+
+    r = saddle_table(str(args.run), epoch=args.epoch, exponents=tuple(args.zipf_s),
+                     dtype=args.dtype)
+    if args.json:
+        _print_json(r)
+    else:
+        sys.stdout.write(format_saddle(r))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import format_bench, run_bench, save_bench
 
@@ -299,6 +400,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("replay", help="recompute a stretch of a run at any resolution, "
+                       "bitwise", description="Restart from the keyframe at or before --from "
+                       "and write epochs --from..--to every --every epochs to a new run file.")
+    p.add_argument("run", type=Path, metavar="RUN.h5")
+    p.add_argument("--from", dest="epoch_from", type=int, required=True, metavar="E1")
+    p.add_argument("--to", dest="epoch_to", type=int, required=True, metavar="E2")
+    p.add_argument("--every", type=int, default=1, metavar="N")
+    p.add_argument("--out", type=Path, required=True, metavar="WINDOW.h5")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("hessian", help="extreme Hessian eigenpairs of L_s at a checkpoint")
+    p.add_argument("run", type=Path, metavar="RUN.h5")
+    p.add_argument("--epoch", type=int, metavar="E", help="checkpoint (default: the last)")
+    p.add_argument("--zipf-s", type=float, metavar="S",
+                   help="exponent of the loss (default: the run's, after any switch)")
+    p.add_argument("--k", type=int, default=10, help="eigenpairs at each end (default 10)")
+    p.add_argument("--which", choices=("top", "bottom", "both"), default="both")
+    p.add_argument("--preconditioned", action="store_true",
+                   help="spectrum of D^-1/2 H D^-1/2 with Adam's D (needs a keyframe epoch)")
+    p.add_argument("--coupled-wd", type=float, default=0.0, metavar="WD",
+                   help="add (WD/2)|θ|² to the loss: the coupled view of weight decay")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_hessian)
+
+    p = sub.add_parser("saddle", help="the saddle-point test: curvature of L_s for several s "
+                       "at one keyframe")
+    p.add_argument("run", type=Path, metavar="RUN.h5")
+    p.add_argument("--epoch", type=int, metavar="E", help="keyframe (default: the last)")
+    p.add_argument("--zipf-s", type=float, nargs="+", default=[0.0, 1.0, 1.5, 2.0, 3.0])
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_saddle)
+
+    from .plots import KINDS
+    p = sub.add_parser("plot", help="draw a figure of a run (PNG + PDF)")
+    p.add_argument("run", type=Path, metavar="RUN.h5")
+    p.add_argument("--kind", choices=KINDS, default="dynamics")
+    p.add_argument("--out", type=Path, required=True, metavar="FIG.png",
+                   help="figure file; a .png also gets a .pdf beside it")
+    p.add_argument("--from", dest="epoch_from", type=float, metavar="E", help="first epoch")
+    p.add_argument("--to", dest="epoch_to", type=float, metavar="E", help="last epoch")
+    p.add_argument("--epochs", type=int, nargs="+", metavar="E",
+                   help="checkpoints to compare (spectrum; default: first, peak, last)")
+    p.add_argument("--force", action="store_true", help="replace existing figure files")
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("stats", help="statistics of the Zipf weight distribution")
     p.add_argument("--p", type=int, default=97)

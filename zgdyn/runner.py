@@ -94,4 +94,48 @@ def resume_run(path: str | Path, *, changes: dict[str, Any] | None = None,
     return _drive(trainer, writer, list(callbacks), progress)
 
 
-__all__ = ["train_run", "resume_run", "RunFileError", "RESUMABLE_CHANGES"]
+def replay_run(path: str | Path, out: str | Path, *, epoch_from: int, epoch_to: int,
+               every: int = 1, force: bool = False, progress: bool = False) -> Trainer:
+    """Recompute epochs [epoch_from, epoch_to] of a run at resolution `every` into a new file.
+
+    Restarts from the last keyframe at or before epoch_from; the trajectory is bitwise the
+    original's on the same device and thread count. The window file is an ordinary run file
+    whose first record is that keyframe.
+    """
+    from .store import open_run
+
+    if not 0 <= epoch_from < epoch_to:
+        raise ConfigError(f"--from/--to: need 0 <= from < to, got {epoch_from}, {epoch_to}")
+    if every < 1:
+        raise ConfigError(f"every: must be an integer >= 1, got {every}")
+    with open_run(path) as run:
+        cfg, done = run.config, int(run.attrs["epochs_done"])
+        starts = run.keyframe_epochs[run.keyframe_epochs <= epoch_from]
+        if not len(starts):
+            raise RunFileError(f"{path}: no keyframe at or before epoch {epoch_from} to replay "
+                               "from")
+        if epoch_to > done:
+            raise RunFileError(f"{path}: epoch {epoch_to} is past the last keyframe ({done}); "
+                               "no recorded state reproduces it")
+        snap = run.snapshot_at(int(starts[-1]))
+        switch = int(run.attrs["switch_epoch"])
+    changes: dict[str, Any] = {"eval_every": every, "ckpt_every": every,
+                               "keyframe_every": every * max(1, -(-(epoch_to - snap.epoch) // every))}
+    sch = cfg.schedule
+    if sch.switch_s is None or (snap.phase == 0 and not 0 <= switch <= epoch_to):
+        changes.update(switch_s=None, switch_at_test_acc=None, switch_at_epoch=None,
+                       phase2_epochs=None, epochs=epoch_to)
+    elif snap.phase == 1:
+        changes.update(phase2_epochs=epoch_to - switch)
+    else:  # the switch falls inside the window: pin it to the epoch it happened at
+        changes.update(switch_at_test_acc=None, switch_at_epoch=switch,
+                       phase2_epochs=epoch_to - switch, epochs=max(sch.epochs, switch))
+    window = cfg.replace(**changes)
+    trainer = Trainer(window, snap)
+    writer = RunWriter.create(out, window, trainer, force=force)
+    writer.on_eval(trainer, trainer.evaluate())  # the starting keyframe is the first record
+    writer.on_checkpoint(trainer)
+    return _drive(trainer, writer, [], progress)
+
+
+__all__ = ["train_run", "resume_run", "replay_run", "RunFileError", "RESUMABLE_CHANGES"]

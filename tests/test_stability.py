@@ -1,0 +1,91 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from zgdyn.cli import main
+from zgdyn.hessian import dense_hessian, flatten_params
+from zgdyn.runner import train_run
+from zgdyn.stability import hessian_at, load_point, saddle_table
+from zgdyn.store import open_run
+
+
+@pytest.fixture(scope="module")
+def grokked(tmp_path_factory):
+    """A small s = 0 run; its last keyframe has Adam state."""
+    from conftest import small_config
+    path = tmp_path_factory.mktemp("stab") / "r.h5"
+    cfg = small_config(epochs=400).replace(p=7, hidden=(6,), train_frac=0.6)
+    train_run(cfg, path)
+    return path
+
+
+def _dense(point, s, coupled_wd=0.0):
+    return dense_hessian(point.loss(s, coupled_wd), point.theta)
+
+
+def test_hessian_at_matches_dense_and_is_stored(grokked):
+    point = load_point(str(grokked))
+    h = _dense(point, 1.5)
+    evals = torch.linalg.eigvalsh(h)
+    r = hessian_at(str(grokked), zipf_s=1.5, k=3, which="both")
+    np.testing.assert_allclose(r["eigenvalues"][:3], evals.flip(0)[:3].numpy(), rtol=1e-6,
+                               atol=1e-9)
+    np.testing.assert_allclose(r["eigenvalues"][3:], evals.flip(0)[-3:].numpy(), rtol=1e-6,
+                               atol=1e-9)
+    assert r["converged"] and max(r["residuals"]) < 1e-6
+    assert all(0 <= o <= 1 for o in r["overlap_theta_m"])
+    with open_run(grokked) as run:
+        stored = run.analysis("hessian/epoch400_s1.5_both_k3_float64")
+        np.testing.assert_allclose(stored["eigenvalues"], r["eigenvalues"])
+        assert stored["eigenvectors"].shape == (point.theta.numel(), 6)
+
+
+def test_preconditioned_matches_dense(grokked):
+    point = load_point(str(grokked))
+    o = point.config.optim
+    d = point.v.sqrt() / np.sqrt(1 - o.beta2 ** point.step) + o.eps
+    s = d.rsqrt()
+    m = s[:, None] * _dense(point, 2.0) * s[None, :]
+    evals = torch.linalg.eigvalsh(m)
+    r = hessian_at(str(grokked), zipf_s=2.0, k=2, which="both", preconditioned=True,
+                   store=False)
+    np.testing.assert_allclose([r["eigenvalues"][0], r["eigenvalues"][-1]],
+                               [float(evals[-1]), float(evals[0])], rtol=1e-5)
+    expected = -o.lr * np.array(r["eigenvalues"]) - o.lr * o.weight_decay
+    np.testing.assert_allclose(r["growth_rates"], expected)
+    assert r["adam_threshold"] == pytest.approx(38 / o.lr)
+
+
+def test_coupled_view_shifts_by_wd(grokked):
+    a = hessian_at(str(grokked), zipf_s=1.0, k=1, which="top", store=False)
+    b = hessian_at(str(grokked), zipf_s=1.0, k=1, which="top", coupled_wd=0.5, store=False)
+    assert b["eigenvalues"][0] == pytest.approx(a["eigenvalues"][0] + 0.5, rel=1e-6)
+
+
+def test_saddle_table_rows_agree_with_dense(grokked, capsys):
+    r = saddle_table(str(grokked), exponents=(0.0, 2.0), tol=1e-8)
+    point = load_point(str(grokked))
+    for row in r["rows"]:
+        evals = torch.linalg.eigvalsh(_dense(point, row["zipf_s"]))
+        assert row["lambda_min"] == pytest.approx(float(evals[0]), rel=1e-5, abs=1e-9)
+        assert row["lambda_max"] == pytest.approx(float(evals[-1]), rel=1e-5)
+        g = torch.func.grad(point.loss(row["zipf_s"]))(point.theta)
+        assert row["grad_norm"] == pytest.approx(float(g.norm()), rel=1e-9)
+        assert row["growth_rate"] == pytest.approx(-1e-3 * row["pre_lambda_min"] - 1e-3)
+    assert main(["saddle", str(grokked), "--zipf-s", "0", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [row["zipf_s"] for row in out["rows"]] == [0.0, 1.0]
+    assert main(["saddle", str(grokked), "--epoch", "20"]) == 2  # a checkpoint, not a keyframe
+    assert "not a keyframe" in capsys.readouterr().err
+
+
+def test_hessian_cli_text_and_errors(grokked, capsys):
+    assert main(["hessian", str(grokked), "--k", "2", "--which", "top", "--zipf-s", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "of L_s, s = 1" in out and "HVPs" in out
+    assert main(["hessian", str(grokked), "--k", "0"]) == 2
+    assert "k: must be" in capsys.readouterr().err
+    assert main(["hessian", str(grokked), "--preconditioned", "--epoch", "20"]) == 2
+    assert "not a keyframe" in capsys.readouterr().err
