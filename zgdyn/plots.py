@@ -1,0 +1,180 @@
+"""Figures: the only module that imports matplotlib. Each function takes arrays (or a run's
+metrics/analysis dicts) and returns a `matplotlib.figure.Figure`; nothing is shown, and
+pyplot's global state is never touched.
+
+    >>> with open_run(path) as run:
+    ...     fig = plot_dynamics(run.metrics, run.analysis("trajectory"))
+    >>> fig.savefig("dynamics.png", dpi=150)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+KINDS = ("dynamics", "memorization", "gamma", "spectrum")
+
+
+def _window(epochs: np.ndarray, lo: float | None, hi: float | None) -> np.ndarray:
+    keep = np.ones(len(epochs), bool)
+    if lo is not None:
+        keep &= epochs >= lo
+    if hi is not None:
+        keep &= epochs <= hi
+    return keep
+
+
+def _mark_switch(ax: Any, switch_epoch: int | None) -> None:
+    if switch_epoch is not None and switch_epoch >= 0:
+        ax.axvline(switch_epoch, color="0.4", ls=":", lw=1)
+
+
+def plot_dynamics(metrics: dict[str, np.ndarray], analysis: dict[str, Any] | None = None, *,
+                  switch_epoch: int | None = None, epoch_from: float | None = None,
+                  epoch_to: float | None = None, title: str = "") -> Figure:
+    """Train/test accuracy and loss (log) against epoch, with Fourier energy overlaid."""
+    fig = Figure(figsize=(9, 6), layout="constrained")
+    ax_acc, ax_loss = fig.subplots(2, 1, sharex=True)
+    ep = metrics["epoch"]
+    k = _window(ep, epoch_from, epoch_to)
+    ax_acc.plot(ep[k], metrics["train_acc"][k], color="C0", lw=1, label="train accuracy")
+    ax_acc.plot(ep[k], metrics["test_acc"][k], color="C1", lw=1, label="test accuracy")
+    ax_acc.set_ylabel("accuracy")
+    ax_acc.set_ylim(-0.02, 1.02)
+    ax_loss.semilogy(ep[k], metrics["train_loss"][k], color="C0", lw=1,
+                     label="train loss (Zipf-weighted)")
+    ax_loss.semilogy(ep[k], metrics["test_loss"][k], color="C1", lw=1, label="test loss")
+    ax_loss.set_ylabel("cross-entropy")
+    ax_loss.set_xlabel("epoch")
+    handles = []
+    if analysis is not None and "fourier_energy" in analysis:
+        ae = analysis["epoch"]
+        ka = _window(ae, epoch_from, epoch_to)
+        twin = ax_acc.twinx()
+        handles = twin.plot(ae[ka], analysis["fourier_energy"][ka], color="C2", lw=1.5,
+                            label="Fourier energy (key freqs)")
+        twin.set_ylabel("Fourier energy", color="C2")
+        twin.set_ylim(-0.02, 1.02)
+    for ax in (ax_acc, ax_loss):
+        _mark_switch(ax, switch_epoch)
+        ax.grid(alpha=0.3)
+    h, lab = ax_acc.get_legend_handles_labels()
+    ax_acc.legend(h + handles, lab + [x.get_label() for x in handles], loc="lower right",
+                  fontsize=8)
+    ax_loss.legend(loc="upper right", fontsize=8)
+    fig.suptitle(title or "training dynamics")
+    return fig
+
+
+def plot_memorization(metrics: dict[str, np.ndarray], analysis: dict[str, Any], *,
+                      switch_epoch: int | None = None, epoch_from: float | None = None,
+                      epoch_to: float | None = None, title: str = "") -> Figure:
+    """m_w (weight space) and m_f (function space) with Fourier energy and test accuracy."""
+    fig = Figure(figsize=(9, 6), layout="constrained")
+    ax_m, ax_f = fig.subplots(2, 1, sharex=True)
+    ae = analysis["epoch"]
+    ka = _window(ae, epoch_from, epoch_to)
+    ax_m.plot(ae[ka], analysis["m_w"][ka], color="C3", lw=1.5, label="m_w = ‖θ_M‖ (weights)")
+    ax_m.set_ylabel("m_w", color="C3")
+    twin = ax_m.twinx()
+    twin.plot(ae[ka], analysis["m_f"][ka], color="C4", lw=1.5, label="m_f (non-key logits)")
+    twin.set_ylabel("m_f", color="C4")
+    h1, l1 = ax_m.get_legend_handles_labels()
+    h2, l2 = twin.get_legend_handles_labels()
+    ax_m.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=8)
+    ep = metrics["epoch"]
+    k = _window(ep, epoch_from, epoch_to)
+    ax_f.plot(ae[ka], analysis["fourier_energy"][ka], color="C2", lw=1.5, label="Fourier energy")
+    ax_f.plot(ep[k], metrics["test_acc"][k], color="C1", lw=1, label="test accuracy")
+    ax_f.set_ylim(-0.02, 1.02)
+    ax_f.set_xlabel("epoch")
+    ax_f.legend(loc="lower left", fontsize=8)
+    for ax in (ax_m, ax_f):
+        _mark_switch(ax, switch_epoch)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title or "memorization amplitude")
+    return fig
+
+
+def plot_gamma(analysis: dict[str, Any], lam: float, *, title: str = "") -> Figure:
+    """γ(m): binned γ_fd with bootstrap intervals, γ_inst at keyframes, and the decay rate λ."""
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    mc, g = analysis["gamma_curve/m_center"], analysis["gamma_curve/gamma"]
+    ax.fill_between(mc, analysis["gamma_curve/lo"], analysis["gamma_curve/hi"], color="C0",
+                    alpha=0.25, label="95% bootstrap interval")
+    ax.plot(mc, g, "o-", color="C0", label="γ_fd = d ln m_w/dt + λ, binned")
+    if "gamma_inst/gamma" in analysis and len(analysis["gamma_inst/gamma"]):
+        ax.plot(analysis["gamma_inst/m_w"], analysis["gamma_inst/gamma"], "x", color="C3",
+                label="γ_inst at keyframes")
+    ax.axhline(lam, color="k", ls="--", lw=1, label=f"λ = lr·wd = {lam:g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("memorization amplitude m_w")
+    ax.set_ylabel("growth rate γ (per epoch)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "γ(m) against the decay rate")
+    return fig
+
+
+def plot_spectrum(analysis: dict[str, Any], epochs: list[int], *, key: list[int] | None = None,
+                  title: str = "") -> Figure:
+    """Fraction of logit energy in each diagonal frequency k, at the given checkpoints."""
+    fig = Figure(figsize=(9, 4), layout="constrained")
+    ax = fig.subplots()
+    spec = analysis["spectrum"]
+    ks = np.arange(1, spec.shape[1] + 1)
+    width = 0.8 / max(len(epochs), 1)
+    for i, e in enumerate(epochs):
+        row = int(np.flatnonzero(analysis["epoch"] == e)[0])
+        ax.bar(ks + (i - (len(epochs) - 1) / 2) * width, spec[row], width=width,
+               label=f"epoch {e}")
+    if key:
+        ax.plot(key, np.zeros(len(key)), "k^", ms=6, label="key frequencies")
+    ax.set_xlabel("frequency k (diagonal bins (k, k) and (−k, −k))")
+    ax.set_ylabel("fraction of logit energy")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    ax.set_title(title or "diagonal spectrum of the logits")
+    return fig
+
+
+def save(fig: Figure, path: str, *, dpi: int = 150) -> None:
+    """Save as the path's format (png, pdf, svg)."""
+    fig.savefig(path, dpi=dpi)
+
+
+def run_figure(path: str, kind: str, *, epoch_from: float | None = None,
+               epoch_to: float | None = None, epochs: list[int] | None = None) -> Figure:
+    """The figure of `kind` for a run file (analysis-based kinds need `zgdyn analyze` first)."""
+    from .config import ZgdynError
+    from .store import open_run
+
+    if kind not in KINDS:
+        raise ZgdynError(f"kind: must be {' | '.join(KINDS)}, got {kind!r}")
+    with open_run(path) as run:
+        metrics, analysis = run.metrics, run.analysis("trajectory")
+        switch = run.attrs["switch_epoch"]
+        cfg = run.config
+    title = (f"{path}: p = {cfg.data.p}, {cfg.data.weighting} s = {cfg.data.zipf_s:g}"
+             + (f" → {cfg.schedule.switch_s:g} at epoch {switch}" if switch >= 0 else ""))
+    if kind == "dynamics":
+        return plot_dynamics(metrics, analysis, switch_epoch=switch, epoch_from=epoch_from,
+                             epoch_to=epoch_to, title=title)
+    if analysis is None:
+        raise ZgdynError(f"{path}: has no analysis yet; run `zgdyn analyze {path}` first")
+    if kind == "memorization":
+        return plot_memorization(metrics, analysis, switch_epoch=switch, epoch_from=epoch_from,
+                                 epoch_to=epoch_to, title=title)
+    if kind == "gamma":
+        return plot_gamma(analysis, cfg.optim.lr * cfg.optim.weight_decay, title=title)
+    ae = analysis["epoch"]
+    if not epochs:
+        fe = analysis["fourier_energy"]
+        epochs = sorted({int(ae[0]), int(ae[int(np.argmax(fe))]), int(ae[-1])})
+    missing = [e for e in epochs if e not in set(ae.tolist())]
+    if missing:
+        raise ZgdynError(f"epochs: {missing} have no analyzed checkpoint")
+    return plot_spectrum(analysis, epochs, key=analysis["attrs"]["settings"]["key"], title=title)
