@@ -9,6 +9,7 @@ pyplot's global state is never touched.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -158,7 +159,7 @@ def run_figure(path: str, kind: str, *, epoch_from: float | None = None,
         metrics, analysis = run.metrics, run.analysis("trajectory")
         switch = run.attrs["switch_epoch"]
         cfg = run.config
-    title = (f"{path}: p = {cfg.data.p}, {cfg.data.weighting} s = {cfg.data.zipf_s:g}"
+    title = (f"{Path(path).name}: p = {cfg.data.p}, {cfg.data.weighting} s = {cfg.data.zipf_s:g}"
              + (f" → {cfg.schedule.switch_s:g} at epoch {switch}" if switch >= 0 else ""))
     if kind == "dynamics":
         return plot_dynamics(metrics, analysis, switch_epoch=switch, epoch_from=epoch_from,
