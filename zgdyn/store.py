@@ -98,22 +98,46 @@ def _create_skeleton(path: Path, config: Config, trainer: Trainer) -> None:
             tmp.unlink()
 
 
-class RunWriter(Callback):
+class _Writable:
+    """A run file opened for writing through a `JournaledFile` (holding the write lock)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.jfile = JournaledFile(self.path)
+        try:
+            self.h5 = h5py.File(self.jfile, "r+")
+            _validate(self.h5, self.path)
+        except BaseException as e:
+            self.jfile.close()
+            if isinstance(e, OSError):
+                raise RunFileError(f"{self.path}: cannot be opened as a zgdyn run ({e})") \
+                    from None
+            raise
+        self._closed = False
+
+    def commit(self) -> None:
+        self.h5.flush()
+        self.jfile.commit()
+
+    def close(self, *, commit: bool = False) -> None:
+        """Close the file; without `commit`, everything since the last commit is dropped."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.h5.close()
+            if commit:
+                self.jfile.commit()
+        finally:
+            self.jfile.discard()
+            self.jfile.close()
+
+
+class RunWriter(_Writable, Callback):
     """Records a Trainer's events into a run file; commits at every keyframe.
 
     Create with `RunWriter.create` (new file) or `RunWriter.resume` (existing file).
     """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.jfile = JournaledFile(path)
-        try:
-            self.h5 = h5py.File(self.jfile, "r+")
-        except OSError as e:
-            self.jfile.close()
-            raise RunFileError(f"{path}: cannot be opened as a zgdyn run ({e})") from None
-        self._closed = False
-        _validate(self.h5, path)
 
     @classmethod
     def create(cls, path: str | Path, config: Config, trainer: Trainer, *,
@@ -188,45 +212,18 @@ class RunWriter(Callback):
         self.h5.attrs["status"] = "interrupted" if trainer.stopped_early else "complete"
         self.commit()
 
-    def commit(self) -> None:
-        self.h5.flush()
-        self.jfile.commit()
-
-    def close(self, *, commit: bool = False) -> None:
-        """Close the file; without `commit`, everything since the last commit is dropped."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self.h5.close()
-            if commit:
-                self.jfile.commit()
-        finally:
-            self.jfile.discard()
-            self.jfile.close()
-
-
 # -- analysis results -----------------------------------------------------------------------
 
 
-class AnalysisWriter:
+class AnalysisWriter(_Writable):
     """Writes one subgroup `analysis/<group>` of a run file; crash-safe, commits as it goes.
 
     Holds the run's write lock, so it refuses a file that is training.
     """
 
     def __init__(self, path: str | Path, group: str) -> None:
-        self.path = Path(path)
-        _check_hdf5(self.path)
-        self.jfile = JournaledFile(self.path)
-        try:
-            self.h5 = h5py.File(self.jfile, "r+")
-            _validate(self.h5, self.path)
-        except BaseException as e:
-            self.jfile.close()
-            if isinstance(e, OSError):
-                raise RunFileError(f"{self.path}: cannot be opened ({e})") from None
-            raise
+        _check_hdf5(Path(path))
+        super().__init__(path)
         self.name = f"analysis/{group}"
 
     def reader(self) -> Run:
@@ -266,20 +263,6 @@ class AnalysisWriter:
 
     def put_attrs(self, attrs: dict[str, Any]) -> None:
         self.h5[self.name].attrs.update({k: json.dumps(v) for k, v in attrs.items()})
-
-    def commit(self) -> None:
-        self.h5.flush()
-        self.jfile.commit()
-
-    def close(self, *, commit: bool = True) -> None:
-        try:
-            self.h5.close()
-            if commit:
-                self.jfile.commit()
-        finally:
-            self.jfile.discard()
-            self.jfile.close()
-
 
 # -- reading ----------------------------------------------------------------------------------
 
