@@ -313,3 +313,15 @@ def test_lanczos_extremes_match_a_known_spectrum():
     assert res.n_hvp == 80 + 4
     short = lanczos_extremes(lambda v: a @ v.double(), n, steps=5, k=1, tol=1e-8)
     assert not short.converged  # five steps cannot resolve the bottom of this spectrum
+
+
+def test_deflated_power_iteration_finds_the_dominant_pairs():
+    from zgdyn.hessian import deflated_power_iteration
+    rng = np.random.default_rng(1)
+    n = 60
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    spec = np.r_[np.linspace(0, 1, n - 2), 4.0, 8.0]
+    a = torch.from_numpy(q @ np.diag(spec) @ q.T)
+    res = deflated_power_iteration(lambda v: a @ v.double(), n, k=2, tol=1e-12)
+    np.testing.assert_allclose(res.eigenvalues.numpy(), [8.0, 4.0], rtol=1e-8)
+    assert res.converged and res.n_hvp > 2

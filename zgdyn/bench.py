@@ -144,7 +144,53 @@ def run_bench(*, epochs: int = 400, repeats: int = 5, p: int = 97) -> dict[str, 
         "achieved_gflops": flops / (ms["zgdyn"] * 1e-3) / 1e9,
         "large_gemm_gflops": gemm,
         "raw_seconds": times,
+        "analysis": bench_analysis(p),
     }
+
+
+def bench_analysis(p: int = 97, hidden: tuple[int, ...] = (128, 128), n: int = 20,
+                   k: int = 3) -> dict[str, Any]:
+    """Analysis throughput: checkpoints/s of `checkpoint_measures`, HVPs/s, and the HVPs that
+    Lanczos (ARPACK) and deflated power iteration need for the top k at equal tolerance."""
+    from .fourier import checkpoint_measures
+    from .hessian import (deflated_power_iteration, extreme_eigs, flatten_params, make_hvp,
+                          weighted_loss_fn)
+    from .model import build_model
+
+    split = make_split(p, 0.3, 42)
+    model = build_model(p, hidden, init="lecun", seed=0)
+    params = {k_: v.detach() for k_, v in model.named_parameters()}
+    train = torch.as_tensor(split.train_idx)
+    w = torch.as_tensor(zipf_weights(split, 1.5))
+    checkpoint_measures(params, p, [1, 2, 3], train, w)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        checkpoint_measures(params, p, [1, 2, 3], train, w)
+    ckpt_s = n / (time.perf_counter() - t0)
+    out: dict[str, Any] = {"checkpoints_per_s": ckpt_s, "ms_per_checkpoint": 1e3 / ckpt_s}
+    a, b, y = split.tokens(split.train_idx)
+    for dtype in (torch.float32, torch.float64):
+        like = {k_: v.to(dtype) for k_, v in params.items()}
+        theta = flatten_params(like)
+        hvp = make_hvp(weighted_loss_fn(p, a, b, y, w, like=like), theta)
+        v = torch.randn(theta.numel(), dtype=dtype)
+        hvp(v)
+        t0 = time.perf_counter()
+        for _ in range(10):
+            hvp(v)
+        out[f"hvp_per_s_{str(dtype)[6:]}"] = 10 / (time.perf_counter() - t0)
+    like = {k_: v.double() for k_, v in params.items()}
+    theta = flatten_params(like)
+    hvp = make_hvp(weighted_loss_fn(p, a, b, y, w, like=like), theta)
+    tol = 1e-4
+    lan = extreme_eigs(hvp, theta.numel(), k=k, which="top", tol=tol)
+    power = deflated_power_iteration(hvp, theta.numel(), k=k, tol=tol)
+    out["top_k"] = {"k": k, "tol": tol, "lanczos_hvps": lan.n_hvp, "power_hvps": power.n_hvp,
+                    "lanczos_eigenvalues": lan.eigenvalues.tolist(),
+                    "power_eigenvalues": power.eigenvalues.tolist(),
+                    "lanczos_max_residual": float(lan.residuals.max()),
+                    "power_max_residual": float(power.residuals.max())}
+    return out
 
 
 def format_bench(r: dict[str, Any]) -> str:
@@ -163,6 +209,17 @@ def format_bench(r: dict[str, Any]) -> str:
               f"achieved {r['achieved_gflops']:.0f} GFLOP/s of useful matmul work "
               f"({r['useful_gflop_per_epoch']:.3f} GFLOP/epoch); best large GEMM here "
               f"{gemm:.0f} GFLOP/s ({', '.join(f'{k} {v:.0f}' for k, v in r['large_gemm_gflops'].items())})"]
+    if "analysis" in r:
+        an = r["analysis"]
+        t = an["top_k"]
+        lines += [f"analysis: {an['checkpoints_per_s']:.1f} checkpoints/s "
+                  f"({an['ms_per_checkpoint']:.1f} ms each: logits, spectrum, both "
+                  f"decompositions, progress measures); HVPs/s {an['hvp_per_s_float32']:.1f} "
+                  f"(float32), {an['hvp_per_s_float64']:.1f} (float64)",
+                  f"top {t['k']} Hessian eigenpairs at tol {t['tol']:g} (float64, s = 1.5, at "
+                  f"init): Lanczos {t['lanczos_hvps']} HVPs, deflated power iteration "
+                  f"{t['power_hvps']} HVPs ({t['power_hvps'] / t['lanczos_hvps']:.1f}x); max "
+                  f"residual {t['lanczos_max_residual']:.1e} vs {t['power_max_residual']:.1e}"]
     return "\n".join(lines)
 
 
