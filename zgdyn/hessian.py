@@ -162,15 +162,16 @@ def extreme_eigs(hvp: Operator, n: int, k: int = 10, which: str = "both", *,
     ‖A v − λ v‖ ≤ tol·|λ|; with float32 operators use tol ≳ 1e-4. The start vector is
     N(0, I) from numpy's default_rng(seed). If ARPACK does not converge, the pairs it did
     converge are returned (possibly fewer than k) with converged=False. ncv (the Krylov
-    space kept between restarts) defaults to max(2k+1, k+23): at p = 97 a k = 1 search then
-    takes tens to a few hundred HVPs instead of thousands.
+    space kept between restarts) defaults to max(2k+1, 3k+30): at p = 97 a k = 1 search then
+    takes tens to a few hundred HVPs instead of thousands, and k = 10 at both ends 599
+    HVPs instead of 774 with ncv = 33.
     """
     if which not in WHICH:
         raise ValueError(f"which: must be {' | '.join(WHICH)}, got {which!r}")
     if not 1 <= k < n:
         raise ValueError(f"k: must be in [1, n={n}), got {k}")
     if ncv is None:  # eigsh's default 2k+1 restarts a k=1 search every 2 HVPs: far slower
-        ncv = min(n - 1, max(2 * k + 1, k + 23))
+        ncv = min(n - 1, max(2 * k + 1, 3 * k + 30))
     op, count = _numpy_operator(hvp, n)
     rng = np.random.default_rng(seed)
     vals, vecs, converged = [], [], True
