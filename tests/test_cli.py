@@ -137,3 +137,8 @@ def test_refuses_to_clobber_and_non_runs(tmp_path, capsys):
     code, _, err = run_cli(capsys, "train", "--resume", "--out", target)
     assert code == 2 and "not an HDF5 file" in err
     assert target.read_bytes() == b"someone's data"
+
+
+def test_bench_rejects_zero_repeats(capsys):
+    assert main(["bench", "--repeats", "0"]) == 2
+    assert "repeats: must be an integer >= 1" in capsys.readouterr().err

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import Config, DataConfig, RecordConfig, ScheduleConfig
+from .config import Config, ConfigError, DataConfig, RecordConfig, ScheduleConfig
 from .data import make_split, zipf_weights
 from .model import param_shapes
 from .step import _mkldnn_linear_available, keep_heap_mapped
@@ -115,6 +115,8 @@ def useful_flops_per_epoch(p: int, hidden: tuple[int, ...], n_train: int) -> flo
 
 def run_bench(*, epochs: int = 400, repeats: int = 5, p: int = 97) -> dict[str, Any]:
     """Median seconds per epoch of each variant, and their ratios."""
+    if not (isinstance(repeats, int) and repeats >= 1):
+        raise ConfigError(f"repeats: must be an integer >= 1, got {repeats!r}")
     keep_heap_mapped()  # applies to every variant alike
     cfg = Config(data=DataConfig(p=p), schedule=ScheduleConfig(epochs=epochs),
                  record=RecordConfig(eval_every=100, ckpt_every=100,

@@ -144,8 +144,8 @@ class RunWriter(_Writable, Callback):
                force: bool = False) -> RunWriter:
         path = Path(path)
         if path.exists() and not force:
-            raise RunFileError(f"{path}: already exists; pass --resume to continue it or "
-                               "--force to replace it")
+            raise RunFileError(f"{path}: already exists; pass --force to replace it (zgdyn "
+                               "train: or --resume to continue it)")
         if path.exists():  # refuse to replace a file another process is writing
             with open(path, "rb") as fh:
                 _try_lock(fh.fileno(), path)
