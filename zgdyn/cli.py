@@ -152,13 +152,12 @@ def _format_info(s: dict[str, Any]) -> str:
         + (f" (+{sch['phase2_epochs']:,} after the switch)" if sch["phase2_epochs"] else ""),
         f"records        {s['n_evals']:,} evaluations, {s['n_checkpoints']:,} checkpoints, "
         f"{s['n_keyframes']:,} keyframes",
-        f"first >= 95%   {s['first_epoch_test_acc_95'] if s['first_epoch_test_acc_95'] is not None else 'never'}"
-        + " (test accuracy, on the evaluation grid)",
+        f"first >= 95%   {_opt(s['first_epoch_test_acc_95'], 'd').replace('-', 'never')} "
+        "(test accuracy, on the evaluation grid)",
         f"time >= 95%    {_pct(s['frac_evals_test_acc_95'])} of evaluations",
         f"final          epoch {int(fin['epoch']) if fin['epoch'] is not None else '-'}: "
         f"train acc {_pct(fin['train_acc'])}, test acc {_pct(fin['test_acc'])}, "
-        f"train loss {fin['train_loss'] if fin['train_loss'] is None else format(fin['train_loss'], '.3g')}, "
-        f"test loss {fin['test_loss'] if fin['test_loss'] is None else format(fin['test_loss'], '.3g')}",
+        f"train loss {_opt(fin['train_loss'], '.3g')}, test loss {_opt(fin['test_loss'], '.3g')}",
     ]
     return "\n".join(lines) + "\n"
 
@@ -173,6 +172,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(_format_info(summary))
     return 0
+
+
+def _opt(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
 
 
 def _fmt_ratio(x: float) -> str:
@@ -237,8 +240,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         f"m_f (logits)   {s['m_f']['min']:.3g} .. {s['m_f']['max']:.3g}, end {s['m_f']['end']:.3g}",
         f"gamma(m)       lambda_eff = lr*wd = {s['lambda_eff']:.3g}/epoch; crossing m* = {m_star}; "
         f"gamma_fd near the solution (energy >= 95% of peak, {gn['n']} checkpoints): {near}",
-        f"gamma_inst     {gi['n']} keyframes, median {gi['median'] if gi['median'] is None else format(gi['median'], '.3g')}/epoch, "
-        f"fraction above lambda {gi['frac_above_lambda'] if gi['frac_above_lambda'] is None else format(gi['frac_above_lambda'], '.2f')}",
+        f"gamma_inst     {gi['n']} keyframes, median {_opt(gi['median'], '.3g')}/epoch, "
+        f"fraction above lambda {_opt(gi['frac_above_lambda'], '.2f')}",
     ]
     sys.stdout.write("\n".join(lines) + "\n")
     return 0

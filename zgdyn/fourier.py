@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -286,7 +287,7 @@ def weight_decomposition(params: dict[str, Tensor], p: int, key: list[int]) -> W
                                per_tensor_m={n: float(v[1].norm()) for n, v in parts.items()})
 
 
-def memorization_projector(p: int, key: list[int]):
+def memorization_projector(p: int, key: list[int]) -> Callable[[dict[str, Tensor]], dict[str, Tensor]]:
     """P_M on named-parameter dicts: keeps θ_M of fc1.weight and out.weight, zeros the rest.
 
     Returns a function dict -> dict (same names and shapes), linear and idempotent.

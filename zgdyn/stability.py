@@ -10,6 +10,7 @@ the run's ``analysis/hessian/...`` and ``analysis/saddle/...`` groups.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +50,7 @@ class Point:
     def weights(self, s: float) -> np.ndarray:
         return zipf_weights(self.split, s, self.config.data.weighting)
 
-    def loss(self, s: float, coupled_wd: float = 0.0):
+    def loss(self, s: float, coupled_wd: float = 0.0) -> Callable[[torch.Tensor], torch.Tensor]:
         a, b, y = self.pairs
         return weighted_loss_fn(self.p, a, b, y, self.weights(s), like=self.like,
                                 coupled_wd=coupled_wd)
