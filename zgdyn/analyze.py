@@ -182,3 +182,26 @@ def _analyze(writer: AnalysisWriter, run: Run, key_freqs: str, ref_epoch: int | 
     }
     writer.put_attrs({"summary": summary})
     return summary
+
+
+def run_events(path: str, *, threshold: float = 100.0, lookback: int = 2_000,
+               refractory: int = 2_000) -> dict[str, Any]:
+    """Collapse events and cycle statistics of a run (Fourier energy if it was analyzed)."""
+    from .oscillator import cycle_statistics, detect_events
+    from .store import open_run
+
+    if not threshold > 1:
+        raise ZgdynError(f"threshold: must be a number > 1, got {threshold}")
+    if lookback < 1 or refractory < 1:
+        raise ZgdynError(f"lookback and refractory: must be integers >= 1, got {lookback}, "
+                         f"{refractory}")
+    with open_run(path) as run:
+        m, a = run.metrics, run.analysis(GROUP)
+    fourier = (a["epoch"], a["fourier_energy"]) if a is not None else None
+    events = detect_events(m["epoch"], m["train_loss"], threshold=threshold, lookback=lookback,
+                           refractory=refractory, test_acc=m["test_acc"], fourier=fourier)
+    stats = cycle_statistics(events, m["epoch"], m["test_acc"])
+    resolution = float(np.median(np.diff(m["epoch"]))) if len(m["epoch"]) > 1 else None
+    return {"path": str(path), "threshold": threshold, "lookback": lookback,
+            "refractory": refractory, "eval_resolution": resolution,
+            "events": [e.to_dict() for e in events], "cycles": stats.to_dict()}

@@ -7,6 +7,7 @@
     zgdyn analyze data/runs/s1.5.h5 [--key-freqs fixed|auto] [--ref-epoch E] [--json]
     zgdyn stats --p 97 --train-frac 0.3 --zipf-s 0 1 1.5 2 3 [--json]
     zgdyn plot data/runs/s1.5.h5 --kind dynamics|memorization|gamma|spectrum --out fig.png
+    zgdyn events data/runs/s1.5.h5 [--threshold 100] [--json]
     zgdyn replay data/runs/s1.5.h5 --from 56500 --to 57100 --every 5 --out window.h5
     zgdyn hessian data/runs/s0.h5 [--epoch E] [--zipf-s 1.5] [--k 10] [--preconditioned]
     zgdyn saddle data/runs/s0.h5 [--epoch E] [--zipf-s 0 1 1.5 2 3] [--json]
@@ -265,6 +266,33 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_events(args: argparse.Namespace) -> int:
+    from .analyze import run_events
+
+    r = run_events(str(args.run), threshold=args.threshold, lookback=args.lookback,
+                   refractory=args.refractory)
+    if args.json:
+        _print_json(r)
+        return 0
+    lines = [f"{len(r['events'])} collapse(s) in {r['path']} (train loss > {r['threshold']:g}x "
+             f"its minimum over the previous {r['lookback']} epochs; evaluations every "
+             f"{_opt(r['eval_resolution'], 'g')} epochs)",
+             f"{'epoch':>8} {'loss ratio':>11} {'rise (ep)':>9} {'test before':>11} "
+             f"{'test after':>10} {'Fourier before':>14} {'after':>6}"]
+    for e in r["events"]:
+        lines.append(f"{e['epoch']:>8} {e['loss_ratio']:>11.3g} {e['duration']:>9.1f} "
+                     f"{_pct(e['test_acc_before']):>11} {_pct(e['test_acc_after']):>10} "
+                     f"{_opt(e['fourier_before'], '.3f'):>14} {_opt(e['fourier_after'], '.3f'):>6}")
+    c = r["cycles"]
+    if c["period_mean"] is not None:
+        lines.append(f"period {c['period_mean']:,.0f} epochs"
+                     + (f" ± {c['period_std']:,.0f}" if c["period_std"] is not None else "")
+                     + f"; recovery to the test-accuracy trough {c['recovery']}; build "
+                     f"{c['build']}; time at the peak {c['peak']}")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from .runner import replay_run
     from .store import open_run
@@ -403,6 +431,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("events", help="collapse events and cycle statistics from the metrics")
+    p.add_argument("run", type=Path, metavar="RUN.h5")
+    p.add_argument("--threshold", type=float, default=100.0,
+                   help="train loss / its recent minimum that marks a collapse (default 100)")
+    p.add_argument("--lookback", type=int, default=2000, metavar="EPOCHS")
+    p.add_argument("--refractory", type=int, default=2000, metavar="EPOCHS")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_events)
 
     p = sub.add_parser("replay", help="recompute a stretch of a run at any resolution, "
                        "bitwise", description="Restart from the keyframe at or before --from "
