@@ -21,3 +21,18 @@ def pytest_configure(config):
     # holding the other core (OpenMP's spinning threads slow down 100x when oversubscribed)
     import torch
     torch.set_num_threads(1)
+
+
+# what the reliability tests tried, printed at the end of the run
+COUNTS: dict[str, int] = {}
+
+
+def count(name: str, n: int = 1) -> None:
+    COUNTS[name] = COUNTS.get(name, 0) + n
+
+
+def pytest_terminal_summary(terminalreporter):
+    if COUNTS:
+        terminalreporter.write_sep("-", "reliability counts")
+        for name, n in sorted(COUNTS.items()):
+            terminalreporter.write_line(f"{name}: {n}")

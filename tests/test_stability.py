@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from zgdyn.cli import main
-from zgdyn.hessian import dense_hessian, flatten_params
+from zgdyn.hessian import dense_hessian
 from zgdyn.runner import train_run
 from zgdyn.stability import hessian_at, load_point, saddle_table
 from zgdyn.store import open_run

@@ -4,6 +4,7 @@
     zgdyn train --config experiments/two_phase_s1.5.toml
     zgdyn train --resume --out data/runs/s1.5.h5 [--epochs 200000]
     zgdyn info data/runs/s1.5.h5 [--json]
+    zgdyn verify data/runs/s1.5.h5 [--json]
     zgdyn analyze data/runs/s1.5.h5 [--key-freqs fixed|auto] [--ref-epoch E] [--json]
     zgdyn stats --p 97 --train-frac 0.3 --zipf-s 0 1 1.5 2 3 [--json]
     zgdyn plot data/runs/s1.5.h5 --kind dynamics|memorization|gamma|spectrum --out fig.png
@@ -266,6 +267,21 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .store import verify_run
+
+    r = verify_run(args.run)
+    if args.json:
+        _print_json(r)
+    else:
+        ck = r["checked"]
+        head = (f"{r['path']}: {'ok' if r['ok'] else 'DAMAGED'} ({ck['checkpoints']} checkpoints "
+                f"and {ck['keyframes']} keyframes read, checksums verified"
+                + ("; an interrupted commit was rolled back" if r["rolled_back"] else "") + ")")
+        sys.stdout.write("\n".join([head] + [f"  - {p}" for p in r["problems"]]) + "\n")
+    return 0 if r["ok"] else 1
+
+
 def cmd_events(args: argparse.Namespace) -> int:
     from .analyze import run_events
 
@@ -431,6 +447,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("verify", help="check a run file's integrity (exit 1 if damaged)")
+    p.add_argument("run", type=Path, metavar="RUN.h5")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("events", help="collapse events and cycle statistics from the metrics")
     p.add_argument("run", type=Path, metavar="RUN.h5")

@@ -14,10 +14,12 @@ from typing import Any, Iterator
 
 from .config import Config, ConfigError, flatten
 from .store import RunFileError, RunWriter
-from .train import Callback, ProgressBar, Trainer
+from .train import Callback, Diverged, ProgressBar, Trainer
 
-# fields that may change when a run is resumed: how long it goes on, and where it runs
+# fields that may change when a run is resumed: how long it goes on, and where it runs;
+# after a divergence also the optimizer's settings (every change is kept in `history`)
 RESUMABLE_CHANGES = ("epochs", "phase2_epochs", "device")
+AFTER_DIVERGENCE = ("lr", "weight_decay", "beta1", "beta2", "eps")
 
 
 @contextmanager
@@ -49,6 +51,14 @@ def _drive(trainer: Trainer, writer: RunWriter, callbacks: list[Callback],
     try:
         with _stop_on_signals(trainer):
             trainer.run(cbs)
+    except Diverged as e:
+        writer.close(commit=False)  # the file keeps its last keyframe, marked as diverged
+        marker = RunWriter.resume(writer.path)
+        try:
+            marker.mark("diverged", diverged_epoch=e.epoch)
+        finally:
+            marker.close()
+        raise
     except BaseException:
         writer.close(commit=False)  # the file keeps its last keyframe
         raise
@@ -78,15 +88,17 @@ def resume_run(path: str | Path, *, changes: dict[str, Any] | None = None,
         stored = writer.config
         changes = dict(changes or {})
         flat = flatten(stored)
+        allowed = RESUMABLE_CHANGES + (AFTER_DIVERGENCE if writer.status == "diverged" else ())
         for name, value in changes.items():
-            if name not in RESUMABLE_CHANGES and flat.get(name, value) != value:
+            if name not in allowed and flat.get(name, value) != value:
                 raise ConfigError(f"{name}: cannot change when resuming (stored: "
-                                  f"{flat.get(name)!r}); only {', '.join(RESUMABLE_CHANGES)} "
-                                  "can")
+                                  f"{flat.get(name)!r}); only {', '.join(allowed)} can"
+                                  + ("" if writer.status == "diverged" else
+                                     " (and the optimizer's settings after a divergence)"))
         config = stored.replace(**changes) if changes else stored
-        if config != stored:
-            writer.set_config(config)
         snapshot = writer.last_snapshot(config.device)
+        if config != stored:
+            writer.set_config(config, at_epoch=snapshot.epoch if snapshot else 0)
         trainer = Trainer(config, snapshot)
     except BaseException:
         writer.close(commit=False)

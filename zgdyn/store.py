@@ -104,10 +104,15 @@ class _Writable:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.jfile = JournaledFile(self.path)
+        h5 = None
         try:
-            self.h5 = h5py.File(self.jfile, "r+")
-            _validate(self.h5, self.path)
+            h5 = h5py.File(self.jfile, "r+")
+            _validate(h5, self.path)
+            self.h5 = h5
         except BaseException as e:
+            if h5 is not None:  # whatever HDF5 writes on close goes nowhere
+                h5.close()
+            self.jfile.discard()
             self.jfile.close()
             if isinstance(e, OSError):
                 raise RunFileError(f"{self.path}: cannot be opened as a zgdyn run ({e})") \
@@ -116,8 +121,14 @@ class _Writable:
         self._closed = False
 
     def commit(self) -> None:
-        self.h5.flush()
-        self.jfile.commit()
+        """Make every write so far durable, atomically; a failed write keeps the last commit."""
+        try:
+            self.h5.flush()
+            self.jfile.commit()
+        except OSError as e:
+            raise RunFileError(f"{self.path}: writing failed ({e.strerror or e}); the file keeps "
+                               "everything up to its last commit, and zgdyn train --resume "
+                               "continues from there") from None
 
     def close(self, *, commit: bool = False) -> None:
         """Close the file; without `commit`, everything since the last commit is dropped."""
@@ -128,6 +139,10 @@ class _Writable:
             self.h5.close()
             if commit:
                 self.jfile.commit()
+        except OSError as e:
+            if commit:
+                raise RunFileError(f"{self.path}: writing failed ({e.strerror or e}); the file "
+                                   "keeps everything up to its last commit") from None
         finally:
             self.jfile.discard()
             self.jfile.close()
@@ -172,8 +187,24 @@ class RunWriter(_Writable, Callback):
     def last_snapshot(self, device: str = "cpu") -> Snapshot | None:
         return _snapshot(self.h5, -1, device) if len(self.h5["keyframes/epoch"]) else None
 
-    def set_config(self, config: Config) -> None:
+    def set_config(self, config: Config, *, at_epoch: int) -> None:
+        """Store a changed config, keeping the history of changes in attribute `history`."""
+        old = json.loads(self.h5.attrs["config"])
+        new = config.to_dict()
+        history = json.loads(self.h5.attrs.get("history", "[]"))
+        history.append({"epoch": at_epoch, "from": old, "to": json.loads(json.dumps(new))})
+        self.h5.attrs["history"] = json.dumps(history)
         self.h5.attrs["config"] = config.to_json()
+
+    @property
+    def status(self) -> str:
+        return str(self.h5.attrs["status"])
+
+    def mark(self, status: str, **attrs: Any) -> None:
+        """Set the run's status (and any attributes) and commit."""
+        self.h5.attrs["status"] = status
+        self.h5.attrs.update(attrs)
+        self.commit()
 
     # -- callback events ---------------------------------------------------------------
 
@@ -434,6 +465,80 @@ class Run:
             "created": a["created"], "zgdyn_version": a["zgdyn_version"],
             "torch_version": a["torch_version"], "threads": int(a["threads"]),
         }
+
+
+def verify_run(path: str | Path) -> dict[str, Any]:
+    """Check a run file's integrity: format, groups, consistent record counts, and every
+    checksummed record readable. Returns {"path", "ok", "problems": [...], "checked": {...}}.
+
+    Never raises for a damaged file (a missing one or a non-HDF5 one is a RunFileError).
+    """
+    path = Path(path)
+    _check_hdf5(path)
+    problems: list[str] = []
+    checked = {"checkpoints": 0, "keyframes": 0, "datasets": 0}
+    rolled_back = recover(path)
+    try:
+        f = h5py.File(path, "r", locking=False)
+    except OSError as e:
+        return {"path": str(path), "ok": False, "rolled_back": rolled_back,
+                "problems": [f"cannot be opened: {e}"], "checked": checked}
+    with f:
+        try:
+            _validate(f, path)
+            cfg = _config_of(f, path)
+        except RunFileError as e:
+            return {"path": str(path), "ok": False, "rolled_back": rolled_back,
+                    "problems": [str(e).split(": ", 1)[1]], "checked": checked}
+        shapes = param_shapes(cfg.data.p, cfg.model.hidden)
+
+        def rows(name: str) -> int | None:
+            try:
+                return int(f[name].shape[0])
+            except (KeyError, OSError) as e:
+                problems.append(f"{name}: missing or unreadable ({e})")
+                return None
+
+        def read_all(name: str, n: int) -> None:
+            for i in range(n):
+                try:
+                    f[name][i]
+                except OSError as e:
+                    problems.append(f"{name}[{i}]: unreadable, checksum or I/O error ({e})")
+            checked["datasets"] += 1
+
+        n_eval = {m: rows(f"metrics/{m}") for m in METRICS}
+        if len(set(n_eval.values())) > 1:
+            problems.append(f"metrics: datasets of different lengths {n_eval}")
+        n_ck = rows("checkpoints/epoch")
+        n_kf = rows("keyframes/epoch")
+        for name, shape in shapes.items():
+            for group, n in (("checkpoints", n_ck), ("keyframes/exp_avg", n_kf),
+                             ("keyframes/exp_avg_sq", n_kf)):
+                ds = f"{group}/{name}"
+                got = rows(ds)
+                if got is None or n is None:
+                    continue
+                if got != n:
+                    problems.append(f"{ds}: {got} records, expected {n}")
+                elif f[ds].shape[1:] != shape:
+                    problems.append(f"{ds}: shape {f[ds].shape[1:]}, expected {shape}")
+                else:
+                    read_all(ds, n)
+        if n_ck:
+            checked["checkpoints"] = n_ck
+        if n_kf:
+            checked["keyframes"] = n_kf
+            ck = set(f["checkpoints/epoch"][:].tolist()) if n_ck else set()
+            missing = [e for e in f["keyframes/epoch"][:].tolist() if e not in ck]
+            if missing:
+                problems.append(f"keyframes at epochs {missing[:5]} have no checkpoint")
+            done = int(f.attrs.get("epochs_done", -1))
+            if int(f["keyframes/epoch"][-1]) != done:
+                problems.append(f"epochs_done={done} but the last keyframe is at epoch "
+                                f"{int(f['keyframes/epoch'][-1])}")
+    return {"path": str(path), "ok": not problems, "rolled_back": rolled_back,
+            "problems": problems, "checked": checked}
 
 
 def open_run(path: str | Path) -> Run:

@@ -30,7 +30,17 @@ METRICS = ("epoch", "phase", "zipf_s", "train_loss", "train_loss_unweighted", "t
 
 
 class Diverged(ZgdynError):
-    """The loss or the parameters became NaN or infinite."""
+    """The loss or the parameters became NaN or infinite, at `epoch`."""
+
+    def __init__(self, message: str, epoch: int) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+
+
+def _diverged(epoch: int, what: str, value: float) -> Diverged:
+    return Diverged(f"training diverged at epoch {epoch}: {what} is {value}; the file keeps "
+                    "its last keyframe, and zgdyn train --resume may change the optimizer's "
+                    "settings (--lr, --weight-decay, ...) to go on from there", epoch)
 
 
 @dataclass
@@ -171,9 +181,7 @@ class Trainer:
         if e % rec.eval_every == 0 or e >= self.end_epoch or switching_now:
             metrics = self.evaluate()
             if not math.isfinite(metrics["train_loss"]):
-                raise Diverged(f"training diverged at epoch {e}: train loss is "
-                               f"{metrics['train_loss']}; the file keeps the last keyframe, "
-                               "resume with changed settings")
+                raise _diverged(e, "the train loss", metrics["train_loss"])
             self._emit(callbacks, "on_eval", metrics)
         switched = False
         if self._should_switch(metrics):
@@ -193,8 +201,11 @@ class Trainer:
         self._emit(callbacks, "on_start")
         if self.epoch == 0 and self.step.t == 0:
             self._at_epoch(callbacks)
+        check_each_step = self.step.device.type == "cpu"  # a GPU would sync every step
         while self.epoch < self.end_epoch and not self.stop_requested:
-            self.step.step()
+            loss = self.step.step()
+            if check_each_step and not math.isfinite(float(loss)):
+                raise _diverged(self.epoch, "the train loss", float(loss))
             self.epoch += 1
             self._at_epoch(callbacks)
         self.stopped_early = self.epoch < self.end_epoch
