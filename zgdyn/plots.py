@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-KINDS = ("dynamics", "memorization", "gamma", "spectrum")
+KINDS = ("dynamics", "memorization", "gamma", "spectrum", "portrait", "events")
 
 
 def _window(epochs: np.ndarray, lo: float | None, hi: float | None) -> np.ndarray:
@@ -142,6 +142,54 @@ def plot_spectrum(analysis: dict[str, Any], epochs: list[int], *, key: list[int]
     return fig
 
 
+def plot_portrait(analysis: dict[str, Any], *, event_epochs: list[int] | None = None,
+                  title: str = "") -> Figure:
+    """Phase portrait: the trajectory in the (Fourier energy, m_w) plane, colored by epoch."""
+    fig = Figure(figsize=(7, 5.5), layout="constrained")
+    ax = fig.subplots()
+    e, fe, mw = analysis["epoch"], analysis["fourier_energy"], analysis["m_w"]
+    ax.plot(fe, mw, color="0.75", lw=0.8, zorder=1)
+    sc = ax.scatter(fe, mw, c=e, cmap="viridis", s=8, zorder=2)
+    fig.colorbar(sc, ax=ax, label="epoch")
+    for k, ev in enumerate(event_epochs or []):
+        i = int(np.searchsorted(e, ev))  # the first checkpoint at or after the collapse
+        if i < len(e):
+            ax.plot(fe[i], mw[i], "rx", ms=9, mew=2, zorder=3,
+                    label="first checkpoint after a collapse" if k == 0 else None)
+    ax.set_xlabel("Fourier energy (key frequencies)")
+    ax.set_ylabel("memorization amplitude m_w = ‖θ_M‖")
+    ax.grid(alpha=0.3)
+    if event_epochs:
+        ax.legend(fontsize=8)
+    ax.set_title(title or "phase portrait")
+    return fig
+
+
+def plot_events(metrics: dict[str, np.ndarray], events: list[dict[str, Any]], *,
+                title: str = "") -> Figure:
+    """Train loss (log) and test accuracy with the detected collapses marked."""
+    fig = Figure(figsize=(9, 5), layout="constrained")
+    ax_l, ax_a = fig.subplots(2, 1, sharex=True)
+    ep = metrics["epoch"]
+    ax_l.semilogy(ep, metrics["train_loss"], color="C0", lw=1, label="train loss (weighted)")
+    ax_a.plot(ep, metrics["test_acc"], color="C1", lw=1, label="test accuracy")
+    for k, ev in enumerate(events):
+        for ax in (ax_l, ax_a):
+            ax.axvline(ev["epoch"], color="C3", lw=1, ls="--",
+                       label="collapse" if k == 0 and ax is ax_l else None)
+        ax_l.annotate(f"×{ev['loss_ratio']:.2g}", (ev["epoch"], ev["peak_loss"]), fontsize=8,
+                      xytext=(4, -10), textcoords="offset points")
+    ax_l.set_ylabel("cross-entropy")
+    ax_a.set_ylabel("accuracy")
+    ax_a.set_xlabel("epoch")
+    ax_a.set_ylim(-0.02, 1.02)
+    for ax in (ax_l, ax_a):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower left")
+    fig.suptitle(title or f"{len(events)} collapse events")
+    return fig
+
+
 def save(fig: Figure, path: str, *, dpi: int = 150) -> None:
     """Save as the path's format (png, pdf, svg)."""
     fig.savefig(path, dpi=dpi)
@@ -164,6 +212,9 @@ def run_figure(path: str, kind: str, *, epoch_from: float | None = None,
     if kind == "dynamics":
         return plot_dynamics(metrics, analysis, switch_epoch=switch, epoch_from=epoch_from,
                              epoch_to=epoch_to, title=title)
+    if kind == "events":
+        from .analyze import run_events
+        return plot_events(metrics, run_events(path)["events"], title=title)
     if analysis is None:
         raise ZgdynError(f"{path}: has no analysis yet; run `zgdyn analyze {path}` first")
     if kind == "memorization":
@@ -171,6 +222,10 @@ def run_figure(path: str, kind: str, *, epoch_from: float | None = None,
                                  epoch_to=epoch_to, title=title)
     if kind == "gamma":
         return plot_gamma(analysis, cfg.optim.lr * cfg.optim.weight_decay, title=title)
+    if kind == "portrait":
+        from .analyze import run_events
+        return plot_portrait(analysis, event_epochs=[e["epoch"] for e in
+                                                     run_events(path)["events"]], title=title)
     ae = analysis["epoch"]
     if not epochs:
         fe = analysis["fourier_energy"]
