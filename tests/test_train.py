@@ -133,3 +133,11 @@ def test_divergence_is_reported_with_its_epoch(small):
     cfg = small(epochs=50).replace(lr=1e37, weight_decay=0.0)
     with pytest.raises(Diverged, match="epoch"):
         Trainer(cfg).run()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_trajectory_matches_cpu(small):
+    cfg = small(epochs=100, zipf_s=1.0, dtype="float64")
+    cpu, gpu = Trainer(cfg), Trainer(cfg.replace(device="cuda"))
+    cpu.run(), gpu.run()
+    torch.testing.assert_close(gpu.step.theta.cpu(), cpu.step.theta, rtol=1e-9, atol=1e-12)
