@@ -11,15 +11,16 @@ analyzed with the same settings are skipped.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
 from .config import ZgdynError
-from .fourier import all_logits, checkpoint_measures, detect_key_freqs, memorization_projector, \
-    spectrum
+from .fourier import checkpoint_measures, key_freqs_of, memorization_projector
 from .growth import adamw_direction, gamma_curve, gamma_fd, gamma_inst
+from .hessian import flatten_params
 from .step import FusedStep
 from .store import AnalysisWriter, Run
 
@@ -37,15 +38,12 @@ def reference_epoch(run: Run) -> int:
     return max(scored)[1]
 
 
-def _phase_weights(run: Run, epoch: int) -> torch.Tensor:
-    """Weights of the loss that the step after `epoch` uses."""
+def _phase_weights(run: Run) -> Callable[[int], torch.Tensor]:
+    """epoch -> the weights of the loss that the step after `epoch` uses (read once)."""
     switch = run.attrs["switch_epoch"]
-    phase = 1 if 0 <= switch <= epoch else 0
-    return torch.from_numpy(run.h5[f"weights/phase{phase}"][:])
-
-
-def _key_at(params: dict[str, torch.Tensor], p: int, top_k: int | None) -> list[int]:
-    return detect_key_freqs(spectrum(all_logits(params, p)).diagonal, top_k=top_k).freqs
+    weights = [torch.from_numpy(run.h5[f"weights/phase{i}"][:])
+               for i in range(2 if switch >= 0 else 1)]
+    return lambda epoch: weights[1 if 0 <= switch <= epoch else 0]
 
 
 def _gamma_inst_at_keyframes(run: Run, key: list[int] | None, top_k: int | None,
@@ -57,20 +55,19 @@ def _gamma_inst_at_keyframes(run: Run, key: list[int] | None, top_k: int | None,
     a, b, _ = split.tokens(split.train_idx)
     step = FusedStep(p, cfg.model.hidden, torch.as_tensor(a), torch.as_tensor(b),
                      optim=cfg.optim, dtype=cfg.model.dtype)
+    weights_at = _phase_weights(run)
     out_e, out_g, out_m = [], [], []
     for e in epochs:
         snap = run.snapshot_at(e)
-        k = key if key is not None else _key_at(snap.params, p, top_k)
+        k = key if key is not None else key_freqs_of(snap.params, p, top_k=top_k)
         project = memorization_projector(p, k)
         step.load_params(snap.params)
-        step.set_weights(_phase_weights(run, e))
+        step.set_weights(weights_at(e))
         step.loss_and_grad()
-        flat = lambda named: torch.cat([t.flatten() for t in named.values()])
-        views = lambda buf: step._views(buf)
-        u = adamw_direction(step.grad, flat(snap.exp_avg), flat(snap.exp_avg_sq), snap.step,
-                            cfg.optim)
-        u_m = flat(project(views(u)))
-        theta_m = flat(project(views(step.theta)))
+        u = adamw_direction(step.grad, flatten_params(snap.exp_avg),
+                            flatten_params(snap.exp_avg_sq), snap.step, cfg.optim)
+        u_m = flatten_params(project(step._views(u)))
+        theta_m = flatten_params(project(step.params))
         out_e.append(e)
         out_g.append(gamma_inst(u_m, theta_m, cfg.optim.lr))
         out_m.append(float(theta_m.double().norm()))
@@ -112,7 +109,7 @@ def _analyze(writer: AnalysisWriter, run: Run, key_freqs: str, ref_epoch: int | 
     if key_freqs == "fixed":
         if ref_epoch is None:
             ref_epoch = reference_epoch(run)
-        key = _key_at(run.params_at(ref_epoch), p, top_k)
+        key = key_freqs_of(run.params_at(ref_epoch), p, top_k=top_k)
     settings = {"key_freqs": key_freqs, "ref_epoch": ref_epoch, "top_k": top_k, "key": key}
     if writer.settings != settings:
         if writer.settings is not None and not force:
@@ -122,6 +119,7 @@ def _analyze(writer: AnalysisWriter, run: Run, key_freqs: str, ref_epoch: int | 
     done = set(int(e) for e in writer.done_epochs())
     todo = [int(e) for e in run.checkpoint_epochs if int(e) not in done]
     train_idx = torch.from_numpy(run.split.train_idx)
+    weights_at = _phase_weights(run)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -129,8 +127,8 @@ def _analyze(writer: AnalysisWriter, run: Run, key_freqs: str, ref_epoch: int | 
                    desc="analyze", disable=None)
     for i, e in enumerate(todo):
         params = run.params_at(e)
-        k = key if key is not None else _key_at(params, p, top_k)
-        row, diag = checkpoint_measures(params, p, k, train_idx, _phase_weights(run, e))
+        k = key if key is not None else key_freqs_of(params, p, top_k=top_k)
+        row, diag = checkpoint_measures(params, p, k, train_idx, weights_at(e))
         writer.append({"epoch": e, **row, "n_key": len(k), "spectrum": diag.numpy()})
         if (i + 1) % commit_every == 0:
             writer.commit()

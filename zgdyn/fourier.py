@@ -152,6 +152,11 @@ def _key_bins(p: int, key: list[int]) -> list[int]:
     return sorted({k % p for k in key} | {(p - k) % p for k in key})
 
 
+def key_freqs_of(params: dict[str, Tensor], p: int, *, top_k: int | None = None) -> list[int]:
+    """The key frequencies of a model's logits (`detect_key_freqs` on its spectrum)."""
+    return detect_key_freqs(spectrum(all_logits(params, p)).diagonal, top_k=top_k).freqs
+
+
 def fourier_energy(spec: Spectrum, key: list[int]) -> float:
     """Fraction of the non-constant logit energy in the key frequencies' diagonal bins."""
     return float(spec.diag_energy[_key_bins(spec.p, key)].sum()) / spec.total

@@ -19,7 +19,7 @@ import torch
 
 from .config import ZgdynError
 from .data import zipf_weights
-from .fourier import all_logits, detect_key_freqs, memorization_projector, spectrum
+from .fourier import key_freqs_of, memorization_projector
 from .hessian import (adam_preconditioner, adam_stability_threshold, extreme_eigs,
                       lanczos_extremes,
                       flatten_params, gradient, gradient_overlaps, linearized_growth_rates,
@@ -78,7 +78,7 @@ def load_point(path: str, epoch: int | None = None, *, dtype: str = "float64") -
     key = (analysis["attrs"]["settings"]["key"] if analysis is not None
            and analysis["attrs"]["settings"]["key"] else None)
     if key is None:
-        key = detect_key_freqs(spectrum(all_logits(params, p)).diagonal).freqs
+        key = key_freqs_of(params, p)
     v = flatten_params(snap.exp_avg_sq, order=params).to(DTYPES[dtype]) if snap else None
     return Point(run_path=str(path), epoch=epoch, p=p, like=params,
                  theta=flatten_params(params).detach(), pairs=split.tokens(split.train_idx),
@@ -94,16 +94,15 @@ def _spectrum_record(point: Point, s: float, k: int, which: str, preconditioned:
             raise ZgdynError(f"{point.run_path}: epoch {point.epoch} is not a keyframe, so it "
                              "has no Adam state for --preconditioned; choose a keyframe epoch")
         o = point.config.optim
-        hvp = preconditioned_hvp(hvp, adam_preconditioner(point.v, point.step, o.beta2, o.eps))
+        d = adam_preconditioner(point.v, point.step, o.beta2, o.eps)
+        hvp = preconditioned_hvp(hvp, d)
     if steps is None:
         res = extreme_eigs(hvp, point.theta.numel(), k=k, which=which, tol=tol)
     else:
         res = lanczos_extremes(hvp, point.theta.numel(), steps=steps, k=k, tol=tol)
     vecs = res.eigenvectors
     if preconditioned:  # directions in parameter space: D^{-1/2} u, normalized
-        o = point.config.optim
-        s_inv = adam_preconditioner(point.v, point.step, o.beta2, o.eps).rsqrt().double()
-        vecs = vecs * s_inv[:, None]
+        vecs = vecs * d.rsqrt().double()[:, None]
         vecs = vecs / vecs.norm(dim=0, keepdim=True)
     return {"eigenvalues": res.eigenvalues.numpy(), "eigenvectors": vecs,
             "residuals": res.residuals.numpy(), "n_hvp": res.n_hvp, "converged": res.converged}

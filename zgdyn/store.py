@@ -412,9 +412,10 @@ class Run:
         m = self.config.model
         model = build_model(self.config.data.p, m.hidden, init=m.init, seed=0, dtype=m.dtype,
                             device=device)
+        params = self.params_at(epoch, device=device)
         with torch.no_grad():
             for name, t in model.named_parameters():
-                t.copy_(self.params_at(epoch, device=device)[name])
+                t.copy_(params[name])
         return model
 
     def checkpoints(self, *, device: str = "cpu") -> Iterator[tuple[int, dict[str, Tensor]]]:
