@@ -103,9 +103,12 @@ class _Writable:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.jfile = JournaledFile(self.path)
+        if not self.path.is_file():
+            raise RunFileError(f"{self.path}: no such run file")
+        self.jfile = JournaledFile(self.path)  # rolls back an interrupted commit first
         h5 = None
         try:
+            _check_hdf5(self.path)
             h5 = h5py.File(self.jfile, "r+")
             _validate(h5, self.path)
             self.h5 = h5
@@ -176,7 +179,6 @@ class RunWriter(_Writable, Callback):
         path = Path(path)
         if not path.exists():
             raise RunFileError(f"{path}: no such run file to resume")
-        _check_hdf5(path)
         return cls(path)
 
     # state read back for resuming
@@ -253,7 +255,6 @@ class AnalysisWriter(_Writable):
     """
 
     def __init__(self, path: str | Path, group: str) -> None:
-        _check_hdf5(Path(path))
         super().__init__(path)
         self.name = f"analysis/{group}"
 
@@ -350,8 +351,8 @@ class Run:
         self.path = Path(path)
         self._owns = _h5 is None
         if _h5 is None:
+            recover(self.path)  # before looking at the file: it may be mid-commit
             _check_hdf5(self.path)
-            recover(self.path)
             try:
                 _h5 = h5py.File(self.path, "r", locking=False)
             except OSError as e:
@@ -475,10 +476,10 @@ def verify_run(path: str | Path) -> dict[str, Any]:
     Never raises for a damaged file (a missing one or a non-HDF5 one is a RunFileError).
     """
     path = Path(path)
+    rolled_back = recover(path)  # before looking at the file: it may be mid-commit
     _check_hdf5(path)
     problems: list[str] = []
     checked = {"checkpoints": 0, "keyframes": 0, "datasets": 0}
-    rolled_back = recover(path)
     try:
         f = h5py.File(path, "r", locking=False)
     except OSError as e:
