@@ -64,8 +64,8 @@ def test_adamw_steps_equal_torch_optim_adamw(dtype):
     for name, t in model.named_parameters():
         torch.testing.assert_close(step.params[name], t.detach(), rtol=tol, atol=tol)
         state = opt.state[t]
-        torch.testing.assert_close(step._views(step.exp_avg)[name], state["exp_avg"], rtol=tol, atol=tol)
-        torch.testing.assert_close(step._views(step.exp_avg_sq)[name], state["exp_avg_sq"], rtol=tol, atol=1e-12)
+        torch.testing.assert_close(step.views(step.exp_avg)[name], state["exp_avg"], rtol=tol, atol=tol)
+        torch.testing.assert_close(step.views(step.exp_avg_sq)[name], state["exp_avg_sq"], rtol=tol, atol=1e-12)
     assert step.t == 50
 
 

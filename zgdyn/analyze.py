@@ -66,7 +66,7 @@ def _gamma_inst_at_keyframes(run: Run, key: list[int] | None, top_k: int | None,
         step.loss_and_grad()
         u = adamw_direction(step.grad, flatten_params(snap.exp_avg),
                             flatten_params(snap.exp_avg_sq), snap.step, cfg.optim)
-        u_m = flatten_params(project(step._views(u)))
+        u_m = flatten_params(project(step.views(u)))
         theta_m = flatten_params(project(step.params))
         out_e.append(e)
         out_g.append(gamma_inst(u_m, theta_m, cfg.optim.lr))

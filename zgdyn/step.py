@@ -71,8 +71,8 @@ class FusedStep:
         self.exp_avg = torch.zeros(n, **kw)
         self.exp_avg_sq = torch.zeros(n, **kw)
         self.t = 0
-        self.params = self._views(self.theta)
-        self.grads = self._views(self.grad)
+        self.params = self.views(self.theta)
+        self.grads = self.views(self.grad)
         self.layers = layer_names(len(hidden))
         if use_onednn is None:
             use_onednn = (self.device.type == "cpu" and self.dtype == torch.float32
@@ -93,7 +93,8 @@ class FusedStep:
             self._onehot = oh
         self.set_weights(torch.full((n_pairs,), 1.0 / n_pairs, dtype=torch.float64))
 
-    def _views(self, flat: Tensor) -> dict[str, Tensor]:
+    def views(self, flat: Tensor) -> dict[str, Tensor]:
+        """{name: view of flat (N,)} shaped like the parameters (for theta, grad or a moment)."""
         views, offset = {}, 0
         for name, shape in self.shapes.items():
             size = math.prod(shape)

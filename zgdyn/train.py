@@ -119,7 +119,7 @@ class Trainer:
 
     def snapshot(self) -> Snapshot:
         st = self.step
-        copy = lambda flat: {k: v.detach().clone() for k, v in st._views(flat).items()}
+        copy = lambda flat: {k: v.detach().clone() for k, v in st.views(flat).items()}
         return Snapshot(epoch=self.epoch, params=copy(st.theta), exp_avg=copy(st.exp_avg),
                         exp_avg_sq=copy(st.exp_avg_sq), step=st.t, phase=self.phase,
                         switch_epoch=self.switch_epoch)
@@ -128,7 +128,7 @@ class Trainer:
         st = self.step
         for flat, named in ((st.theta, snap.params), (st.exp_avg, snap.exp_avg),
                             (st.exp_avg_sq, snap.exp_avg_sq)):
-            for k, view in st._views(flat).items():
+            for k, view in st.views(flat).items():
                 view.copy_(named[k])
         st.t, self.epoch = snap.step, snap.epoch
         self.phase, self.switch_epoch = snap.phase, snap.switch_epoch
