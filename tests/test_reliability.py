@@ -1,6 +1,7 @@
 """Fault injection, write failures, concurrency, corrupt files and numerical failure."""
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -252,3 +253,35 @@ def test_divergence_keeps_the_last_keyframe_and_resumes_with_changed_settings(tm
     with pytest.raises(ConfigError, match="lr: cannot change"):  # not diverged any more
         resume_run(path, changes={"lr": 1e-2, "epochs": 500})
     count("divergences survived")
+
+
+def test_a_reader_held_open_across_commits_still_reads(tmp_path):
+    """A handle opened before other commits reads the records it listed, even after the
+    writer has rewritten the index pages that its HDF5 cache still holds."""
+    path = tmp_path / "r.h5"
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, "train", *FLAGS, "--epochs", "20000",
+                             "--out", str(path)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+    def last_keyframe():  # asked of another process: HDF5 shares one open file per process
+        if not path.exists():
+            return -1
+        res = _cli("info", path, "--json")
+        return json.loads(res.stdout)["epochs_done"] if res.returncode == 0 else -1
+
+    try:
+        deadline = time.monotonic() + 60
+        while last_keyframe() < 60 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with open_run(path) as run:  # held open while the writer goes on committing
+            listed = [int(e) for e in run.keyframe_epochs]
+            while last_keyframe() < listed[-1] + 600 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert last_keyframe() >= listed[-1] + 600  # ten commits happened meanwhile
+            for e in listed:
+                snap = run.snapshot_at(e)
+                assert snap.epoch == e and torch.isfinite(snap.params["out.weight"]).all()
+        count("reads during training", len(listed))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0

@@ -81,6 +81,18 @@ def _try_lock(fd: int, path: Path) -> None:
                            "wait for it to finish or stop it first") from None
 
 
+def writer_active(path: Path) -> bool:
+    """Whether a writer holds the file's lock right now."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the shared lock, if taken
+
+
 class JournaledFile:
     """A file object for h5py's ``fileobj`` driver: writes stay in memory until `commit`.
 

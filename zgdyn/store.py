@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,8 @@ from torch import Tensor
 from . import __version__
 from .config import Config, from_dict
 from .data import Split
-from .journal import JournaledFile, RunFileError, _journal_path, _try_lock, recover
+from .journal import JournaledFile, RunFileError, _journal_path, _try_lock, recover, \
+    writer_active
 from .model import MLP, build_model, param_shapes
 from .train import METRICS, Callback, Snapshot, Trainer
 
@@ -350,14 +351,7 @@ class Run:
     def __init__(self, path: str | Path, *, _h5: h5py.File | None = None) -> None:
         self.path = Path(path)
         self._owns = _h5 is None
-        if _h5 is None:
-            recover(self.path)  # before looking at the file: it may be mid-commit
-            _check_hdf5(self.path)
-            try:
-                _h5 = h5py.File(self.path, "r", locking=False)
-            except OSError as e:
-                raise RunFileError(f"{self.path}: cannot be opened ({e})") from None
-        self.h5 = _h5
+        self.h5 = self._open() if _h5 is None else _h5
         try:
             _validate(self.h5, self.path)
             self.config = _config_of(self.h5, self.path)
@@ -368,6 +362,30 @@ class Run:
         except BaseException:
             self.close()
             raise
+
+    def _open(self) -> h5py.File:
+        recover(self.path)  # before looking at the file: it may be mid-commit
+        _check_hdf5(self.path)
+        try:
+            return h5py.File(self.path, "r", locking=False)
+        except OSError as e:
+            raise RunFileError(f"{self.path}: cannot be opened ({e})") from None
+
+    def _read(self, fn: Callable[[], Any]) -> Any:
+        """fn(), read again from a freshly opened file if a writer committed under us.
+
+        HDF5 caches metadata, so a handle held across another process's commit can find
+        addresses past the end of the file it knows; records are only ever appended, so a
+        fresh handle reads the same rows. A second failure is real (checksum, I/O).
+        """
+        try:
+            return fn()
+        except OSError:
+            if not (self._owns and writer_active(self.path)):
+                raise
+            self.h5.close()
+            self.h5 = self._open()
+            return fn()
 
     def __enter__(self) -> Run:
         return self
@@ -402,8 +420,8 @@ class Run:
         row = self._ckpt_row(epoch)
         shapes = param_shapes(self.config.data.p, self.config.model.hidden)
         try:
-            return {n: torch.from_numpy(self.h5["checkpoints"][n][row]).to(device)
-                    for n in shapes}
+            return self._read(lambda: {n: torch.from_numpy(self.h5["checkpoints"][n][row])
+                                       .to(device) for n in shapes})
         except OSError as e:
             raise RunFileError(f"{self.path}: checkpoint at epoch {epoch} is corrupt ({e})") \
                 from None
@@ -430,7 +448,11 @@ class Run:
         if not len(rows):
             raise RunFileError(f"{self.path}: no keyframe at epoch {epoch}; keyframes: "
                                f"{', '.join(str(int(e)) for e in self.keyframe_epochs[-5:])}")
-        return _snapshot(self.h5, int(rows[-1]), device)
+        try:
+            return self._read(lambda: _snapshot(self.h5, int(rows[-1]), device))
+        except OSError as e:
+            raise RunFileError(f"{self.path}: keyframe at epoch {epoch} is corrupt ({e})") \
+                from None
 
     def analysis(self, group: str) -> dict[str, Any] | None:
         """{dataset path: array} of `analysis/<group>`, plus its attributes under "attrs"."""
