@@ -1,7 +1,7 @@
 """`zgdyn analyze`: Fourier measures, both memorization amplitudes and γ(m) over a whole run.
 
-Reads the run's checkpoints, computes `fourier.checkpoint_measures` for each, then γ_fd
-along the trajectory, γ_inst at every keyframe, and the binned γ(m) curve; writes all of
+Reads the run's checkpoints and collapse-window records, computes `fourier.checkpoint_measures` for each, then γ_fd
+along the trajectory of checkpoints (window records are dense but not used for γ_fd), γ_inst at every keyframe, and the binned γ(m) curve; writes all of
 it to the run file's ``analysis/trajectory`` group. Resumable: checkpoints already
 analyzed with the same settings are skipped.
 
@@ -105,6 +105,7 @@ def _analyze(writer: AnalysisWriter, run: Run, key_freqs: str, ref_epoch: int | 
     p = cfg.data.p
     if not len(run.checkpoint_epochs):
         raise ZgdynError(f"{run.path}: has no checkpoints to analyze")
+    all_epochs = run.param_epochs
     key: list[int] | None = None
     if key_freqs == "fixed":
         if ref_epoch is None:
@@ -117,13 +118,13 @@ def _analyze(writer: AnalysisWriter, run: Run, key_freqs: str, ref_epoch: int | 
                              f"({writer.settings}); pass --force to recompute it")
         writer.reset(settings)
     done = set(int(e) for e in writer.done_epochs())
-    todo = [int(e) for e in run.checkpoint_epochs if int(e) not in done]
+    todo = [int(e) for e in all_epochs if int(e) not in done]
     train_idx = torch.from_numpy(run.split.train_idx)
     weights_at = _phase_weights(run)
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=len(run.checkpoint_epochs), initial=len(done), unit="ckpt",
+        bar = tqdm(total=len(all_epochs), initial=len(done), unit="ckpt",
                    desc="analyze", disable=None)
     for i, e in enumerate(todo):
         params = run.params_at(e)
@@ -138,6 +139,9 @@ def _analyze(writer: AnalysisWriter, run: Run, key_freqs: str, ref_epoch: int | 
         bar.close()
 
     res = writer.reader().analysis(GROUP)
+    regular = np.isin(res["epoch"], run.checkpoint_epochs)  # not only in a window
+    res = {k: v[regular] if isinstance(v, np.ndarray) and len(v) == len(regular) else v
+           for k, v in res.items()}
     order = np.argsort(res["epoch"])
     epochs = res["epoch"][order]
     lam = cfg.optim.lr * cfg.optim.weight_decay
@@ -163,6 +167,7 @@ def _analyze(writer: AnalysisWriter, run: Run, key_freqs: str, ref_epoch: int | 
         "key": key, "n_key": len(key) if key is not None else None,
         "n_key_auto_final": int(res["n_key_auto"][order][-1]),
         "n_checkpoints": int(len(epochs)), "newly_analyzed": len(todo),
+        "n_window_records": int((~regular).sum()),
         "fourier_energy": {"start": float(fe[0]), "peak": float(fe.max()),
                            "peak_epoch": int(epochs[int(fe.argmax())]), "end": float(fe[-1])},
         "diagonal_fraction_end": float(res["diagonal_fraction"][order][-1]),
@@ -194,12 +199,126 @@ def run_events(path: str, *, threshold: float = 100.0, lookback: int = 2_000,
         raise ZgdynError(f"lookback and refractory: must be integers >= 1, got {lookback}, "
                          f"{refractory}")
     with open_run(path) as run:
-        m, a = run.metrics, run.analysis(GROUP)
+        m, a = run.dense_metrics(), run.analysis(GROUP)
+        windows = {k: v.tolist() for k, v in run.windows.items()}
+        sparse = run.metrics["epoch"]
     fourier = (a["epoch"], a["fourier_energy"]) if a is not None else None
     events = detect_events(m["epoch"], m["train_loss"], threshold=threshold, lookback=lookback,
                            refractory=refractory, test_acc=m["test_acc"], fourier=fourier)
     stats = cycle_statistics(events, m["epoch"], m["test_acc"])
-    resolution = float(np.median(np.diff(m["epoch"]))) if len(m["epoch"]) > 1 else None
+    resolution = float(np.median(np.diff(sparse))) if len(sparse) > 1 else None
     return {"path": str(path), "threshold": threshold, "lookback": lookback,
-            "refractory": refractory, "eval_resolution": resolution,
+            "refractory": refractory, "eval_resolution": resolution, "windows": windows,
             "events": [e.to_dict() for e in events], "cycles": stats.to_dict()}
+
+
+FIT_GROUP = "fit"
+SLOW_VARIABLES = {"fourier": "fourier_energy", "adam": "adam_scale"}
+
+
+def _trajectory(run: Run, m_name: str) -> dict[str, np.ndarray]:
+    """The analyzed trajectory, sorted, split into the regular checkpoints and all records."""
+    a = run.analysis(GROUP)
+    if a is None:
+        raise ZgdynError(f"{run.path}: not analyzed yet; run zgdyn analyze {run.path} first")
+    order = np.argsort(a["epoch"])
+    e, m, fe = a["epoch"][order], a[m_name][order], a["fourier_energy"][order]
+    regular = np.isin(e, run.checkpoint_epochs)
+    met = run.metrics
+    adam = (np.interp(e, met["epoch"], met["adam_scale"]) if "adam_scale" in met
+            and len(met["adam_scale"]) else None)
+    return {"epoch_all": e, "m_all": m, "epoch": e[regular], "m": m[regular],
+            "fourier_energy": fe[regular], "adam_scale": None if adam is None else adam[regular]}
+
+
+def fit_run(path: str, *, model: str = "both", slow: str = "best", m_name: str = "m_w",
+            segment: int | None = None, threshold: float = 100.0) -> dict[str, Any]:
+    """Fits (a) per-event rates, (b) the 1-D law and (c) the 2-D slow-fast model to a run's
+    analyzed trajectory; the summary is stored in `analysis/fit` and returned.
+
+    model: "1d" | "2d" | "both". slow: the 2-D model's slow variable, "fourier" | "adam" |
+    "best" (both fitted, the lower AIC kept). segment: shooting segment, in checkpoints
+    (default: about 1/16 of the observed period).
+    """
+    from .oscillator import cycle_statistics, detect_events, event_rates, fit_1d, fit_2d, \
+        oscillation
+    from .store import open_run
+
+    if model not in ("1d", "2d", "both"):
+        raise ZgdynError(f"model: must be 1d | 2d | both, got {model!r}")
+    if slow not in (*SLOW_VARIABLES, "best"):
+        raise ZgdynError(f"slow: must be fourier | adam | best, got {slow!r}")
+    if m_name not in ("m_w", "m_f"):
+        raise ZgdynError(f"m: must be m_w | m_f, got {m_name!r}")
+    with open_run(path) as run:
+        tr = _trajectory(run, m_name)
+        dense = run.dense_metrics()
+        cfg = run.config
+    lam = cfg.optim.lr * cfg.optim.weight_decay
+    t, m = tr["epoch"], tr["m"]
+    if len(t) < 40:
+        raise ZgdynError(f"{path}: {len(t)} analyzed checkpoints; the fits need at least 40")
+    events = detect_events(dense["epoch"], dense["train_loss"], threshold=threshold,
+                           test_acc=dense["test_acc"], fourier=(t, tr["fourier_energy"]))
+    cycles = cycle_statistics(events, dense["epoch"], dense["test_acc"])
+    step = float(np.median(np.diff(t)))
+    period = cycles.period_mean
+    if segment is None:
+        segment = int(np.clip(round((period or (t[-1] - t[0]) / 2) / 16 / step), 4, 64))
+    if segment < 2 or segment >= len(t) // 2:
+        raise ZgdynError(f"segment: must be an integer in [2, {len(t) // 2 - 1}] checkpoints, "
+                         f"got {segment}")
+    lm = np.log(m)
+    observed = oscillation(t, lm)
+    rise = oscillation(tr["epoch_all"], np.log(tr["m_all"])).rise
+    out: dict[str, Any] = {
+        "path": str(path), "m": m_name, "lambda_eff": lam, "segment_checkpoints": segment,
+        "segment_epochs": segment * step,
+        "events": [e.epoch for e in events],
+        "observed": {"period": period, "period_std": cycles.period_std,
+                     "duty": observed.duty, "rise_ln_m": rise,
+                     "collapse_duration": (float(np.mean([e.duration for e in events]))
+                                           if events else None)},
+        "rates": [r.to_dict() for r in event_rates(events, tr["epoch_all"], tr["m_all"],
+                                                   lam)],
+    }
+    if model in ("1d", "both"):
+        near = np.zeros(len(t), bool)
+        for e in events:  # "between events": leave out each collapse and its first response
+            near |= (t >= e.epoch - 2 * step) & (t <= e.epoch + 4 * step)
+        between = fit_1d(t, m, lam, segment=segment, mask=~near) if events else None
+        whole = fit_1d(t, m, lam, segment=segment)
+        law = between or whole
+        g0, g1 = law.params
+        m_star = law.scales["m_ref"] * np.exp((lam - g0) / g1) if g1 != 0 else None
+        out["1d"] = {"between_events": None if between is None else between.to_dict(),
+                     "whole": whole.to_dict(), "m_star": None if m_star is None
+                     else float(m_star)}
+    if model in ("2d", "both"):
+        names = list(SLOW_VARIABLES) if slow == "best" else [slow]
+        fits = {}
+        for name in names:
+            y = tr[SLOW_VARIABLES[name]]
+            if y is None:
+                if slow != "best":
+                    raise ZgdynError(f"{path}: has no {SLOW_VARIABLES[name]} metric (written "
+                                     "by an earlier zgdyn); use --slow fourier")
+                continue
+            fits[name] = fit_2d(t, lm, y, segment=segment, slow_name=name, period_hint=period)
+        best = min(fits.values(), key=lambda f: f.aic)
+        out["2d"] = {"chosen": best.slow, "fits": {k: f.to_dict() for k, f in fits.items()}}
+    if "1d" in out and "2d" in out:
+        a1 = out["1d"]["whole"]["aic"]
+        a2 = out["2d"]["fits"][out["2d"]["chosen"]]["aic"]
+        out["aic"] = {"1d": a1, "2d": a2, "delta_1d_minus_2d": a1 - a2,
+                      "preferred": "2d" if a2 < a1 else "1d"}
+    writer = AnalysisWriter(path, FIT_GROUP)
+    try:
+        writer.reset({"model": model, "slow": slow, "m": m_name, "segment": segment,
+                      "threshold": threshold})
+        writer.put_attrs({"summary": out})
+    except BaseException:
+        writer.close(commit=False)
+        raise
+    writer.close(commit=True)
+    return out

@@ -153,7 +153,8 @@ def _format_info(s: dict[str, Any]) -> str:
         f"epochs done    {s['epochs_done']:,} of {sch['epochs']:,}"
         + (f" (+{sch['phase2_epochs']:,} after the switch)" if sch["phase2_epochs"] else ""),
         f"records        {s['n_evals']:,} evaluations, {s['n_checkpoints']:,} checkpoints, "
-        f"{s['n_keyframes']:,} keyframes",
+        f"{s['n_keyframes']:,} keyframes, {s['n_windows']} collapse window(s) of "
+        f"{s['n_window_records']:,} per-epoch records",
         f"first >= 95%   {_opt(s['first_epoch_test_acc_95'], 'd').replace('-', 'never')} "
         "(test accuracy, on the evaluation grid)",
         f"time >= 95%    {_pct(s['frac_evals_test_acc_95'])} of evaluations",
@@ -232,7 +233,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         f"{gn['gamma_fd_mean']:.3g} ({'above' if gn['above_lambda'] else 'below'} lambda)"
     gi = s["gamma_inst"]
     lines = [
-        f"analyzed       {s['n_checkpoints']} checkpoints ({s['newly_analyzed']} new) -> "
+        f"analyzed       {s['n_checkpoints']} checkpoints + {s['n_window_records']} window "
+        f"records ({s['newly_analyzed']} new) -> "
         f"{s['path']}:analysis/trajectory",
         f"key freqs      {key}",
         f"Fourier energy start {fe['start']:.3f}, peak {fe['peak']:.3f} (epoch "
@@ -292,7 +294,8 @@ def cmd_events(args: argparse.Namespace) -> int:
         return 0
     lines = [f"{len(r['events'])} collapse(s) in {r['path']} (train loss > {r['threshold']:g}x "
              f"its minimum over the previous {r['lookback']} epochs; evaluations every "
-             f"{_opt(r['eval_resolution'], 'g')} epochs)",
+             f"{_opt(r['eval_resolution'], 'g')} epochs, every epoch in "
+             f"{len(r['windows']['trigger'])} collapse window(s))",
              f"{'epoch':>8} {'loss ratio':>11} {'rise (ep)':>9} {'test before':>11} "
              f"{'test after':>10} {'Fourier before':>14} {'after':>6}"]
     for e in r["events"]:

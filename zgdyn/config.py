@@ -154,11 +154,20 @@ class RecordConfig:
     keyframe_every: int = _f(5_000, "store the optimizer state and commit the file every "
                              "this many epochs; a multiple of ckpt_every. A crash loses at "
                              "most this many epochs")
+    window: int = _f(100, "on a detected collapse, store every epoch from this many epochs "
+                     "before to this many after (2 * window + 1 parameter records); 0 = off")
+    collapse_threshold: float = _f(100.0, "a collapse is flagged when the per-step train "
+                                   "loss exceeds this multiple of its minimum over the "
+                                   "preceding 2,000 epochs, > 1")
 
     def __post_init__(self) -> None:
         for name in ("eval_every", "ckpt_every", "keyframe_every"):
             v = getattr(self, name)
             _check(_is_int(v) and v >= 1, name, "an integer >= 1", v)
+        _check(_is_int(self.window) and 0 <= self.window <= 100_000, "window",
+               "an integer in [0, 100000]", self.window)
+        _check(_is_real(self.collapse_threshold) and self.collapse_threshold > 1,
+               "collapse_threshold", "a number > 1", self.collapse_threshold)
         _check(self.keyframe_every % self.ckpt_every == 0, "keyframe_every",
                f"a multiple of ckpt_every={self.ckpt_every}", self.keyframe_every)
 

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 from .config import Config, ConfigError, flatten
 from .store import RunFileError, RunWriter
-from .train import Callback, Diverged, ProgressBar, Trainer
+from .train import LOOKBACK, Callback, Diverged, ProgressBar, Trainer
 
 # fields that may change when a run is resumed: how long it goes on, and where it runs;
 # after a divergence also the optimizer's settings (every change is kept in `history`)
@@ -100,6 +100,15 @@ def resume_run(path: str | Path, *, changes: dict[str, Any] | None = None,
         if config != stored:
             writer.set_config(config, at_epoch=snapshot.epoch if snapshot else 0)
         trainer = Trainer(config, snapshot)
+        state = writer.watch_state
+        if trainer.watch is not None and snapshot is not None and state is not None:
+            # recompute the detector's buffers from a keyframe far enough back
+            reach = max(config.record.window + 1, LOOKBACK)
+            early = writer.snapshot_before(max(0, snapshot.epoch - reach), config.device)
+            if early is not None and early.epoch < snapshot.epoch:
+                trainer.rebuild_watch(early, state)
+            else:
+                trainer.watch.load_state(state)
     except BaseException:
         writer.close(commit=False)
         raise
@@ -131,7 +140,7 @@ def replay_run(path: str | Path, out: str | Path, *, epoch_from: int, epoch_to: 
                                "no recorded state reproduces it")
         snap = run.snapshot_at(int(starts[-1]))
         switch = int(run.attrs["switch_epoch"])
-    changes: dict[str, Any] = {"eval_every": every, "ckpt_every": every,
+    changes: dict[str, Any] = {"eval_every": every, "ckpt_every": every, "window": 0,
                                "keyframe_every": every * max(1, -(-(epoch_to - snap.epoch) // every))}
     sch = cfg.schedule
     if sch.switch_s is None or (snap.phase == 0 and not 0 <= switch <= epoch_to):

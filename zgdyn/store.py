@@ -31,7 +31,7 @@ from .data import Split
 from .journal import JournaledFile, RunFileError, _journal_path, _try_lock, recover, \
     writer_active
 from .model import MLP, build_model, param_shapes
-from .train import METRICS, Callback, Snapshot, Trainer
+from .train import METRICS, OPTIONAL_METRICS, Callback, Snapshot, Trainer, Window
 
 FORMAT = "zgdyn.run"
 FORMAT_VERSION = 1
@@ -56,6 +56,15 @@ def _append(ds: h5py.Dataset, value: Any) -> None:
     n = ds.shape[0]
     ds.resize(n + 1, axis=0)
     ds[n] = value
+
+
+def _extend(ds: h5py.Dataset, values: np.ndarray) -> None:
+    n = ds.shape[0]
+    ds.resize(n + len(values), axis=0)
+    ds[n:] = values
+
+
+WINDOW_INDEX = ("trigger", "start", "end", "first_record", "n_records")
 
 
 def _create_skeleton(path: Path, config: Config, trainer: Trainer) -> None:
@@ -190,6 +199,16 @@ class RunWriter(_Writable, Callback):
     def last_snapshot(self, device: str = "cpu") -> Snapshot | None:
         return _snapshot(self.h5, -1, device) if len(self.h5["keyframes/epoch"]) else None
 
+    def snapshot_before(self, epoch: int, device: str = "cpu") -> Snapshot | None:
+        """The last keyframe at or before `epoch` (None if there is none)."""
+        rows = np.flatnonzero(self.h5["keyframes/epoch"][:] <= epoch)
+        return _snapshot(self.h5, int(rows[-1]), device) if len(rows) else None
+
+    @property
+    def watch_state(self) -> dict[str, float] | None:
+        raw = self.h5.attrs.get("watch_state")
+        return None if raw is None else json.loads(raw)
+
     def set_config(self, config: Config, *, at_epoch: int) -> None:
         """Store a changed config, keeping the history of changes in attribute `history`."""
         old = json.loads(self.h5.attrs["config"])
@@ -217,7 +236,8 @@ class RunWriter(_Writable, Callback):
     def on_eval(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         g = self.h5["metrics"]
         for name in METRICS:
-            _append(g[name], metrics[name])
+            if name in g:  # a file from an earlier version may lack an optional metric
+                _append(g[name], metrics[name])
 
     def on_switch(self, trainer: Trainer) -> None:
         self.h5.attrs["switch_epoch"] = trainer.switch_epoch
@@ -240,7 +260,41 @@ class RunWriter(_Writable, Callback):
             for name, value in getattr(snap, moment).items():
                 _append(g[moment][name], value.cpu().numpy())
         self.h5.attrs["epochs_done"] = trainer.epoch
+        if trainer.watch is not None:
+            self.h5.attrs["watch_state"] = json.dumps(trainer.watch.state())
         self.commit()
+
+    def on_window(self, trainer: Trainer, window: Window) -> None:
+        """Append a collapse window's records (committed with the keyframe that follows)."""
+        if "windows" not in self.h5:
+            g = self.h5.create_group("windows")
+            for name in WINDOW_INDEX:
+                _ext_dataset(g, name, (), np.int64)
+            for name in ("base_loss", "trigger_loss"):
+                _ext_dataset(g, name, (), np.float64)
+            _ext_dataset(g, "epoch", (), np.int64)
+            for name in METRICS:
+                _ext_dataset(g.require_group("metrics"), name, (),
+                             np.int64 if name in ("epoch", "phase") else np.float64)
+            ck = self.h5["checkpoints"]
+            for name in trainer.params:
+                _ext_dataset(g.require_group("params"), name, ck[name].shape[1:],
+                             ck[name].dtype, checksum=True)
+        g = self.h5["windows"]
+        first = len(g["epoch"])
+        for name, value in (("trigger", window.trigger), ("start", window.epochs[0]),
+                            ("end", window.epochs[-1]), ("first_record", first),
+                            ("n_records", len(window.epochs)),
+                            ("base_loss", window.base_loss),
+                            ("trigger_loss", window.trigger_loss)):
+            _append(g[name], value)
+        _extend(g["epoch"], np.asarray(window.epochs, np.int64))
+        for name in METRICS:
+            _extend(g["metrics"][name], np.array([m[name] for m in window.metrics]))
+        views = trainer.step.views
+        for name in trainer.params:
+            stack = torch.stack([views(th)[name] for th in window.thetas])
+            _extend(g["params"][name], stack.cpu().numpy())
 
     def on_end(self, trainer: Trainer) -> None:
         self.h5.attrs["status"] = "interrupted" if trainer.stopped_early else "complete"
@@ -359,6 +413,15 @@ class Run:
                                                    for k in self.h5["metrics"]}
             self.checkpoint_epochs: np.ndarray = self.h5["checkpoints/epoch"][:]
             self.keyframe_epochs: np.ndarray = self.h5["keyframes/epoch"][:]
+            w = self.h5.get("windows")
+            # one row per collapse window (trigger, start, end, first_record, n_records,
+            # base_loss, trigger_loss), and the epoch of every window record
+            self.windows: dict[str, np.ndarray] = (
+                {k: w[k][:] for k in (*WINDOW_INDEX, "base_loss", "trigger_loss")}
+                if w is not None else
+                {k: np.zeros(0, np.int64) for k in (*WINDOW_INDEX, "base_loss", "trigger_loss")})
+            self.window_epochs: np.ndarray = (w["epoch"][:] if w is not None
+                                              else np.zeros(0, np.int64))
         except BaseException:
             self.close()
             raise
@@ -407,20 +470,29 @@ class Run:
         return Split(p=self.config.data.p, train_idx=self.h5["split/train_idx"][:],
                      test_idx=self.h5["split/test_idx"][:])
 
-    def _ckpt_row(self, epoch: int) -> int:
+    @property
+    def param_epochs(self) -> np.ndarray:
+        """Every epoch with stored parameters: checkpoints and window records, sorted."""
+        return np.union1d(self.checkpoint_epochs, self.window_epochs)
+
+    def _ckpt_row(self, epoch: int) -> tuple[str, int]:
         rows = np.flatnonzero(self.checkpoint_epochs == epoch)
-        if not len(rows):
-            near = self.checkpoint_epochs[np.argsort(np.abs(self.checkpoint_epochs - epoch))[:3]]
-            raise RunFileError(f"{self.path}: no checkpoint at epoch {epoch}; nearest: "
-                               f"{', '.join(str(int(e)) for e in sorted(near)) or 'none'}")
-        return int(rows[-1])
+        if len(rows):
+            return "checkpoints", int(rows[-1])
+        rows = np.flatnonzero(self.window_epochs == epoch)
+        if len(rows):
+            return "windows/params", int(rows[-1])
+        have = self.param_epochs
+        near = have[np.argsort(np.abs(have - epoch))[:3]]
+        raise RunFileError(f"{self.path}: no checkpoint at epoch {epoch}; nearest: "
+                           f"{', '.join(str(int(e)) for e in sorted(near)) or 'none'}")
 
     def params_at(self, epoch: int, *, device: str = "cpu") -> dict[str, Tensor]:
-        """Named parameters at checkpoint `epoch`."""
-        row = self._ckpt_row(epoch)
+        """Named parameters at `epoch`: a checkpoint, or a record of a collapse window."""
+        group, row = self._ckpt_row(epoch)
         shapes = param_shapes(self.config.data.p, self.config.model.hidden)
         try:
-            return self._read(lambda: {n: torch.from_numpy(self.h5["checkpoints"][n][row])
+            return self._read(lambda: {n: torch.from_numpy(self.h5[group][n][row])
                                        .to(device) for n in shapes})
         except OSError as e:
             raise RunFileError(f"{self.path}: checkpoint at epoch {epoch} is corrupt ({e})") \
@@ -436,6 +508,15 @@ class Run:
             for name, t in model.named_parameters():
                 t.copy_(params[name])
         return model
+
+    def dense_metrics(self) -> dict[str, np.ndarray]:
+        """The evaluations merged with every collapse window's per-epoch metrics, by epoch."""
+        w = self.h5.get("windows/metrics")
+        if w is None or not len(self.window_epochs):
+            return dict(self.metrics)
+        merged = {k: np.concatenate([self.metrics[k], w[k][:]]) for k in self.metrics if k in w}
+        _, first = np.unique(merged["epoch"], return_index=True)
+        return {k: v[first] for k, v in merged.items()}
 
     def checkpoints(self, *, device: str = "cpu") -> Iterator[tuple[int, dict[str, Tensor]]]:
         """(epoch, named parameters) for every checkpoint, in order."""
@@ -481,6 +562,9 @@ class Run:
             "n_evals": int(len(test)),
             "n_checkpoints": int(len(self.checkpoint_epochs)),
             "n_keyframes": int(len(self.keyframe_epochs)),
+            "n_windows": int(len(self.windows["trigger"])),
+            "n_window_records": int(len(self.window_epochs)),
+            "window_triggers": [int(e) for e in self.windows["trigger"]],
             "first_epoch_test_acc_95": int(m["epoch"][above[0]]) if len(above) else None,
             "frac_evals_test_acc_95": float(len(above) / len(test)) if len(test) else None,
             "final": {k: last.get(k) for k in ("epoch", "train_loss", "train_acc", "test_loss",
@@ -531,7 +615,8 @@ def verify_run(path: str | Path) -> dict[str, Any]:
                     problems.append(f"{name}[{i}]: unreadable, checksum or I/O error ({e})")
             checked["datasets"] += 1
 
-        n_eval = {m: rows(f"metrics/{m}") for m in METRICS}
+        n_eval = {m: rows(f"metrics/{m}") for m in METRICS
+                  if m not in OPTIONAL_METRICS or f"metrics/{m}" in f}
         if len(set(n_eval.values())) > 1:
             problems.append(f"metrics: datasets of different lengths {n_eval}")
         n_ck = rows("checkpoints/epoch")
@@ -549,6 +634,23 @@ def verify_run(path: str | Path) -> dict[str, Any]:
                     problems.append(f"{ds}: shape {f[ds].shape[1:]}, expected {shape}")
                 else:
                     read_all(ds, n)
+        if "windows" in f:
+            n_rec = rows("windows/epoch")
+            n_win = rows("windows/trigger")
+            for name in (*WINDOW_INDEX, "base_loss", "trigger_loss"):
+                if rows(f"windows/{name}") != n_win:
+                    problems.append(f"windows/{name}: not one record per window")
+            for name in (*[f"metrics/{m}" for m in METRICS],
+                         *[f"params/{n}" for n in shapes]):
+                got = rows(f"windows/{name}")
+                if got is not None and n_rec is not None and got != n_rec:
+                    problems.append(f"windows/{name}: {got} records, expected {n_rec}")
+                elif name.startswith("params/") and got:
+                    read_all(f"windows/{name}", got)
+            if n_win and n_rec is not None and \
+                    int(f["windows/n_records"][:].sum()) != n_rec:
+                problems.append("windows: the index does not account for every record")
+            checked["window_records"] = n_rec or 0
         if n_ck:
             checked["checkpoints"] = n_ck
         if n_kf:

@@ -2,10 +2,12 @@
 
 Epoch e means "after e AdamW steps"; epoch 0 is the initialization. At each epoch the loop
 may emit, in this order: `on_eval` (every eval_every, at a switch epoch and at the end),
-`on_switch` (the two-phase protocol's change of Zipf exponent), `on_checkpoint` (every
-ckpt_every, at keyframes) and `on_keyframe` (every keyframe_every, at the switch, at the
-end, and when a stop was requested). A keyframe holds everything needed to continue
-bitwise: see `Snapshot`.
+`on_switch` (the two-phase protocol's change of Zipf exponent), `on_window` (a collapse
+window closes, see `CollapseWatch`), `on_checkpoint` (every ckpt_every, at keyframes) and
+`on_keyframe` (every keyframe_every, at the switch, at the end, when a window closes, and
+when a stop was requested). A keyframe holds everything needed to continue bitwise: see
+`Snapshot`. No keyframe falls inside an open window: a periodic one waits for the window
+to close, and a stop request waits too (at most `window` epochs).
 
     >>> trainer = Trainer(Config(schedule=ScheduleConfig(epochs=2000)))
     >>> trainer.run([MetricsLog()])
@@ -14,7 +16,9 @@ bitwise: see `Snapshot`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,8 +29,13 @@ from .data import Split, make_split, zipf_weights
 from .model import build_model
 from .step import FusedStep
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 METRICS = ("epoch", "phase", "zipf_s", "train_loss", "train_loss_unweighted", "train_acc",
-           "train_acc_weighted", "test_loss", "test_acc")
+           "train_acc_weighted", "test_loss", "test_acc", "adam_scale")
+# metrics that files written by earlier zgdyn versions may lack
+OPTIONAL_METRICS = ("adam_scale",)
 
 
 class Diverged(ZgdynError):
@@ -56,12 +65,120 @@ class Snapshot:
     switch_epoch: int  # -1 if no switch has happened
 
 
+LOOKBACK = 2_000  # epochs over which the collapse detector takes the loss minimum
+REFRACTORY = 2_000  # epochs after a collapse before the detector fires again
+
+
+@dataclass
+class Window:
+    """Every epoch around one detected collapse: epochs trigger - k ... trigger + k."""
+
+    trigger: int  # the first epoch whose train loss exceeded threshold x base_loss
+    base_loss: float  # the minimum train loss over the preceding LOOKBACK epochs
+    trigger_loss: float
+    epochs: list[int] = field(default_factory=list)
+    thetas: list[Tensor] = field(default_factory=list)  # flat parameter vectors (copies)
+    scales: list[float] = field(default_factory=list)  # Adam's second-moment scale
+    metrics: list[dict[str, float]] = field(default_factory=list)  # filled when it closes
+
+    def params(self, i: int, views: Callable[[Tensor], dict[str, Tensor]]) -> dict[str, Tensor]:
+        return views(self.thetas[i])
+
+
+class CollapseWatch:
+    """Online collapse detector with a ring buffer of the last `k` + 2 parameter vectors.
+
+    It sees every step's train loss, L(theta_t), once theta_{t+1} exists. It fires at epoch t
+    when L(theta_t) > threshold x min{L(theta_s): t - LOOKBACK <= s < t, s after the last
+    collapse's peak}, the rule of `oscillator.detect_events`, then rests REFRACTORY epochs.
+    A firing opens a `Window` holding the buffered epochs t - k ... t + 1; it collects every
+    epoch up to t + k and is then due. Its scalar state (`state()`) is small and goes into
+    every keyframe; the buffers are rebuilt on resume by recomputing from an earlier keyframe.
+    """
+
+    def __init__(self, k: int, threshold: float, n: int, *, dtype: torch.dtype,
+                 device: torch.device) -> None:
+        self.k, self.threshold = k, threshold
+        self._ring = torch.empty(k + 2, n, dtype=dtype, device=device)
+        self._ring_epochs: deque[int] = deque(maxlen=k + 2)  # epochs held, oldest first
+        self._ring_scales: list[float] = [math.nan] * (k + 2)
+        self._mins: deque[tuple[int, float]] = deque()  # sliding minimum, increasing losses
+        self.resting_until, self.last_peak = -1, -1
+        self._peak = (-1, -math.inf)
+        self.open: Window | None = None
+        self.filling = False  # rebuilding buffers on resume: no detection
+
+    def state(self) -> dict[str, float]:
+        return {"resting_until": self.resting_until, "last_peak": self.last_peak,
+                "peak_epoch": self._peak[0], "peak_loss": self._peak[1]}
+
+    def load_state(self, state: dict[str, float]) -> None:
+        self.resting_until, self.last_peak = int(state["resting_until"]), int(state["last_peak"])
+        self._peak = (int(state["peak_epoch"]), float(state["peak_loss"]))
+
+    def reset_minimum(self) -> None:
+        """Forget the loss history (the loss changes meaning at a switch of weights)."""
+        self._mins.clear()
+
+    def remember(self, epoch: int, theta: Tensor, scale: float = math.nan) -> None:
+        """Keep theta (and Adam's scale) at `epoch` in the ring buffer (or the open window)."""
+        if self.open is not None:
+            self.open.epochs.append(epoch)
+            self.open.thetas.append(theta.detach().clone())
+            self.open.scales.append(scale)
+            return
+        slot = epoch % (self.k + 2)
+        self._ring[slot].copy_(theta)
+        self._ring_scales[slot] = scale
+        self._ring_epochs.append(epoch)
+
+    def observe(self, t: int, loss: float, theta_next: Tensor, scale: float = math.nan) -> None:
+        """L(theta_t) = loss, and theta_{t+1} with Adam's scale then; may open a window."""
+        loss = max(loss, 1e-300)
+        self.remember(t + 1, theta_next, scale)
+        fire = False
+        if not self.filling:
+            if t <= self.resting_until and loss > self._peak[1]:
+                self._peak = (t, loss)
+            if self._peak[0] >= 0:
+                self.last_peak = self._peak[0]
+            if t >= self.resting_until:
+                mins = self._mins
+                while mins and (mins[0][0] < t - LOOKBACK or mins[0][0] <= self.last_peak):
+                    mins.popleft()
+                fire = bool(mins) and self.open is None and loss > self.threshold * mins[0][1]
+        if fire:
+            self.open = Window(trigger=t, base_loss=self._mins[0][1], trigger_loss=loss)
+            for e in self._ring_epochs:  # oldest first: t - k ... t + 1
+                if e >= t - self.k:
+                    self.open.epochs.append(e)
+                    self.open.thetas.append(self._ring[e % (self.k + 2)].clone())
+                    self.open.scales.append(self._ring_scales[e % (self.k + 2)])
+            self.resting_until, self._peak = t + REFRACTORY, (t, loss)
+        while self._mins and self._mins[-1][1] >= loss:
+            self._mins.pop()
+        self._mins.append((t, loss))
+
+    def due(self, epoch: int) -> bool:
+        return self.open is not None and epoch >= self.open.trigger + self.k
+
+    def take(self) -> Window:
+        """The open window, closed; the ring goes on with its last k + 2 epochs."""
+        win, self.open = self.open, None
+        self._ring_epochs.clear()
+        last = slice(-(self.k + 2), None)
+        for e, theta, scale in zip(win.epochs[last], win.thetas[last], win.scales[last]):
+            self.remember(e, theta, scale)
+        return win
+
+
 class Callback:
     """Base class: override the events you need. `trainer` exposes the live state."""
 
     def on_start(self, trainer: Trainer) -> None: ...
     def on_eval(self, trainer: Trainer, metrics: dict[str, float]) -> None: ...
     def on_switch(self, trainer: Trainer) -> None: ...
+    def on_window(self, trainer: Trainer, window: Window) -> None: ...
     def on_checkpoint(self, trainer: Trainer) -> None: ...
     def on_keyframe(self, trainer: Trainer) -> None: ...
     def on_end(self, trainer: Trainer) -> None: ...
@@ -95,6 +212,10 @@ class Trainer:
         self._test_idx = torch.as_tensor(self.split.test_idx, device=dev)
         self.stop_requested = False
         self.stopped_early = False
+        rec = config.record
+        self.watch = None if rec.window == 0 else CollapseWatch(
+            rec.window, rec.collapse_threshold, self.step.theta.numel(),
+            dtype=self.step.theta.dtype, device=self.step.device)
         if snapshot is None:
             model = build_model(d.p, m.hidden, init=m.init, seed=config.seed, dtype=m.dtype)
             self.step.load_params(dict(model.named_parameters()))
@@ -154,7 +275,16 @@ class Trainer:
             "train_acc_weighted": _weighted_mean(correct[tr], w),
             "test_loss": float(ce[te].double().mean()),
             "test_acc": float(correct[te].double().mean()),
+            "adam_scale": self.adam_scale(),
         }
+
+    def adam_scale(self) -> float:
+        """Adam's second-moment scale: sqrt(mean v_hat), the RMS gradient it divides by."""
+        st = self.step
+        if st.t == 0:
+            return 0.0
+        mean_v = float(st.exp_avg_sq.sum(dtype=torch.float64)) / st.exp_avg_sq.numel()
+        return math.sqrt(mean_v / (1.0 - self.config.optim.beta2 ** st.t))
 
     def _should_switch(self, metrics: dict[str, float] | None) -> bool:
         sch = self.config.schedule
@@ -167,6 +297,61 @@ class Trainer:
     def _switch(self) -> None:
         self.phase, self.switch_epoch = 1, self.epoch
         self.step.set_weights(self.phase_weights[1])
+        if self.watch is not None:
+            self.watch.reset_minimum()
+
+    def evaluate_at(self, theta: Tensor, epoch: int, adam_scale: float) -> dict[str, float]:
+        """`evaluate` at the flat parameter vector `theta` instead of the live one."""
+        live = self.step.theta.clone()
+        try:
+            self.step.theta.copy_(theta)
+            metrics = self.evaluate()
+        finally:
+            self.step.theta.copy_(live)
+        metrics["epoch"], metrics["adam_scale"] = float(epoch), adam_scale
+        return metrics
+
+    @property
+    def window_open(self) -> bool:
+        return self.watch is not None and self.watch.open is not None
+
+    def rebuild_watch(self, early: Snapshot, state: dict[str, float]) -> bool:
+        """Refill the collapse detector's buffers on resume, by recomputing from `early`.
+
+        The trainer must hold the snapshot to resume from; it recomputes from the earlier
+        keyframe `early` to that epoch, then restores the snapshot and the detector's stored
+        `state`. Returns whether the recomputed parameters equal the snapshot's bitwise.
+        """
+        if self.watch is None:
+            return True
+        target = self.snapshot()
+        self.restore(early)
+        self.watch.filling = True
+        try:
+            self.watch.remember(self.epoch, self.step.theta, self.adam_scale())
+            while self.epoch < target.epoch:
+                loss = float(self.step.step())
+                self.epoch += 1
+                self.watch.observe(self.epoch - 1, loss, self.step.theta, self.adam_scale())
+                if self._should_switch(self.evaluate() if self._eval_due() else None):
+                    self._switch()
+            same = bool(torch.equal(self.step.theta, self._flat(target.params)))
+        finally:
+            self.watch.filling = False
+            self.restore(target)
+        self.watch.load_state(state)
+        return same
+
+    def _flat(self, named: dict[str, Tensor]) -> Tensor:
+        flat = torch.empty_like(self.step.theta)
+        for k, view in self.step.views(flat).items():
+            view.copy_(named[k])
+        return flat
+
+    def _eval_due(self) -> bool:
+        e, sch = self.epoch, self.config.schedule
+        return (e % self.config.record.eval_every == 0 or e >= self.end_epoch
+                or (sch.switch_at_epoch == e and self.phase == 0))
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -174,11 +359,16 @@ class Trainer:
         for cb in callbacks:
             getattr(cb, event)(self, *args)
 
+    def _close_window(self, callbacks: list[Callback]) -> None:
+        win = self.watch.take()
+        win.metrics = [self.evaluate_at(th, e, sc)
+                       for e, th, sc in zip(win.epochs, win.thetas, win.scales)]
+        self._emit(callbacks, "on_window", win)
+
     def _at_epoch(self, callbacks: list[Callback]) -> None:
-        rec, sch, e = self.config.record, self.config.schedule, self.epoch
-        switching_now = sch.switch_at_epoch == e and self.phase == 0
+        rec, e = self.config.record, self.epoch
         metrics = None
-        if e % rec.eval_every == 0 or e >= self.end_epoch or switching_now:
+        if self._eval_due():
             metrics = self.evaluate()
             if not math.isfinite(metrics["train_loss"]):
                 raise _diverged(e, "the train loss", metrics["train_loss"])
@@ -188,8 +378,12 @@ class Trainer:
             self._switch()
             switched = True
             self._emit(callbacks, "on_switch")
-        last = e >= self.end_epoch or self.stop_requested
-        keyframe = e % rec.keyframe_every == 0 or switched or last
+        last = e >= self.end_epoch or (self.stop_requested and not self.window_open)
+        closed = self.window_open and (self.watch.due(e) or switched or last)
+        if closed:  # a switch or the end cuts a window short
+            self._close_window(callbacks)
+        keyframe = (e % rec.keyframe_every == 0 and not self.window_open) or switched or last \
+            or closed
         if e % rec.ckpt_every == 0 or keyframe:
             self._emit(callbacks, "on_checkpoint")
         if keyframe:
@@ -200,13 +394,21 @@ class Trainer:
         callbacks = list(callbacks)
         self._emit(callbacks, "on_start")
         if self.epoch == 0 and self.step.t == 0:
+            if self.watch is not None:
+                self.watch.remember(0, self.step.theta, 0.0)
             self._at_epoch(callbacks)
-        check_each_step = self.step.device.type == "cpu"  # a GPU would sync every step
-        while self.epoch < self.end_epoch and not self.stop_requested:
+        # a GPU would sync every step; the collapse detector needs every loss anyway
+        check_each_step = self.step.device.type == "cpu" or self.watch is not None
+        while self.epoch < self.end_epoch and not (self.stop_requested and
+                                                   not self.window_open):
             loss = self.step.step()
-            if check_each_step and not math.isfinite(float(loss)):
-                raise _diverged(self.epoch, "the train loss", float(loss))
+            if check_each_step:
+                loss = float(loss)
+                if not math.isfinite(loss):
+                    raise _diverged(self.epoch, "the train loss", loss)
             self.epoch += 1
+            if self.watch is not None:
+                self.watch.observe(self.epoch - 1, loss, self.step.theta, self.adam_scale())
             self._at_epoch(callbacks)
         self.stopped_early = self.epoch < self.end_epoch
         self._emit(callbacks, "on_end")
