@@ -220,3 +220,34 @@ def test_windows_off_records_nothing(tmp_path):
     with open_run(path) as run:
         assert run.summary()["n_windows"] == 0 and "windows" not in run.h5
         assert "watch_state" not in run.attrs
+
+
+def test_analysis_fit_and_figures_see_the_window(reference, tmp_path, capsys):
+    import json
+
+    from zgdyn.analyze import analyze_run
+    from zgdyn.cli import main
+    from zgdyn.plots import run_figure
+
+    path = tmp_path / "a.h5"
+    shutil.copy(reference[0], path)
+    t = int(reference[1]["trigger"][0])
+    summary = analyze_run(str(path))
+    with open_run(path) as run:  # the window's last epoch is also a keyframe's checkpoint
+        only = np.setdiff1d(run.window_epochs, run.checkpoint_epochs)
+    assert summary["n_window_records"] == len(only) == 40
+    capsys.readouterr()
+    assert main(["events", str(path), "--json"]) == 0
+    events = json.loads(capsys.readouterr().out)["events"]
+    assert [e["epoch"] for e in events] == [t]  # found at 1-epoch resolution in the window
+    assert main(["fit", str(path), "--model", "1d", "--json"]) == 0
+    fit = json.loads(capsys.readouterr().out)
+    assert fit["events"] == [t] and fit["rates"][0]["growth"] > 0
+    assert fit["rates"][0]["growth_span"][0] >= t - 200
+    assert len(fit["1d"]["between_events"]["params"]) == 2
+    with open_run(path) as run:
+        assert run.analysis("fit")["attrs"]["summary"]["events"] == [t]
+    for kind in ("portrait", "rate", "gamma", "dynamics"):
+        fig = run_figure(str(path), kind)
+        assert all(ax.has_data() for ax in fig.axes)
+    assert main(["fit", str(path), "--segment", "1000"]) == 2

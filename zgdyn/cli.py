@@ -312,6 +312,59 @@ def cmd_events(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pm(value: float | None, err: float | None, fmt: str = ".3g") -> str:
+    if value is None:
+        return "-"
+    return f"{value:{fmt}}" + ("" if err is None else f" ± {err:{fmt}}")
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from .analyze import fit_run
+
+    r = fit_run(str(args.run), model=args.model, slow=args.slow, m_name=args.m,
+                segment=args.segment, threshold=args.threshold)
+    if args.json:
+        _print_json(r)
+        return 0
+    lam, obs = r["lambda_eff"], r["observed"]
+    lines = [f"fits of {r['m']} in {r['path']} (lambda = lr*wd = {lam:g}; shooting segments of "
+             f"{r['segment_epochs']:,.0f} epochs; {len(r['events'])} collapse(s))"]
+    if r["rates"]:
+        lines.append("(a) per collapse: growth of m while it jumps, decay after (per epoch)")
+        for x in r["rates"]:
+            lines.append(f"  {x['epoch']:>8}  growth {_pm(x['growth'], x['growth_stderr'])} "
+                         f"(= {_opt(x['growth_over_lambda'], '.3g')} lambda)   decay "
+                         f"{_pm(x['decay'], x['decay_stderr'])} "
+                         f"(= {_opt(x['decay_over_lambda'], '.3g')} lambda)")
+    if "1d" in r:
+        law = r["1d"]["between_events"] or r["1d"]["whole"]
+        (g0, g1), (e0, e1) = law["params"], law["stderr"]
+        lines.append(f"(b) 1-D law d ln m/dt = gamma(m) - lambda, gamma(m) = g0 + g1 ln(m / "
+                     f"{law['scales']['m_ref']:.4g}): g0 {_pm(g0, e0)}, g1 {_pm(g1, e1)}; "
+                     f"gamma = lambda at m* = {_opt(r['1d']['m_star'], '.4g')} (fitted "
+                     f"{'between collapses' if r['1d']['between_events'] else 'on all data'})")
+    if "2d" in r:
+        for name, f in r["2d"]["fits"].items():
+            chosen = " (chosen)" if name == r["2d"]["chosen"] else ""
+            ps = ", ".join(f"{n} {_pm(v, e)}" for n, v, e in
+                           zip(f["names"][:4], f["params"][:4], f["stderr"][:4]))
+            lines.append(f"(c) 2-D slow-fast, slow = {name}{chosen}: {ps}; AIC {f['aic']:.1f}")
+        sim = r["2d"]["fits"][r["2d"]["chosen"]]["simulated"] or {}
+        lines.append(f"{'':4}{'':24}{'observed':>12}{'2-D model':>12}")
+        for label, o, s in (("period (epochs)", obs["period"], sim.get("period")),
+                            ("duty cycle (m high)", obs["duty"], sim.get("duty")),
+                            ("rise of ln m (epochs)", obs["rise_ln_m"], sim.get("rise"))):
+            lines.append(f"{'':4}{label:<24}{_opt(o, '.4g'):>12}{_opt(s, '.4g'):>12}")
+        lines.append(f"{'':4}{'collapse, train loss':<24}"
+                     f"{_opt(obs['collapse_duration'], '.4g'):>12}{'':>12}")
+    if "aic" in r:
+        a = r["aic"]
+        lines.append(f"AIC on ln m: 1-D {a['1d']:.1f}, 2-D {a['2d']:.1f}; the data choose the "
+                     f"{a['preferred']} model (difference {a['delta_1d_minus_2d']:.1f})")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from .runner import replay_run
     from .store import open_run
@@ -464,6 +517,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refractory", type=int, default=2000, metavar="EPOCHS")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_events)
+
+    p = sub.add_parser("fit", help="fit the collapse rates, the 1-D law and a 2-D slow-fast "
+                       "oscillator to an analyzed run", description="Needs zgdyn analyze "
+                       "first. Stores the results in the run file's analysis/fit group.")
+    p.add_argument("run", type=Path, metavar="RUN.h5")
+    p.add_argument("--model", choices=("1d", "2d", "both"), default="both")
+    p.add_argument("--slow", choices=("fourier", "adam", "best"), default="best",
+                   help="the 2-D model's slow variable: Fourier energy, Adam's second-moment "
+                   "scale, or both fitted and the lower AIC kept (default)")
+    p.add_argument("--m", choices=("m_w", "m_f"), default="m_w",
+                   help="memorization amplitude: weight space (default) or function space")
+    p.add_argument("--segment", type=int, metavar="N",
+                   help="shooting segment in checkpoints (default: about a 16th of the period)")
+    p.add_argument("--threshold", type=float, default=100.0,
+                   help="collapse threshold, as in zgdyn events (default 100)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("replay", help="recompute a stretch of a run at any resolution, "
                        "bitwise", description="Restart from the keyframe at or before --from "

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-KINDS = ("dynamics", "memorization", "gamma", "spectrum", "portrait", "events")
+KINDS = ("dynamics", "memorization", "gamma", "spectrum", "portrait", "events", "rate")
 
 
 def _window(epochs: np.ndarray, lo: float | None, hi: float | None) -> np.ndarray:
@@ -99,7 +99,8 @@ def plot_memorization(metrics: dict[str, np.ndarray], analysis: dict[str, Any], 
     return fig
 
 
-def plot_gamma(analysis: dict[str, Any], lam: float, *, title: str = "") -> Figure:
+def plot_gamma(analysis: dict[str, Any], lam: float, *, fit: dict[str, Any] | None = None,
+               title: str = "") -> Figure:
     """γ(m): binned γ_fd with bootstrap intervals, γ_inst at keyframes, and the decay rate λ."""
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
@@ -110,6 +111,10 @@ def plot_gamma(analysis: dict[str, Any], lam: float, *, title: str = "") -> Figu
     if "gamma_inst/gamma" in analysis and len(analysis["gamma_inst/gamma"]):
         ax.plot(analysis["gamma_inst/m_w"], analysis["gamma_inst/gamma"], "x", color="C3",
                 label="γ_inst at keyframes")
+    law = _law(fit)
+    if law is not None:
+        grid = np.geomspace(mc.min(), mc.max(), 200)
+        ax.plot(grid, law(grid), color="C2", lw=1.5, label="1-D law fitted between collapses")
     ax.axhline(lam, color="k", ls="--", lw=1, label=f"λ = lr·wd = {lam:g}")
     ax.set_xscale("log")
     ax.set_xlabel("memorization amplitude m_w")
@@ -142,26 +147,101 @@ def plot_spectrum(analysis: dict[str, Any], epochs: list[int], *, key: list[int]
     return fig
 
 
+def _law(fit: dict[str, Any] | None) -> Any:
+    """γ(m) of the fitted 1-D law, or None."""
+    one = (fit or {}).get("1d")
+    if not one:
+        return None
+    law = one["between_events"] or one["whole"]
+    g0, g1 = law["params"]
+    ref = law["scales"]["m_ref"]
+    return lambda m: g0 + g1 * np.log(m / ref)
+
+
 def plot_portrait(analysis: dict[str, Any], *, event_epochs: list[int] | None = None,
+                  fit: dict[str, Any] | None = None, m_name: str = "m_w",
                   title: str = "") -> Figure:
-    """Phase portrait: the trajectory in the (Fourier energy, m_w) plane, colored by epoch."""
-    fig = Figure(figsize=(7, 5.5), layout="constrained")
+    """Phase portrait: the trajectory in the (Fourier energy, ln m) plane, colored by epoch,
+    with the collapses marked and, given a fit with the Fourier energy as slow variable, the
+    2-D model's nullclines and vector field."""
+    from .oscillator import fhn_rhs
+
+    fig = Figure(figsize=(7.5, 5.5), layout="constrained")
     ax = fig.subplots()
-    e, fe, mw = analysis["epoch"], analysis["fourier_energy"], analysis["m_w"]
-    ax.plot(fe, mw, color="0.75", lw=0.8, zorder=1)
-    sc = ax.scatter(fe, mw, c=e, cmap="viridis", s=8, zorder=2)
+    e, fe, lm = analysis["epoch"], analysis["fourier_energy"], np.log(analysis[m_name])
+    ax.plot(fe, lm, color="0.75", lw=0.8, zorder=1)
+    sc = ax.scatter(fe, lm, c=e, cmap="viridis", s=6, zorder=2)
     fig.colorbar(sc, ax=ax, label="epoch")
     for k, ev in enumerate(event_epochs or []):
-        i = int(np.searchsorted(e, ev))  # the first checkpoint at or after the collapse
-        if i < len(e):
-            ax.plot(fe[i], mw[i], "rx", ms=9, mew=2, zorder=3,
-                    label="first checkpoint after a collapse" if k == 0 else None)
-    ax.set_xlabel("Fourier energy (key frequencies)")
-    ax.set_ylabel("memorization amplitude m_w = ‖θ_M‖")
+        i = min(int(np.searchsorted(e, ev)), len(e) - 1)  # the first record at or after it
+        ax.plot(fe[i], lm[i], "rx", ms=9, mew=2, zorder=4,
+                label="collapse (first record after)" if k == 0 else None)
+    two = ((fit or {}).get("2d") or {}).get("fits", {}).get("fourier")
+    if two is not None:
+        tau, eps, a, b, x0, xs, y0, ys = two["params"]
+        sc_ = two["scales"]
+        to_lm = lambda v: sc_["fast_mean"] + sc_["fast_std"] * (x0 + xs * v)
+        to_f = lambda w: sc_["slow_mean"] + sc_["slow_std"] * (y0 + ys * w)
+        xlim, ylim = ax.get_xlim(), ax.get_ylim()
+        v = np.linspace(-2.5, 2.5, 400)
+        ax.plot(to_f(v - v**3 / 3), to_lm(v), color="C3", lw=1.5,
+                label="fast nullcline (dm/dt = 0)")
+        ax.plot(to_f((v + a) / b), to_lm(v), color="C1", lw=1.5,
+                label="slow nullcline (dF/dt = 0)")
+        gf, gl = np.meshgrid(np.linspace(*xlim, 21), np.linspace(*ylim, 21))
+        vv = ((gl - sc_["fast_mean"]) / sc_["fast_std"] - x0) / xs
+        ww = ((gf - sc_["slow_mean"]) / sc_["slow_std"] - y0) / ys
+        dv, dw = fhn_rhs(vv, ww, tau, eps, a, b)
+        u, w_ = sc_["slow_std"] * ys * dw, sc_["fast_std"] * xs * dv
+        norm = np.hypot(u / np.ptp(xlim), w_ / np.ptp(ylim)) + 1e-300
+        ax.quiver(gf, gl, u / norm, w_ / norm, color="0.55", alpha=0.6, angles="xy",
+                  scale=30, width=0.002, zorder=0, label="fitted 2-D model's flow")
+        ax.set_xlim(xlim)
+        ax.set_ylim(ylim)
+    ax.set_xlabel("Fourier energy F (key frequencies)")
+    ax.set_ylabel(f"ln {m_name}  (memorization amplitude, log)")
     ax.grid(alpha=0.3)
-    if event_epochs:
-        ax.legend(fontsize=8)
+    if event_epochs or two is not None:
+        ax.legend(fontsize=8, loc="best")
     ax.set_title(title or "phase portrait")
+    return fig
+
+
+def plot_rate(analysis: dict[str, Any], lam: float, *, dense: np.ndarray | None = None,
+              fit: dict[str, Any] | None = None, m_name: str = "m_w",
+              title: str = "") -> Figure:
+    """(m, dm/dt): the growth of the memorization amplitude against its size, between
+    checkpoints (colored by epoch) and epoch by epoch inside collapse windows, with the
+    fitted 1-D law (γ(m) − λ)·m."""
+    fig = Figure(figsize=(7.5, 5), layout="constrained")
+    ax = fig.subplots()
+    e, m = analysis["epoch"], analysis[m_name]
+    regular = np.ones(len(e), bool) if dense is None else ~dense
+    er, mr = e[regular], m[regular]
+    if len(er) > 2:
+        rate = np.gradient(mr, er)
+        sc = ax.scatter(mr, rate, c=er, cmap="viridis", s=6, zorder=2)
+        fig.colorbar(sc, ax=ax, label="epoch")
+    if dense is not None and dense.any():
+        ed, md = e[dense], m[dense]
+        runs = np.split(np.arange(len(ed)), np.flatnonzero(np.diff(ed) > 1) + 1)
+        for k, idx in enumerate(runs):
+            if len(idx) > 2:
+                ax.plot(md[idx], np.gradient(md[idx], ed[idx]), color="C3", lw=0.8,
+                        alpha=0.8, label="collapse windows, every epoch" if k == 0 else None)
+    law = _law(fit)
+    if law is not None:
+        grid = np.linspace(mr.min(), mr.max(), 200)
+        ax.plot(grid, (law(grid) - lam) * grid, color="k", lw=1.5,
+                label="fitted 1-D law (γ(m) − λ)·m")
+    ax.axhline(0, color="0.3", lw=0.8)
+    ax.set_yscale("symlog", linthresh=max(1e-6, float(np.nanmedian(np.abs(
+        np.gradient(mr, er)))) if len(er) > 2 else 1e-3))
+    ax.set_xlabel(f"memorization amplitude {m_name}")
+    ax.set_ylabel(f"d{m_name}/dt (per epoch, symlog)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "growth of m against m")
     return fig
 
 
@@ -204,9 +284,20 @@ def run_figure(path: str, kind: str, *, epoch_from: float | None = None,
     if kind not in KINDS:
         raise ZgdynError(f"kind: must be {' | '.join(KINDS)}, got {kind!r}")
     with open_run(path) as run:
-        metrics, analysis = run.metrics, run.analysis("trajectory")
+        metrics, analysis = run.dense_metrics(), run.analysis("trajectory")
         switch = run.attrs["switch_epoch"]
         cfg = run.config
+        fit = run.analysis("fit")
+        ckpts = run.checkpoint_epochs
+    fit = None if fit is None else fit["attrs"]["summary"]
+    dense = None
+    if analysis is not None:  # sorted by epoch, window records marked
+        order = np.argsort(analysis["epoch"])
+        n = len(order)
+        analysis = {k: (v[order] if isinstance(v, np.ndarray) and len(v) == n
+                        and not k.startswith(("gamma", "attrs")) else v)
+                    for k, v in analysis.items()}
+        dense = ~np.isin(analysis["epoch"], ckpts)
     title = (f"{Path(path).name}: p = {cfg.data.p}, {cfg.data.weighting} s = {cfg.data.zipf_s:g}"
              + (f" → {cfg.schedule.switch_s:g} at epoch {switch}" if switch >= 0 else ""))
     if kind == "dynamics":
@@ -221,11 +312,17 @@ def run_figure(path: str, kind: str, *, epoch_from: float | None = None,
         return plot_memorization(metrics, analysis, switch_epoch=switch, epoch_from=epoch_from,
                                  epoch_to=epoch_to, title=title)
     if kind == "gamma":
-        return plot_gamma(analysis, cfg.optim.lr * cfg.optim.weight_decay, title=title)
+        return plot_gamma(analysis, cfg.optim.lr * cfg.optim.weight_decay, fit=fit,
+                          title=title)
+    m_name = fit["m"] if fit else "m_w"
     if kind == "portrait":
         from .analyze import run_events
         return plot_portrait(analysis, event_epochs=[e["epoch"] for e in
-                                                     run_events(path)["events"]], title=title)
+                                                     run_events(path)["events"]],
+                             fit=fit, m_name=m_name, title=title)
+    if kind == "rate":
+        return plot_rate(analysis, cfg.optim.lr * cfg.optim.weight_decay, dense=dense,
+                         fit=fit, m_name=m_name, title=title)
     ae = analysis["epoch"]
     if not epochs:
         fe = analysis["fourier_energy"]
