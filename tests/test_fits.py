@@ -84,3 +84,23 @@ def test_event_rates_recover_planted_growth_and_decay():
         assert r.growth == pytest.approx(0.05, rel=1e-6)
         assert r.decay == pytest.approx(2e-4, rel=1e-4)
         assert r.growth_over_lambda == pytest.approx(50)
+
+
+def test_adam_clock_on_a_planted_sawtooth():
+    from zgdyn.oscillator import adam_clock
+
+    t = np.arange(0, 100_000, 100.0)
+    starts = [0, 30_000, 61_000, 80_000]
+    la = np.empty_like(t)
+    for k, s in enumerate(starts):  # a jumps to 1e-2, then ln a falls at 5e-4 per epoch
+        seg = t >= s
+        la[seg] = np.log(1e-2) - 5e-4 * (t[seg] - s)
+    events = [Event(epoch=s, base_loss=1e-6, peak_loss=1.0, peak_epoch=s, loss_ratio=1e6,
+                    duration=1.0, test_acc_before=None, test_acc_after=None,
+                    fourier_before=None, fourier_after=None) for s in starts[1:]]
+    clock = adam_clock(events, t, np.exp(la), beta2=0.999)
+    assert clock.rate == pytest.approx([5e-4, 5e-4], rel=1e-9)
+    assert clock.rate_expected == pytest.approx(5e-4)
+    # predicted from the level at onset: within one evaluation interval of the truth
+    assert clock.period_observed == [31_000, 19_000]
+    assert clock.period_predicted == pytest.approx([31_000, 19_000], abs=101)

@@ -240,8 +240,8 @@ def fit_run(path: str, *, model: str = "both", slow: str = "best", m_name: str =
     "best" (both fitted, the lower AIC kept). segment: shooting segment, in checkpoints
     (default: about 1/16 of the observed period).
     """
-    from .oscillator import cycle_statistics, detect_events, event_rates, fit_1d, fit_2d, \
-        oscillation
+    from .oscillator import adam_clock, cycle_statistics, detect_events, event_rates, fit_1d, \
+        fit_2d, oscillation
     from .store import open_run
 
     if model not in ("1d", "2d", "both"):
@@ -255,11 +255,20 @@ def fit_run(path: str, *, model: str = "both", slow: str = "best", m_name: str =
         dense = run.dense_metrics()
         cfg = run.config
     lam = cfg.optim.lr * cfg.optim.weight_decay
+    events = detect_events(dense["epoch"], dense["train_loss"], threshold=threshold,
+                           test_acc=dense["test_acc"],
+                           fourier=(tr["epoch"], tr["fourier_energy"]))
+    # the cycle: from the first collapse on (before it, the run memorizes, then groks once)
+    start = events[0].epoch if events else -1
+    if (tr["epoch"] >= start).sum() >= 40:
+        keep = tr["epoch"] >= start
+        tr.update({k: tr[k][keep] for k in ("epoch", "m", "fourier_energy", "adam_scale")
+                   if tr[k] is not None})
+    else:
+        start = -1
     t, m = tr["epoch"], tr["m"]
     if len(t) < 40:
         raise ZgdynError(f"{path}: {len(t)} analyzed checkpoints; the fits need at least 40")
-    events = detect_events(dense["epoch"], dense["train_loss"], threshold=threshold,
-                           test_acc=dense["test_acc"], fourier=(t, tr["fourier_energy"]))
     cycles = cycle_statistics(events, dense["epoch"], dense["test_acc"])
     step = float(np.median(np.diff(t)))
     period = cycles.period_mean
@@ -273,6 +282,7 @@ def fit_run(path: str, *, model: str = "both", slow: str = "best", m_name: str =
     rise = oscillation(tr["epoch_all"], np.log(tr["m_all"])).rise
     out: dict[str, Any] = {
         "path": str(path), "m": m_name, "lambda_eff": lam, "segment_checkpoints": segment,
+        "fitted_from_epoch": int(t[0]),
         "segment_epochs": segment * step,
         "events": [e.epoch for e in events],
         "observed": {"period": period, "period_std": cycles.period_std,
@@ -282,6 +292,10 @@ def fit_run(path: str, *, model: str = "both", slow: str = "best", m_name: str =
         "rates": [r.to_dict() for r in event_rates(events, tr["epoch_all"], tr["m_all"],
                                                    lam)],
     }
+    if "adam_scale" in dense and len(events) >= 2:
+        out["adam_clock"] = adam_clock(events, dense["epoch"], dense["adam_scale"],
+                                       cfg.optim.beta2).to_dict()
+        out["adam_clock"]["eps"] = cfg.optim.eps
     if model in ("1d", "both"):
         near = np.zeros(len(t), bool)
         for e in events:  # "between events": leave out each collapse and its first response
@@ -299,6 +313,8 @@ def fit_run(path: str, *, model: str = "both", slow: str = "best", m_name: str =
         fits = {}
         for name in names:
             y = tr[SLOW_VARIABLES[name]]
+            if y is not None and name == "adam":  # a sawtooth in the log: fit ln a
+                y = np.log(np.maximum(y, 1e-300))
             if y is None:
                 if slow != "best":
                     raise ZgdynError(f"{path}: has no {SLOW_VARIABLES[name]} metric (written "

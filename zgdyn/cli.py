@@ -357,6 +357,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
             lines.append(f"{'':4}{label:<24}{_opt(o, '.4g'):>12}{_opt(s, '.4g'):>12}")
         lines.append(f"{'':4}{'collapse, train loss':<24}"
                      f"{_opt(obs['collapse_duration'], '.4g'):>12}{'':>12}")
+    if "adam_clock" in r:
+        c = r["adam_clock"]
+        lines.append(f"Adam's clock: ln sqrt(v_hat) falls at {sum(c['rate']) / len(c['rate']):.3g}/epoch "
+                     f"between collapses (each: {', '.join(f'{x:.3g}' for x in c['rate'])}; "
+                     f"(1 - beta2)/2 = {c['rate_expected']:.3g}); sqrt(v_hat) at each collapse "
+                     f"onset {', '.join(f'{x:.2g}' for x in c['a_onset'])} (eps = "
+                     f"{c['eps']:g}); period predicted from it "
+                     f"{', '.join(f'{x:,.0f}' for x in c['period_predicted'])} against observed "
+                     f"{', '.join(f'{x:,.0f}' for x in c['period_observed'])}")
     if "aic" in r:
         a = r["aic"]
         lines.append(f"AIC on ln m: 1-D {a['1d']:.1f}, 2-D {a['2d']:.1f}; the data choose the "

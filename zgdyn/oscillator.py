@@ -160,7 +160,8 @@ class EventRates:
     growth: float | None  # d ln m / dt over the 10% -> 90% rise of ln m during the collapse
     growth_stderr: float | None
     growth_span: tuple[int, int] | None  # the epochs it was fitted over
-    decay: float | None  # -d ln m / dt from m's peak to its minimum before the next collapse
+    decay: float | None  # -d ln m / dt from m's crest after the collapse to its minimum
+    # before the next one
     decay_stderr: float | None
     decay_span: tuple[int, int] | None
     growth_over_lambda: float | None
@@ -203,7 +204,9 @@ def event_rates(events: list[Event], epochs: np.ndarray, m: np.ndarray, lam: flo
                 g, gs = _slope(t[sel], lm[sel])
                 gspan = (int(t[sel[0]]), int(t[sel[-1]]))
             later = np.flatnonzero((t >= t[top]) & (t < nxt))
-            if len(later) >= 3:
+            if len(later) >= 3:  # from the highest m before the next collapse to the lowest
+                crest = later[int(np.argmax(lm[later]))]
+                later = later[later >= crest]
                 bottom = later[int(np.argmin(lm[later]))]
                 fall = later[later <= bottom]
                 if len(fall) >= 3:
@@ -383,8 +386,9 @@ def _fhn_solve(x: np.ndarray, v0: np.ndarray, w0: np.ndarray, times: np.ndarray,
         dv, dw = fhn_rhs(y[:s], y[s:], tau, eps, a, b)
         return np.concatenate([dv, dw])
 
-    sol = solve_ivp(rhs, (times[0], times[-1]), np.concatenate([v0, w0]), t_eval=times,
-                    method="LSODA", rtol=rtol, atol=1e-8)
+    with np.errstate(over="ignore", invalid="ignore"):  # a trial step may blow up
+        sol = solve_ivp(rhs, (times[0], times[-1]), np.concatenate([v0, w0]), t_eval=times,
+                        method="LSODA", rtol=rtol, atol=1e-8)
     if not sol.success or sol.y.shape[1] != len(times):
         return None
     return sol.y[:s], sol.y[s:]
@@ -427,17 +431,23 @@ def fit_2d(t: np.ndarray, fast: np.ndarray, slow: np.ndarray, *, segment: int,
     ylo, yhi = np.quantile(Y, 0.02), np.quantile(Y, 0.98)
     best = None
     for eps in (0.02, 0.08):
-        for a, b in ((0.3, 0.5), (0.7, 0.8)):
-            for sign in (1.0, -1.0):
-                tau = period * eps / 1.6  # relaxation period ~ 1.6 tau / eps at small eps
-                x_init = np.array([np.log(tau), np.log(eps), a, b, (lo + hi) / 2, (hi - lo) / 4,
-                                   (ylo + yhi) / 2, sign * (yhi - ylo) / 1.4])
-                try:
-                    res = least_squares(resid, x_init, method="trf", max_nfev=200 * len(x_init))
-                except (ValueError, FloatingPointError):
-                    continue
-                if best is None or res.cost < best.cost:
-                    best = res
+        for sign in (1.0, -1.0):
+            a, b = 0.3, 0.5
+            tau = period * eps / 1.6  # relaxation period ~ 1.6 tau / eps at small eps
+            x_init = np.array([np.log(tau), np.log(eps), a, b, (lo + hi) / 2, (hi - lo) / 4,
+                               (ylo + yhi) / 2, sign * (yhi - ylo) / 1.4])
+            # bounds keep the observation map from degenerating (a slow variable scaled to
+            # nothing decouples it); the time scales stay within the data's
+            lower = [np.log(0.05), np.log(1e-4), -3, 0, -5, 0.05, -5, 0.05 if sign > 0 else -5]
+            upper = [np.log(len(t)), 0.0, 3, 5, 5, 5, 5, 5 if sign > 0 else -0.05]
+            x_init = np.clip(x_init, np.array(lower) + 1e-9, np.array(upper) - 1e-9)
+            try:
+                res = least_squares(resid, x_init, bounds=(lower, upper), method="trf",
+                                    max_nfev=100 * len(x_init))
+            except (ValueError, FloatingPointError):
+                continue
+            if best is None or res.cost < best.cost:
+                best = res
     if best is None:
         raise ValueError("fit_2d: every start failed to integrate")
     x = best.x
@@ -471,3 +481,51 @@ def simulate_fhn(params: list[float], *, t0: float, x_start: float, y_start: flo
         return tt, x, y
     keep = tt >= t0 + skip
     return oscillation(tt[keep], x[keep])
+
+
+# -- Adam's clock ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AdamClock:
+    """Adam's second-moment scale a = sqrt(mean v_hat) across the cycle.
+
+    Between collapses the gradients are tiny, so v decays by beta2 per step and ln a falls at
+    (1 - beta2)/2 per epoch; a collapse throws a back up. If each collapse starts when a has
+    fallen to a_onset, the period is ln(a_peak / a_onset) / rate: the clock's prediction.
+    """
+
+    rate: list[float]  # fitted -d ln a/dt per interval between collapses
+    rate_expected: float  # (1 - beta2) / 2
+    a_onset: list[float]  # a at the last evaluation before each collapse
+    a_peak: list[float]  # the largest a within `after` epochs of each collapse
+    period_predicted: list[float]  # ln(a_peak_k / a_onset_k+1) / rate_k, per interval
+    period_observed: list[float]
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def adam_clock(events: list[Event], epochs: np.ndarray, adam_scale: np.ndarray, beta2: float,
+               *, after: int = 500, margin: int = 1_000) -> AdamClock:
+    """Fit the clock from the evaluations' `adam_scale` (epochs sorted)."""
+    t = np.asarray(epochs, np.float64)
+    la = np.log(np.maximum(np.asarray(adam_scale, np.float64), 1e-300))
+    ev = [e.epoch for e in events]
+    onset, peak = [], []
+    for e in ev:
+        before = np.flatnonzero(t < e)
+        onset.append(float(np.exp(la[before[-1]])) if len(before) else float("nan"))
+        near = (t >= e) & (t <= e + after)
+        peak.append(float(np.exp(la[near].max())) if near.any() else float("nan"))
+    rate, pred, obs = [], [], []
+    for k in range(len(ev) - 1):
+        sel = (t >= ev[k] + margin) & (t <= ev[k + 1] - 2 * (t[1] - t[0] if len(t) > 1 else 1))
+        if sel.sum() < 3:
+            continue
+        slope, _ = _slope(t[sel], la[sel])
+        rate.append(-slope)
+        pred.append(float(np.log(peak[k] / onset[k + 1]) / -slope))
+        obs.append(float(ev[k + 1] - ev[k]))
+    return AdamClock(rate=rate, rate_expected=(1 - beta2) / 2, a_onset=onset, a_peak=peak,
+                     period_predicted=pred, period_observed=obs)
