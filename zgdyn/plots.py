@@ -240,7 +240,8 @@ def plot_rate(analysis: dict[str, Any], lam: float, *, dense: np.ndarray | None 
     ax.set_xlabel(f"memorization amplitude {m_name}")
     ax.set_ylabel(f"d{m_name}/dt (per epoch, symlog)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     ax.set_title(title or "growth of m against m")
     return fig
 
