@@ -23,6 +23,29 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
+# The start of a child process that kills itself with SIGKILL as ZGDYN_TEST_KILL says:
+# "NAME:N" at the N-th call of the os-level write primitive NAME (so inside a commit:
+# journal fsync, page writes, truncate), or "after:SECONDS". Unset: no kill.
+KILL_PREAMBLE = """
+import os, signal, sys, threading
+import torch
+torch.set_num_threads(1)
+spec = os.environ.get("ZGDYN_TEST_KILL")
+if spec:
+    name, n = spec.split(":")
+    if name == "after":
+        threading.Timer(float(n), lambda: os.kill(os.getpid(), signal.SIGKILL)).start()
+    else:
+        real, calls = getattr(os, name), [0]
+        def dying(*args, **kw):
+            calls[0] += 1
+            if calls[0] == int(n):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(*args, **kw)
+        setattr(os, name, dying)
+"""
+
+
 # what the reliability tests tried, printed at the end of the run
 COUNTS: dict[str, int] = {}
 

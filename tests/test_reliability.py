@@ -13,29 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import count, small_config
+from conftest import KILL_PREAMBLE, count, small_config
 from zgdyn.cli import main
 from zgdyn.config import ConfigError
 from zgdyn.runner import resume_run, train_run
 from zgdyn.store import RunFileError, open_run, verify_run
 from zgdyn.train import Diverged
 
-# A child process that runs the CLI, optionally killing itself with SIGKILL at the N-th call
-# of an os-level write primitive (so inside a commit: journal fsync, page writes, truncate).
-CHILD = """
-import os, signal, sys
-import torch
-torch.set_num_threads(1)
-spec = os.environ.get("ZGDYN_TEST_KILL")
-if spec:
-    name, n = spec.split(":")
-    real, calls = getattr(os, name), [0]
-    def dying(*args, **kw):
-        calls[0] += 1
-        if calls[0] == int(n):
-            os.kill(os.getpid(), signal.SIGKILL)
-        return real(*args, **kw)
-    setattr(os, name, dying)
+# A child process that runs the CLI, optionally killing itself (see KILL_PREAMBLE).
+CHILD = KILL_PREAMBLE + """
 from zgdyn.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import count
+from conftest import KILL_PREAMBLE, count
 from zgdyn import Config
 from zgdyn.oscillator import detect_events
 from zgdyn.runner import replay_run, resume_run, train_run
@@ -169,22 +169,7 @@ def test_a_stop_request_waits_for_the_open_window(base, tmp_path):
         assert len(run.window_epochs) == 41
 
 
-CHILD = """
-import os, signal, sys
-import torch
-torch.set_num_threads(1)
-name, n = os.environ["ZGDYN_TEST_KILL"].split(":")
-if name == "after":
-    import threading, time
-    threading.Timer(float(n), lambda: os.kill(os.getpid(), signal.SIGKILL)).start()
-else:
-    real, calls = getattr(os, name), [0]
-    def dying(*args, **kw):
-        calls[0] += 1
-        if calls[0] == int(n):
-            os.kill(os.getpid(), signal.SIGKILL)
-        return real(*args, **kw)
-    setattr(os, name, dying)
+CHILD = KILL_PREAMBLE + """
 from zgdyn.runner import resume_run
 resume_run(sys.argv[1], changes={"epochs": int(sys.argv[2])})
 """

@@ -1,9 +1,10 @@
 """`zgdyn analyze`: Fourier measures, both memorization amplitudes and γ(m) over a whole run.
 
-Reads the run's checkpoints and collapse-window records, computes `fourier.checkpoint_measures` for each, then γ_fd
-along the trajectory of checkpoints (window records are dense but not used for γ_fd), γ_inst at every keyframe, and the binned γ(m) curve; writes all of
-it to the run file's ``analysis/trajectory`` group. Resumable: checkpoints already
-analyzed with the same settings are skipped.
+Reads the run's checkpoints and collapse-window records, computes
+`fourier.checkpoint_measures` for each, then γ_fd along the trajectory of checkpoints
+(the dense window records are left out of it), γ_inst at every keyframe, and the binned
+γ(m) curve; writes all of it to the run file's ``analysis/trajectory`` group. Resumable:
+records already analyzed with the same settings are skipped.
 
     >>> summary = analyze_run("data/runs/s1.5.h5")                 # key freqs fixed
     >>> summary = analyze_run(path, key_freqs="auto", top_k=5)     # afresh per checkpoint
@@ -216,19 +217,33 @@ FIT_GROUP = "fit"
 SLOW_VARIABLES = {"fourier": "fourier_energy", "adam": "adam_scale"}
 
 
-def _trajectory(run: Run, m_name: str) -> dict[str, np.ndarray]:
-    """The analyzed trajectory, sorted, split into the regular checkpoints and all records."""
+def sorted_trajectory(run: Run) -> tuple[dict[str, Any], np.ndarray] | None:
+    """`analysis/trajectory` with its per-record datasets sorted by epoch, and a mask of the
+    records that are regular checkpoints (the rest are collapse-window records); None if
+    the run was not analyzed. The γ datasets keep their own order."""
     a = run.analysis(GROUP)
     if a is None:
-        raise ZgdynError(f"{run.path}: not analyzed yet; run zgdyn analyze {run.path} first")
+        return None
     order = np.argsort(a["epoch"])
-    e, m, fe = a["epoch"][order], a[m_name][order], a["fourier_energy"][order]
-    regular = np.isin(e, run.checkpoint_epochs)
+    n = len(order)
+    a = {k: (v[order] if isinstance(v, np.ndarray) and len(v) == n
+             and not k.startswith(("gamma", "attrs")) else v) for k, v in a.items()}
+    return a, np.isin(a["epoch"], run.checkpoint_epochs)
+
+
+def _trajectory(run: Run, m_name: str) -> dict[str, np.ndarray]:
+    """The analyzed trajectory, sorted, split into the regular checkpoints and all records."""
+    traj = sorted_trajectory(run)
+    if traj is None:
+        raise ZgdynError(f"{run.path}: not analyzed yet; run zgdyn analyze {run.path} first")
+    a, regular = traj
+    e, m, fe = a["epoch"], a[m_name], a["fourier_energy"]
     met = run.metrics
     adam = (np.interp(e, met["epoch"], met["adam_scale"]) if "adam_scale" in met
             and len(met["adam_scale"]) else None)
     return {"epoch_all": e, "m_all": m, "epoch": e[regular], "m": m[regular],
-            "fourier_energy": fe[regular], "adam_scale": None if adam is None else adam[regular]}
+            "fourier_energy": fe[regular],
+            "adam_scale": None if adam is None else adam[regular]}
 
 
 def fit_run(path: str, *, model: str = "both", slow: str = "best", m_name: str = "m_w",
@@ -259,13 +274,10 @@ def fit_run(path: str, *, model: str = "both", slow: str = "best", m_name: str =
                            test_acc=dense["test_acc"],
                            fourier=(tr["epoch"], tr["fourier_energy"]))
     # the cycle: from the first collapse on (before it, the run memorizes, then groks once)
-    start = events[0].epoch if events else -1
-    if (tr["epoch"] >= start).sum() >= 40:
-        keep = tr["epoch"] >= start
+    keep = tr["epoch"] >= (events[0].epoch if events else -1)
+    if keep.sum() >= 40:
         tr.update({k: tr[k][keep] for k in ("epoch", "m", "fourier_energy", "adam_scale")
                    if tr[k] is not None})
-    else:
-        start = -1
     t, m = tr["epoch"], tr["m"]
     if len(t) < 40:
         raise ZgdynError(f"{path}: {len(t)} analyzed checkpoints; the fits need at least 40")

@@ -359,7 +359,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
                      f"{_opt(obs['collapse_duration'], '.4g'):>12}{'':>12}")
     if "adam_clock" in r:
         c = r["adam_clock"]
-        lines.append(f"Adam's clock: ln sqrt(v_hat) falls at {sum(c['rate']) / len(c['rate']):.3g}/epoch "
+        mean_rate = sum(c["rate"]) / len(c["rate"]) if c["rate"] else float("nan")
+        lines.append(f"Adam's clock: ln sqrt(v_hat) falls at {mean_rate:.3g}/epoch "
                      f"between collapses (each: {', '.join(f'{x:.3g}' for x in c['rate'])}; "
                      f"(1 - beta2)/2 = {c['rate_expected']:.3g}); sqrt(v_hat) at each collapse "
                      f"onset {', '.join(f'{x:.2g}' for x in c['a_onset'])} (eps = "

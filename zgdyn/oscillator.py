@@ -2,8 +2,9 @@
 
 A collapse is an evaluated epoch where the train loss first exceeds `threshold` times its
 minimum over the preceding `lookback` epochs (and after the previous collapse's peak);
-after one, detection rests for `refractory` epochs. Its duration is the 10% -> 90% rise of log train loss from that minimum to the
-peak that follows, interpolated between evaluations.
+after one, detection rests for `refractory` epochs. Its duration is the 10% -> 90% rise of
+log train loss from that minimum to the peak that follows, interpolated between
+evaluations. The fits (a)-(c) and Adam's clock below build on these events.
 
     >>> events = detect_events(m["epoch"], m["train_loss"], test_acc=m["test_acc"])
     >>> stats = cycle_statistics(events, m["epoch"], m["test_acc"])

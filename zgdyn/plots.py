@@ -218,8 +218,8 @@ def plot_rate(analysis: dict[str, Any], lam: float, *, dense: np.ndarray | None 
     e, m = analysis["epoch"], analysis[m_name]
     regular = np.ones(len(e), bool) if dense is None else ~dense
     er, mr = e[regular], m[regular]
-    if len(er) > 2:
-        rate = np.gradient(mr, er)
+    rate = np.gradient(mr, er) if len(er) > 2 else None
+    if rate is not None:
         sc = ax.scatter(mr, rate, c=er, cmap="viridis", s=6, zorder=2)
         fig.colorbar(sc, ax=ax, label="epoch")
     if dense is not None and dense.any():
@@ -235,8 +235,8 @@ def plot_rate(analysis: dict[str, Any], lam: float, *, dense: np.ndarray | None 
         ax.plot(grid, (law(grid) - lam) * grid, color="k", lw=1.5,
                 label="fitted 1-D law (γ(m) − λ)·m")
     ax.axhline(0, color="0.3", lw=0.8)
-    ax.set_yscale("symlog", linthresh=max(1e-6, float(np.nanmedian(np.abs(
-        np.gradient(mr, er)))) if len(er) > 2 else 1e-3))
+    typical = 1e-3 if rate is None else float(np.nanmedian(np.abs(rate)))
+    ax.set_yscale("symlog", linthresh=max(1e-6, typical))
     ax.set_xlabel(f"memorization amplitude {m_name}")
     ax.set_ylabel(f"d{m_name}/dt (per epoch, symlog)")
     ax.grid(alpha=0.3)
@@ -284,21 +284,15 @@ def run_figure(path: str, kind: str, *, epoch_from: float | None = None,
 
     if kind not in KINDS:
         raise ZgdynError(f"kind: must be {' | '.join(KINDS)}, got {kind!r}")
+    from .analyze import sorted_trajectory
+
     with open_run(path) as run:
-        metrics, analysis = run.dense_metrics(), run.analysis("trajectory")
+        metrics, traj = run.dense_metrics(), sorted_trajectory(run)
         switch = run.attrs["switch_epoch"]
         cfg = run.config
         fit = run.analysis("fit")
-        ckpts = run.checkpoint_epochs
     fit = None if fit is None else fit["attrs"]["summary"]
-    dense = None
-    if analysis is not None:  # sorted by epoch, window records marked
-        order = np.argsort(analysis["epoch"])
-        n = len(order)
-        analysis = {k: (v[order] if isinstance(v, np.ndarray) and len(v) == n
-                        and not k.startswith(("gamma", "attrs")) else v)
-                    for k, v in analysis.items()}
-        dense = ~np.isin(analysis["epoch"], ckpts)
+    analysis, dense = (None, None) if traj is None else (traj[0], ~traj[1])
     title = (f"{Path(path).name}: p = {cfg.data.p}, {cfg.data.weighting} s = {cfg.data.zipf_s:g}"
              + (f" → {cfg.schedule.switch_s:g} at epoch {switch}" if switch >= 0 else ""))
     if kind == "dynamics":

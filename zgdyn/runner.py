@@ -140,8 +140,10 @@ def replay_run(path: str | Path, out: str | Path, *, epoch_from: int, epoch_to: 
                                "no recorded state reproduces it")
         snap = run.snapshot_at(int(starts[-1]))
         switch = int(run.attrs["switch_epoch"])
+    span = max(1, -(-(epoch_to - snap.epoch) // every))  # in steps of `every`, rounded up
+    # dense already: no collapse windows
     changes: dict[str, Any] = {"eval_every": every, "ckpt_every": every, "window": 0,
-                               "keyframe_every": every * max(1, -(-(epoch_to - snap.epoch) // every))}
+                               "keyframe_every": every * span}
     sch = cfg.schedule
     if sch.switch_s is None or (snap.phase == 0 and not 0 <= switch <= epoch_to):
         changes.update(switch_s=None, switch_at_test_acc=None, switch_at_epoch=None,

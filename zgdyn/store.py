@@ -64,7 +64,16 @@ def _extend(ds: h5py.Dataset, values: np.ndarray) -> None:
     ds[n:] = values
 
 
+def _metric_datasets(group: h5py.Group) -> None:
+    """One empty, growing dataset per metric in `group`."""
+    for name in METRICS:
+        _ext_dataset(group, name, (), np.int64 if name in ("epoch", "phase") else np.float64)
+
+
+# one row per collapse window: integer columns, then float columns
 WINDOW_INDEX = ("trigger", "start", "end", "first_record", "n_records")
+WINDOW_LOSSES = ("base_loss", "trigger_loss")
+WINDOW_FIELDS = WINDOW_INDEX + WINDOW_LOSSES
 
 
 def _create_skeleton(path: Path, config: Config, trainer: Trainer) -> None:
@@ -87,9 +96,7 @@ def _create_skeleton(path: Path, config: Config, trainer: Trainer) -> None:
             for i, w in enumerate(trainer.phase_weights):
                 f.create_dataset(f"weights/phase{i}", data=w.numpy())
                 f["weights"].attrs[f"phase{i}_zipf_s"] = trainer.phase_s[i]
-            for name in METRICS:
-                _ext_dataset(f.require_group("metrics"), name, (),
-                             np.int64 if name in ("epoch", "phase") else np.float64)
+            _metric_datasets(f.require_group("metrics"))
             ck = f.create_group("checkpoints")
             _ext_dataset(ck, "epoch", (), np.int64)
             kf = f.create_group("keyframes")
@@ -268,14 +275,11 @@ class RunWriter(_Writable, Callback):
         """Append a collapse window's records (committed with the keyframe that follows)."""
         if "windows" not in self.h5:
             g = self.h5.create_group("windows")
-            for name in WINDOW_INDEX:
+            for name in (*WINDOW_INDEX, "epoch"):
                 _ext_dataset(g, name, (), np.int64)
-            for name in ("base_loss", "trigger_loss"):
+            for name in WINDOW_LOSSES:
                 _ext_dataset(g, name, (), np.float64)
-            _ext_dataset(g, "epoch", (), np.int64)
-            for name in METRICS:
-                _ext_dataset(g.require_group("metrics"), name, (),
-                             np.int64 if name in ("epoch", "phase") else np.float64)
+            _metric_datasets(g.require_group("metrics"))
             ck = self.h5["checkpoints"]
             for name in trainer.params:
                 _ext_dataset(g.require_group("params"), name, ck[name].shape[1:],
@@ -414,12 +418,9 @@ class Run:
             self.checkpoint_epochs: np.ndarray = self.h5["checkpoints/epoch"][:]
             self.keyframe_epochs: np.ndarray = self.h5["keyframes/epoch"][:]
             w = self.h5.get("windows")
-            # one row per collapse window (trigger, start, end, first_record, n_records,
-            # base_loss, trigger_loss), and the epoch of every window record
-            self.windows: dict[str, np.ndarray] = (
-                {k: w[k][:] for k in (*WINDOW_INDEX, "base_loss", "trigger_loss")}
-                if w is not None else
-                {k: np.zeros(0, np.int64) for k in (*WINDOW_INDEX, "base_loss", "trigger_loss")})
+            # one row per collapse window (WINDOW_FIELDS), and the epoch of every window record
+            self.windows: dict[str, np.ndarray] = {
+                k: w[k][:] if w is not None else np.zeros(0, np.int64) for k in WINDOW_FIELDS}
             self.window_epochs: np.ndarray = (w["epoch"][:] if w is not None
                                               else np.zeros(0, np.int64))
         except BaseException:
@@ -637,7 +638,7 @@ def verify_run(path: str | Path) -> dict[str, Any]:
         if "windows" in f:
             n_rec = rows("windows/epoch")
             n_win = rows("windows/trigger")
-            for name in (*WINDOW_INDEX, "base_loss", "trigger_loss"):
+            for name in WINDOW_FIELDS:
                 if rows(f"windows/{name}") != n_win:
                     problems.append(f"windows/{name}: not one record per window")
             for name in (*[f"metrics/{m}" for m in METRICS],

@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,9 +27,6 @@ from .config import Config, ZgdynError
 from .data import Split, make_split, zipf_weights
 from .model import build_model
 from .step import FusedStep
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
 
 METRICS = ("epoch", "phase", "zipf_s", "train_loss", "train_loss_unweighted", "train_acc",
            "train_acc_weighted", "test_loss", "test_acc", "adam_scale")
@@ -80,9 +76,6 @@ class Window:
     thetas: list[Tensor] = field(default_factory=list)  # flat parameter vectors (copies)
     scales: list[float] = field(default_factory=list)  # Adam's second-moment scale
     metrics: list[dict[str, float]] = field(default_factory=list)  # filled when it closes
-
-    def params(self, i: int, views: Callable[[Tensor], dict[str, Tensor]]) -> dict[str, Tensor]:
-        return views(self.thetas[i])
 
 
 class CollapseWatch:
@@ -315,38 +308,27 @@ class Trainer:
     def window_open(self) -> bool:
         return self.watch is not None and self.watch.open is not None
 
-    def rebuild_watch(self, early: Snapshot, state: dict[str, float]) -> bool:
+    def rebuild_watch(self, early: Snapshot, state: dict[str, float]) -> None:
         """Refill the collapse detector's buffers on resume, by recomputing from `early`.
 
         The trainer must hold the snapshot to resume from; it recomputes from the earlier
-        keyframe `early` to that epoch, then restores the snapshot and the detector's stored
-        `state`. Returns whether the recomputed parameters equal the snapshot's bitwise.
+        keyframe `early` to that epoch (with no callbacks), then restores the snapshot and
+        the detector's stored `state`.
         """
         if self.watch is None:
-            return True
+            return
         target = self.snapshot()
         self.restore(early)
         self.watch.filling = True
         try:
             self.watch.remember(self.epoch, self.step.theta, self.adam_scale())
             while self.epoch < target.epoch:
-                loss = float(self.step.step())
-                self.epoch += 1
-                self.watch.observe(self.epoch - 1, loss, self.step.theta, self.adam_scale())
-                if self._should_switch(self.evaluate() if self._eval_due() else None):
-                    self._switch()
-            same = bool(torch.equal(self.step.theta, self._flat(target.params)))
+                self._advance(check=True)
+                self._at_epoch([])
         finally:
             self.watch.filling = False
             self.restore(target)
         self.watch.load_state(state)
-        return same
-
-    def _flat(self, named: dict[str, Tensor]) -> Tensor:
-        flat = torch.empty_like(self.step.theta)
-        for k, view in self.step.views(flat).items():
-            view.copy_(named[k])
-        return flat
 
     def _eval_due(self) -> bool:
         e, sch = self.epoch, self.config.schedule
@@ -358,6 +340,17 @@ class Trainer:
     def _emit(self, callbacks: list[Callback], event: str, *args) -> None:
         for cb in callbacks:
             getattr(cb, event)(self, *args)
+
+    def _advance(self, *, check: bool) -> None:
+        """One step; with `check`, the loss is read (a GPU syncs) and must be finite."""
+        loss = self.step.step()
+        if check:
+            loss = float(loss)
+            if not math.isfinite(loss):
+                raise _diverged(self.epoch, "the train loss", loss)
+        self.epoch += 1
+        if self.watch is not None:
+            self.watch.observe(self.epoch - 1, loss, self.step.theta, self.adam_scale())
 
     def _close_window(self, callbacks: list[Callback]) -> None:
         win = self.watch.take()
@@ -395,20 +388,13 @@ class Trainer:
         self._emit(callbacks, "on_start")
         if self.epoch == 0 and self.step.t == 0:
             if self.watch is not None:
-                self.watch.remember(0, self.step.theta, 0.0)
+                self.watch.remember(0, self.step.theta, self.adam_scale())
             self._at_epoch(callbacks)
         # a GPU would sync every step; the collapse detector needs every loss anyway
         check_each_step = self.step.device.type == "cpu" or self.watch is not None
         while self.epoch < self.end_epoch and not (self.stop_requested and
                                                    not self.window_open):
-            loss = self.step.step()
-            if check_each_step:
-                loss = float(loss)
-                if not math.isfinite(loss):
-                    raise _diverged(self.epoch, "the train loss", loss)
-            self.epoch += 1
-            if self.watch is not None:
-                self.watch.observe(self.epoch - 1, loss, self.step.theta, self.adam_scale())
+            self._advance(check=check_each_step)
             self._at_epoch(callbacks)
         self.stopped_early = self.epoch < self.end_epoch
         self._emit(callbacks, "on_end")
