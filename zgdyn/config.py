@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 WEIGHTINGS = ("rank", "independent", "output_freq")
 INITS = ("lecun", "torch")
 DTYPES = ("float32", "float64")
+HOOK_NAME = re.compile(r"([A-Za-z_][A-Za-z0-9_.-]{0,63})?")
 
 
 class ZgdynError(Exception):
@@ -92,6 +94,9 @@ class OptimConfig:
     beta1: float = _f(0.9, "Adam first-moment decay, in [0, 1)")
     beta2: float = _f(0.999, "Adam second-moment decay, in [0, 1)")
     eps: float = _f(1e-8, "Adam epsilon, > 0")
+    hook: str = _f("", "a registered step hook (zgdyn.hooks): a regularizer or a change of "
+                   "optimizer applied every step; empty = plain AdamW")
+    hook_strength: float = _f(0.0, "the hook's coefficient (its meaning is the hook's)")
 
     def __post_init__(self) -> None:
         _check(_is_real(self.lr) and self.lr > 0, "lr", "a number > 0", self.lr)
@@ -104,6 +109,10 @@ class OptimConfig:
             v = getattr(self, name)
             _check(_is_real(v) and 0 <= v < 1, name, "a number in [0, 1)", v)
         _check(_is_real(self.eps) and self.eps > 0, "eps", "a number > 0", self.eps)
+        _check(isinstance(self.hook, str) and HOOK_NAME.fullmatch(self.hook) is not None,
+               "hook", "empty or a name of letters, digits, '_', '-' and '.'", self.hook)
+        _check(_is_real(self.hook_strength), "hook_strength", "a finite number",
+               self.hook_strength)
 
 
 @dataclass(frozen=True)

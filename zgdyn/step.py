@@ -71,6 +71,7 @@ class FusedStep:
         self.exp_avg = torch.zeros(n, **kw)
         self.exp_avg_sq = torch.zeros(n, **kw)
         self.t = 0
+        self.hook = None  # a zgdyn.hooks.Hook, set by the Trainer
         self.params = self.views(self.theta)
         self.grads = self.views(self.grad)
         self.layers = layer_names(len(hidden))
@@ -178,9 +179,16 @@ class FusedStep:
         self.theta.addcdiv_(self.exp_avg, denom, value=-o.lr / bias_correction1)
 
     def step(self) -> Tensor:
-        """One full-batch epoch: gradient then AdamW. Returns the loss before the update."""
+        """One full-batch epoch: gradient, the hook if any (see `zgdyn.hooks`), then AdamW.
+        Returns the loss before the update."""
         loss = self.loss_and_grad()
-        self.adamw()
+        if self.hook is None:
+            self.adamw()
+        else:
+            with torch.no_grad():
+                self.hook.grad(self)
+                if not self.hook.update(self):
+                    self.adamw()
         return loss
 
     @torch.no_grad()

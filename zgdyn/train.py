@@ -25,6 +25,7 @@ from torch import Tensor
 
 from .config import Config, ZgdynError
 from .data import Split, make_split, zipf_weights
+from .hooks import make_hook
 from .model import build_model
 from .step import FusedStep
 
@@ -196,6 +197,7 @@ class Trainer:
         a, b, _ = self.split.tokens(self.split.train_idx)
         self.step = FusedStep(d.p, m.hidden, torch.as_tensor(a), torch.as_tensor(b),
                               optim=config.optim, dtype=m.dtype, device=config.device)
+        self.step.hook = make_hook(config)
         grid = np.arange(d.p * d.p)
         ga, gb, gy = self.split.tokens(grid)
         dev = self.step.device

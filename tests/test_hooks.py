@@ -1,0 +1,95 @@
+"""Step hooks: a registered regularizer changes the step exactly as its definition says,
+is recorded in the run file, and an unknown one is a one-line error."""
+
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from test_step import _autograd_loss, _setup
+from zgdyn.cli import main
+from zgdyn.config import OptimConfig
+from zgdyn.hooks import HOOKS, Hook, make_hook, register
+from zgdyn.store import open_run
+
+
+def test_coupled_l2_equals_torch_adam_with_l2():
+    """torch.optim.Adam's weight_decay adds wd * theta to the gradient: coupled L2."""
+    optim = OptimConfig(lr=1e-2, weight_decay=0.0, hook="coupled_l2", hook_strength=0.3)
+    step, model, (a, b, y, w) = _setup(optim=optim, use_onednn=False)
+    from zgdyn import Config
+    step.hook = make_hook(Config(optim=optim))
+    opt = torch.optim.Adam(model.parameters(), lr=optim.lr, weight_decay=0.3,
+                           betas=(optim.beta1, optim.beta2), eps=optim.eps)
+    for _ in range(40):
+        step.step()
+        opt.zero_grad()
+        _autograd_loss(dict(model.named_parameters()), a, b, y, w, 13).backward()
+        opt.step()
+    for name, t in model.named_parameters():
+        torch.testing.assert_close(step.params[name], t.detach(), rtol=1e-10, atol=1e-12)
+
+
+def test_a_hook_that_replaces_the_update():
+    @register("test_sgd")
+    class SGD(Hook):
+        def update(self, step):
+            step.theta.add_(step.grad, alpha=-self.strength)
+            return True
+
+    try:
+        optim = OptimConfig(hook="test_sgd", hook_strength=0.5)
+        step, _, _ = _setup(optim=optim)
+        from zgdyn import Config
+        step.hook = make_hook(Config(optim=optim))
+        before = step.theta.clone()
+        step.step()
+        torch.testing.assert_close(step.theta, before - 0.5 * step.grad, rtol=0, atol=0)
+        assert step.t == 0  # AdamW never ran
+    finally:
+        HOOKS.pop("test_sgd")
+
+
+def test_unknown_hook_is_a_one_line_error_and_no_file(tmp_path, capsys, small):
+    out = tmp_path / "r.h5"
+    assert main(["train", "--p", "13", "--epochs", "10", "--hook", "nope", "--out", str(out),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'nope' is not registered" in err and "coupled_l2" in err
+    assert not out.exists()
+    assert main(["train", "--plugin", "no_such_module_zz", "--out", str(out)]) == 2
+    assert "cannot be imported" in capsys.readouterr().err
+
+
+def test_plugin_module_registers_a_hook_for_the_cli(tmp_path, capsys, monkeypatch):
+    (tmp_path / "my_hooks_zz.py").write_text(textwrap.dedent("""
+        from zgdyn.hooks import Hook, register
+
+        @register("l1_zz")
+        class L1(Hook):
+            def grad(self, step):
+                step.grad.add_(step.theta.sign(), alpha=self.strength)
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "r.h5"
+    try:
+        assert main(["train", "--plugin", "my_hooks_zz", "--hook", "l1_zz", "--hook-strength",
+                     "1e-3", "--p", "13", "--train-frac", "0.5", "--hidden", "16",
+                     "--epochs", "50", "--eval-every", "10", "--ckpt-every", "10",
+                     "--keyframe-every", "50", "--out", str(out), "--no-progress"]) == 0
+        with open_run(out) as run:
+            assert run.config.optim.hook == "l1_zz" and run.config.optim.hook_strength == 1e-3
+        capsys.readouterr()
+        assert main(["info", str(out)]) == 0
+        assert "hook l1_zz (strength 0.001)" in capsys.readouterr().out
+    finally:
+        HOOKS.pop("l1_zz", None)
+        sys.modules.pop("my_hooks_zz", None)
+
+
+@pytest.mark.parametrize("name", ["has space", "-x", "a" * 65])
+def test_bad_hook_names_are_config_errors(name):
+    from zgdyn.config import ConfigError
+    with pytest.raises(ConfigError, match="hook"):
+        OptimConfig(hook=name)
