@@ -12,6 +12,11 @@
     zgdyn replay data/runs/s1.5.h5 --from 56500 --to 57100 --every 5 --out window.h5
     zgdyn hessian data/runs/s0.h5 [--epoch E] [--zipf-s 1.5] [--k 10] [--preconditioned]
     zgdyn saddle data/runs/s0.h5 [--epoch E] [--zipf-s 0 1 1.5 2 3] [--json]
+    zgdyn scorecard RUN.h5 ... [--json]
+    zgdyn two-phase --switch-s 1 1.5 2 3 --seeds 1 2 3 [--phase2-epochs N] [--jobs N]
+    zgdyn perturb data/runs/s0.h5 [--zipf-s 1.5 3] [--eps 1e-6 1e-4] [--plot fig.png]
+    zgdyn reproduce --suite quick|essay|FILE [--out data/report] [--report-only]
+    zgdyn demo                        # the quick suite, about 10 minutes on 2 cores
     zgdyn bench [--json]
 
 Bad input gets a one-line error on stderr and exit code 2; nothing is written.
@@ -49,11 +54,13 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """One flag per config field, from the dataclasses; only flags given appear in args."""
     for section, fields in fields_by_section().items():
         group = parser.add_argument_group(f"[{section}]" if section else "run")
         for f in fields:
+            if f.name in skip:
+                continue
             kw: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": f"cfg_{f.name}",
                                   "help": f"{f.metadata['help']} (default: {_default(f)})"}
             typ = str(f.type)
@@ -68,6 +75,24 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(_flag(f.name), **kw)
     parser.add_argument("--wd", dest="cfg_weight_decay", type=float, metavar="X",
                         default=argparse.SUPPRESS, help="alias of --weight-decay")
+
+
+def _add_plugin_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", action="append", metavar="MODULE",
+                   help="import this Python module first; it registers step hooks "
+                   "(--hook NAME), see zgdyn.hooks (repeatable)")
+
+
+def _add_suite_flags(p: argparse.ArgumentParser, out: str) -> None:
+    p.add_argument("--out", type=Path, default=Path(out), metavar="DIR",
+                   help=f"runs go to DIR/runs/<suite>, the report to DIR (default {out})")
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="runs at a time, each in its own process (default: the cores)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch threads per run (default: the cores / jobs)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true")
+    _add_plugin_flag(p)
 
 
 def _default(f: Any) -> Any:
@@ -101,6 +126,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.threads is not None:
         import torch
         torch.set_num_threads(args.threads)
+    _load_plugins(args)
     given = _given(args)
     if args.resume:
         if args.out is None:
@@ -129,6 +155,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_plugins(args: argparse.Namespace) -> None:
+    from .hooks import load_plugins
+    load_plugins(args.plugin or [])
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
 
@@ -149,7 +180,8 @@ def _format_info(s: dict[str, Any]) -> str:
         f"model          MLP 2p -> {' -> '.join(map(str, m['hidden']))} -> p, {s['n_params']:,} "
         f"parameters, {m['init']} init, {m['dtype']}",
         f"optimizer      AdamW lr {o['lr']:g}, weight decay {o['weight_decay']:g}, "
-        f"betas ({o['beta1']}, {o['beta2']}), eps {o['eps']:g}",
+        f"betas ({o['beta1']}, {o['beta2']}), eps {o['eps']:g}"
+        + (f", hook {o['hook']} (strength {o['hook_strength']:g})" if o.get("hook") else ""),
         f"epochs done    {s['epochs_done']:,} of {sch['epochs']:,}"
         + (f" (+{sch['phase2_epochs']:,} after the switch)" if sch["phase2_epochs"] else ""),
         f"records        {s['n_evals']:,} evaluations, {s['n_checkpoints']:,} checkpoints, "
@@ -466,6 +498,207 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def format_scorecards(cards: list[dict[str, Any]]) -> str:
+    lines = [f"{'run':<34} {'status':>9} {'epochs':>8} {'first>=95%':>10} {'>=95%':>6} "
+             f"{'coll/100k':>9} {'period':>7} {'ph2 mean':>8} {'ph2 std':>7} {'ph2<50%':>7} "
+             f"{'ph2 coll':>8} {'->coll':>7} {'-><50%':>7}"]
+    for c in cards:
+        lines.append(
+            f"{Path(c['path']).name[-34:]:<34} {c['status']:>9} {c['epochs_done']:>8,} "
+            f"{_opt(c['first_95'], ',d').replace('-', 'never'):>10} "
+            f"{_pct(c['frac_above_95']):>6} {_opt(c['collapses_per_100k'], '.2f'):>9} "
+            f"{_opt(c['period_mean'], ',.0f'):>7} {_pct(c['phase2_mean_test']):>8} "
+            f"{_pct(c['phase2_std_test']):>7} {_pct(c['phase2_frac_below_50']):>7} "
+            f"{_opt(c['phase2_collapses'], 'd'):>8} {_opt(c['phase2_first_collapse'], ',d'):>7} "
+            f"{_opt(c['phase2_first_below_50'], ',d'):>7}")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_scorecard(args: argparse.Namespace) -> int:
+    from .scorecard import scorecard
+
+    cards = [scorecard(path, threshold=args.threshold) for path in args.runs]
+    if args.json:
+        _print_json(cards)
+    else:
+        sys.stdout.write(format_scorecards(cards))
+    return 0
+
+
+def _cell(c: dict[str, Any], pct: bool = False) -> str:
+    if c["n"] == 0:
+        return "never" if c["never"] else "-"
+    f = _pct if pct else (lambda x: f"{x:,.0f}")
+    return f(c["mean"]) + ("" if c["std"] is None else f" ± {f(c['std'])}") + \
+        (f" ({c['never']} never)" if c["never"] else "")
+
+
+def format_two_phase(result: dict[str, Any]) -> str:
+    from .report import ESSAY_TWO_PHASE
+
+    rows = sorted((r for r in result["tables"] if r["table"] == "two_phase"),
+                  key=lambda r: (r["variant"], r["s"]))
+    lines = [f"two-phase runs under {result['out']}/runs/{result['suite']['name']} "
+             f"(phase-2 statistics over evaluations; mean ± std over seeds)",
+             f"{'s':>5} {'seeds':>5} {'mean test':>17} {'(essay)':>8} {'std':>15} "
+             f"{'< 50%':>15} {'(essay)':>8} {'collapses':>9} {'to 1st collapse':>17} "
+             f"{'to test < 50%':>17}"]
+    for r in rows:
+        e = ESSAY_TWO_PHASE.get(r["s"], (None, None, None))
+        lines.append(
+            f"{r['s']:>5g} {r['n_runs']:>5} {_cell(r['phase2_mean_test'], True):>17} "
+            f"{_pct(e[0]):>8} {_cell(r['phase2_std_test'], True):>15} "
+            f"{_cell(r['phase2_frac_below_50'], True):>15} {_pct(e[2]):>8} "
+            f"{_opt(r['phase2_collapses']['mean'], '.1f'):>9} "
+            f"{_cell(r['phase2_first_collapse']):>17} {_cell(r['phase2_first_below_50']):>17}")
+    lines += [f"failed: {p}: {e}" for p, e in result["errors"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _run_suite_cli(args: argparse.Namespace, suite: Any, *, analyze: bool = True,
+                   report_only: bool = False) -> dict[str, Any]:
+    from .suite import run_suite
+
+    _load_plugins(args)
+    if args.jobs is not None and args.jobs < 1:
+        raise ZgdynError(f"--jobs: must be an integer >= 1, got {args.jobs}")
+    if args.threads is not None and args.threads < 1:
+        raise ZgdynError(f"--threads: must be an integer >= 1, got {args.threads}")
+    import os
+    jobs = args.jobs if args.jobs is not None else max(1, os.cpu_count() or 1)
+    stage = (lambda name: sys.stderr.write(f"zgdyn: {name} ...\n")) \
+        if not args.no_progress and not args.json else (lambda name: None)
+    return run_suite(suite, args.out, jobs=jobs, threads=args.threads,
+                     plugins=tuple(args.plugin or ()), progress=not args.no_progress,
+                     report_only=report_only, analyze=analyze, on_stage=stage)
+
+
+def cmd_two_phase(args: argparse.Namespace) -> int:
+    from .suite import suite_from_dict
+
+    base = flatten(load_toml(args.config)) if args.config else {}
+    given = _given(args)
+    section = {k: v for k, v in {**base, **given}.items()
+               if k not in ("seed", "switch_s") and v != flatten(Config())[k]}
+    section.setdefault("switch_at_test_acc", 0.99) if "switch_at_epoch" not in section \
+        else None
+    section["switch_s"] = args.switch_s
+    suite = suite_from_dict({"name": args.name, "seeds": args.seeds, "two_phase": section},
+                            source="(two-phase flags)")
+    result = _run_suite_cli(args, suite, analyze=False)
+    if args.json:
+        _print_json({k: result[k] for k in ("suite", "out", "tables", "cards", "errors",
+                                             "seconds")})
+    else:
+        sys.stdout.write(format_two_phase(result))
+    return 1 if result["errors"] else 0
+
+
+def format_perturb(r: dict[str, Any]) -> str:
+    lines = [f"perturbations of {r['path']} at epoch {r['epoch']} ({r['dtype']}, {r['epochs']} "
+             f"epochs; lambda = lr*wd = {r['lambda']:g}/epoch)"]
+    for p in r["predictions"]:
+        lines.append(f"s = {p['zipf_s']:g}: predicted growth/epoch: Hessian (preconditioned "
+                     f"mu_min = {_opt(p['mu_min'], '.4g')}) {_opt(p['hessian_rate'], '.4g')}; "
+                     f"1-D law gamma_inst - lambda = {p['law_rate']:.4g}")
+    lines.append(f"{'s':>5} {'direction':>9} {'eps':>8} {'early rate':>11} {'late rate':>11} "
+                 f"{'delta end/start':>15} {'test acc end':>12} {'(unperturbed)':>13}")
+    for x in r["rows"]:
+        lines.append(f"{x['zipf_s']:>5g} {x['direction']:>9} {x['eps']:>8.0e} "
+                     f"{_opt(x['rate_early'], '.4g'):>11} {_opt(x['rate_late'], '.4g'):>11} "
+                     f"{x['growth_factor']:>15.4g} {_pct(x['test_acc_end']):>12} "
+                     f"{_pct(x['base_test_acc_end']):>13}")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_perturb(args: argparse.Namespace) -> int:
+    from .perturb import perturb_run
+
+    outs = []
+    if args.plot is not None:
+        outs = _figure_paths(args.plot, args.force)
+    r = perturb_run(str(args.run), epoch=args.epoch, zipf_s=tuple(args.zipf_s),
+                    eps=tuple(args.eps), epochs=args.epochs, directions=tuple(args.directions),
+                    seed=args.seed, dtype=args.dtype, early=args.early)
+    if outs:
+        from .plots import plot_perturb, save
+        fig = plot_perturb(r)
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        for o in outs:
+            save(fig, str(o))
+    if args.json:
+        _print_json({k: v for k, v in r.items() if k != "curves"})
+    else:
+        sys.stdout.write(format_perturb(r) + (f"wrote {', '.join(map(str, outs))}\n"
+                                              if outs else ""))
+    return 0
+
+
+def _figure_paths(out: Path, force: bool) -> list[Path]:
+    """The files a figure goes to (a .png gets a .pdf beside it); refuses to overwrite."""
+    if out.suffix not in (".png", ".pdf", ".svg"):
+        raise ZgdynError(f"figure {out.name!r}: must end in .png, .pdf or .svg")
+    outs = [out] + ([out.with_suffix(".pdf")] if out.suffix == ".png" else [])
+    existing = [str(o) for o in outs if o.exists()]
+    if existing and not force:
+        raise ZgdynError(f"{', '.join(existing)}: already exists; pass --force to replace it")
+    return outs
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .report import write_report
+    from .suite import load_suite
+
+    suite = load_suite(args.suite)
+    if args.seeds:
+        from .suite import suite_from_dict
+        import tomllib
+        with open(suite.source, "rb") as fh:
+            d = tomllib.load(fh)
+        suite = suite_from_dict({**d, "seeds": args.seeds}, suite.source)
+    _check_report(args.out)
+    result = _run_suite_cli(args, suite, report_only=args.report_only)
+    path = write_report(result, args.out)
+    if args.json:
+        _print_json({**{k: v for k, v in result.items() if k != "perturb"},
+                     "report": str(path)})
+    else:
+        sys.stdout.write(format_summary(result) + f"report: {path}\n")
+    return 1 if result["errors"] else 0
+
+
+def _check_report(out: Path) -> None:
+    from .report import MARKER
+    report = out / "REPORT.md"
+    if report.exists() and not report.read_text(errors="replace").startswith(MARKER):
+        raise ZgdynError(f"{report}: exists and was not written by zgdyn; move it away or "
+                         "give another --out (it is never replaced)")
+
+
+def format_summary(result: dict[str, Any]) -> str:
+    """The demo's terminal summary: grokking, the two-phase table, the saddle table."""
+    lines = []
+    anchor = next((c for c in result["cards"] if c["path"] == result["anchor"]), None)
+    if anchor is not None:
+        lines.append(f"grokking at s = 0: first >= 95% test at epoch "
+                     f"{_opt(anchor['first_95'], ',d')} (essay: 14,000); final test "
+                     f"{_pct(anchor['final_test_acc'])}")
+    if any(r["table"] == "two_phase" for r in result["tables"]):
+        lines.append(format_two_phase(result).rstrip("\n"))
+    if result["saddle"] is not None:
+        lines.append(format_saddle(result["saddle"]).rstrip("\n"))
+    if result["perturb"] is not None:
+        lines.append(format_perturb(result["perturb"]).rstrip("\n"))
+    lines.append(f"took {result['seconds']['total'] / 60:.1f} min "
+                 f"(runs {result['seconds']['runs'] / 60:.1f} min)")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    args.suite, args.seeds, args.report_only = "quick", None, False
+    return cmd_reproduce(args)
+
+
 # -- parser ---------------------------------------------------------------------------------
 
 
@@ -489,6 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    _add_plugin_flag(p)
     _add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
@@ -603,6 +837,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("scorecard", help="the scorecard of run files: first >= 95%%, time "
+                       "above 95%%, collapses per 100k epochs, phase-2 accuracy")
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUN.h5")
+    p.add_argument("--threshold", type=float, default=100.0,
+                   help="collapse threshold, as in zgdyn events (default 100)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_scorecard)
+
+    p = sub.add_parser("two-phase", help="two-phase runs (uniform until 99%% test, then Zipf "
+                       "s) over exponents and seeds, with the phase-2 table",
+                       description="Runs one two-phase run per (s, seed), resumably and in "
+                       "parallel, and prints the phase-2 table: mean test accuracy, its "
+                       "std, the fraction below 50%%, collapses, and the epochs to the first "
+                       "collapse and to test < 50%%, as mean ± std over seeds.")
+    p.add_argument("--switch-s", type=float, nargs="+", required=True, metavar="S",
+                   help="Zipf exponents after the switch")
+    p.add_argument("--seeds", type=int, nargs="+", default=[42], metavar="N")
+    p.add_argument("--config", type=Path, metavar="FILE.toml", help="base config")
+    p.add_argument("--name", default="two-phase",
+                   help="the runs go to OUT/runs/NAME (default two-phase)")
+    _add_suite_flags(p, "data")
+    _add_config_flags(p, skip=("switch_s", "seed"))
+    p.set_defaults(func=cmd_two_phase)
+
+    p = sub.add_parser("perturb", help="the perturbation experiment at a converged keyframe",
+                       description="Move the point along theta_M, the most negative "
+                       "preconditioned Hessian direction and a random direction by eps*|theta|"
+                       ", train under Zipf s beside an unperturbed copy, and compare the "
+                       "measured growth rates with the predicted ones.")
+    p.add_argument("run", type=Path, metavar="RUN.h5")
+    p.add_argument("--epoch", type=int, metavar="E", help="keyframe (default: the last)")
+    p.add_argument("--zipf-s", type=float, nargs="+", default=[1.5, 3.0], metavar="S")
+    p.add_argument("--eps", type=float, nargs="+", default=[1e-6, 1e-4], metavar="X",
+                   help="sizes, relative to |theta| (default 1e-6 1e-4)")
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--directions", nargs="+", default=["theta_m", "hessian", "random"],
+                   choices=("theta_m", "hessian", "random"))
+    p.add_argument("--early", type=int, default=5, metavar="N",
+                   help="epochs of the early rate (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="of the random direction")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    p.add_argument("--plot", type=Path, metavar="FIG.png", help="also draw the distances")
+    p.add_argument("--force", action="store_true", help="replace an existing --plot")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_perturb)
+
+    p = sub.add_parser("reproduce", help="run a suite (the essay's tables) and write "
+                       "REPORT.md", description="Runs every run of a suite (finished ones "
+                       "skipped, interrupted ones resumed), analyzes them, and writes "
+                       "OUT/REPORT.md with figures, the essay's numbers beside the measured "
+                       "ones.")
+    p.add_argument("--suite", required=True, metavar="NAME|FILE",
+                   help="quick | essay | float64 (experiments/suite_NAME.toml) or a file")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="N", help="override the suite's")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing; report on the runs that are finished")
+    _add_suite_flags(p, "data/report")
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("demo", help="the quick suite: grokking, a switch to Zipf weighting "
+                       "and its collapse, the saddle table (about 10 min on 2 cores)")
+    _add_suite_flags(p, "data/report")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("bench", help="throughput against a plain PyTorch loop, side by side")
     p.add_argument("--epochs", type=int, default=400, help="epochs per timed run")

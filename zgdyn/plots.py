@@ -271,6 +271,65 @@ def plot_events(metrics: dict[str, np.ndarray], events: list[dict[str, Any]], *,
     return fig
 
 
+def plot_accuracy_curves(curves: list[dict[str, Any]], *, xlabel: str = "epoch",
+                         title: str = "") -> Figure:
+    """Test accuracy of several runs on one axis. Each curve: {"label", "epoch", "test_acc",
+    optional "marks" (epochs to cross, e.g. collapses), optional "switch" (a dotted line)}."""
+    fig = Figure(figsize=(9, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for k, c in enumerate(curves):
+        color = f"C{k % 10}"
+        ax.plot(c["epoch"], c["test_acc"], color=color, lw=1, label=c["label"])
+        marks = [m for m in c.get("marks", []) if c["epoch"][0] <= m <= c["epoch"][-1]]
+        if marks:
+            ax.plot(marks, np.interp(marks, c["epoch"], c["test_acc"]), "x", color=color,
+                    ms=8, mew=2)
+        if c.get("switch") is not None:
+            ax.axvline(c["switch"], color=color, ls=":", lw=1)
+    ax.axhline(0.95, color="0.6", lw=0.8, ls="--")
+    ax.axhline(0.5, color="0.6", lw=0.8, ls="--")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title(title or "test accuracy (crosses: collapses; dashed: 95% and 50%)")
+    return fig
+
+
+def plot_perturb(result: dict[str, Any], *, title: str = "") -> Figure:
+    """The perturbation experiment: ln of the distance δ(t) to the unperturbed copy, one
+    panel per Zipf exponent, one color per direction and one line style per ε, with the
+    Hessian's predicted slope from the start drawn dashed."""
+    s_values = [p["zipf_s"] for p in result["predictions"]]
+    fig = Figure(figsize=(4.5 * len(s_values), 4.2), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(s_values), sharey=True))
+    styles = ["-", "--", "-.", ":"]
+    colors = {d: f"C{k}" for k, d in enumerate(result["directions"])}
+    for ax, pred in zip(axes, result["predictions"]):
+        s = pred["zipf_s"]
+        for row, curve in zip(result["rows"], result["curves"]):
+            if row["zipf_s"] != s:
+                continue
+            k = result["eps"].index(row["eps"])
+            ax.semilogy(np.arange(len(curve)), curve, color=colors[row["direction"]],
+                        ls=styles[k % len(styles)], lw=1.2,
+                        label=f"{row['direction']}, ε = {row['eps']:g}")
+            if row["direction"] == "hessian" and pred["hessian_rate"] is not None:
+                t = np.arange(0, min(len(curve), 1 + max(3, int(5 / max(
+                    abs(pred["hessian_rate"]), 1e-9)))))
+                ax.semilogy(t, curve[0] * np.exp(pred["hessian_rate"] * t), color="k",
+                            ls=styles[k % len(styles)], lw=0.8, alpha=0.6)
+        ax.set_title(f"s = {s:g}: predicted {pred['hessian_rate']:.3g}/epoch (black)"
+                     if pred["hessian_rate"] is not None else f"s = {s:g}", fontsize=9)
+        ax.set_xlabel("epochs after the perturbation")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("‖θ_perturbed − θ_unperturbed‖")
+    axes[-1].legend(fontsize=7, loc="best")
+    fig.suptitle(title or "perturbations from the grokked point under Zipf weighting")
+    return fig
+
+
 def save(fig: Figure, path: str, *, dpi: int = 150) -> None:
     """Save as the path's format (png, pdf, svg)."""
     fig.savefig(path, dpi=dpi)

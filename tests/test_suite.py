@@ -1,0 +1,252 @@
+"""Suites, the two-phase table, the scorecard and the report, on a small task (p = 23)
+that shows the essay's two-phase split in seconds: after grokking, a switch to s = 1
+holds (phase-2 test accuracy near 100%) and a switch to s = 3 collapses (near 5%)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import count
+from zgdyn.cli import main
+from zgdyn.config import ConfigError, ZgdynError
+from zgdyn.report import MARKER, write_report
+from zgdyn.runner import resume_run, train_run
+from zgdyn.scorecard import aggregate, scorecard
+from zgdyn.store import open_run
+from zgdyn.suite import execute, plan, run_suite, suite_from_dict
+from zgdyn.train import Callback, MetricsLog, Trainer
+
+BASE = {"p": 23, "train_frac": 0.8, "hidden": [48, 48], "lr": 3e-3, "eval_every": 50,
+        "ckpt_every": 50, "keyframe_every": 500}
+TINY = {"name": "tiny", "seeds": [1, 2], "base": BASE,
+        "single": {"zipf_s": [0], "epochs": 5000},
+        "two_phase": {"switch_s": [1, 3], "switch_at_test_acc": 0.99, "epochs": 6000,
+                      "phase2_epochs": 1500},
+        "saddle": {"exponents": [0, 3]},
+        "perturb": {"zipf_s": [3], "eps": [1e-6], "epochs": 12}}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("suite")
+    suite = suite_from_dict(TINY)
+    result = run_suite(suite, out, jobs=1, threads=1)
+    return suite, out, result
+
+
+def test_two_phase_split_as_in_the_essay(tiny):
+    _, _, result = tiny
+    assert not result["errors"]
+    rows = {(r["table"], r["s"]): r for r in result["tables"]}
+    assert rows[("two_phase", 1.0)]["n_runs"] == 2
+    # the essay: 94.8% at s = 1 and 0.3% at s = 3
+    assert rows[("two_phase", 1.0)]["phase2_mean_test"]["mean"] > 0.85
+    assert rows[("two_phase", 3.0)]["phase2_mean_test"]["mean"] < 0.10
+    assert rows[("two_phase", 3.0)]["phase2_first_below_50"]["n"] == 2
+    assert rows[("two_phase", 1.0)]["phase2_first_below_50"]["never"] == 2
+    assert rows[("single", 0.0)]["first_95"]["n"] == 2  # both seeds grok
+
+
+def test_scorecard_against_the_in_memory_run(tiny):
+    """The card read from the file equals what the trainer saw, computed independently."""
+    suite, out, result = tiny
+    spec = next(r for r in suite.runs(out) if r.table == "two_phase" and r.s == 3)
+    log = MetricsLog()
+    trainer = Trainer(spec.config)
+    trainer.run([log])
+    e, te = log.array("epoch"), log.array("test_acc")
+    card = scorecard(spec.path)
+    assert card["switch_epoch"] == trainer.switch_epoch
+    after = te[e > trainer.switch_epoch]
+    assert card["phase2_mean_test"] == pytest.approx(after.mean(), rel=1e-12)
+    assert card["phase2_std_test"] == pytest.approx(after.std(), rel=1e-12)
+    assert card["phase2_frac_below_50"] == pytest.approx(np.mean(after < 0.5), rel=1e-12)
+    assert card["phase2_epochs"] == spec.config.schedule.phase2_epochs
+    assert card["first_95"] == int(e[np.argmax(te >= 0.95)])
+
+
+def test_aggregate_planted():
+    cards = [{"seed": 1, "first_95": 100, "phase2_mean_test": 0.5},
+             {"seed": 2, "first_95": 300, "phase2_mean_test": None},
+             {"seed": 3, "first_95": None, "phase2_mean_test": 0.7}]
+    a = aggregate(cards)
+    assert a["first_95"] == {"mean": 200.0, "std": pytest.approx(141.4213562373), "n": 2,
+                             "never": 1}
+    assert a["phase2_mean_test"]["mean"] == pytest.approx(0.6)
+    assert a["collapses_per_100k"] == {"mean": None, "std": None, "n": 0, "never": 3}
+
+
+def test_saddle_and_perturbation_ran_at_the_grokked_point(tiny):
+    _, _, result = tiny
+    sd, pt = result["saddle"], result["perturb"]
+    assert [r["zipf_s"] for r in sd["rows"]] == [0.0, 3.0]
+    assert sd["rows"][1]["growth_rate"] > sd["rows"][0]["growth_rate"]
+    assert {r["direction"] for r in pt["rows"]} == {"theta_m", "hessian", "random"}
+    theta = pt["predictions"][0]["theta_norm"]
+    for r in pt["rows"]:  # every direction starts at the same distance, eps * |theta|
+        assert r["start"] == pytest.approx(1e-6 * theta, rel=1e-9)
+
+
+def test_report_lists_the_essays_numbers_beside_ours(tiny):
+    _, out, result = tiny
+    path = write_report(result, out)
+    text = path.read_text()
+    assert text.startswith(MARKER)
+    for essay in ("94.8%", "0.3%", "14,000", "2,822", "149,912"):  # tables 3, 2 and 1
+        assert essay in text
+    for fig in ("grokking", "two-phase", "perturb"):
+        assert (out / "figures" / f"{fig}.png").stat().st_size > 10_000
+        assert f"figures/{fig}.png" in text
+    card = next(c for c in result["cards"] if c["switch_s"] == 3.0)
+    assert f"{100 * card['phase2_frac_below_50']:.1f}%" in text or "±" in text
+
+
+def test_a_finished_suite_is_skipped_and_reports_again(tiny):
+    suite, out, result = tiny
+    tasks = plan(suite.runs(out))
+    assert {t.action for t in tasks} == {"done"}
+    again = run_suite(suite, out, jobs=1, threads=1)
+    assert {(r["action"], r["seconds"]) for r in again["results"]} == {("done", 0.0)}
+    assert again["tables"] == result["tables"]
+    assert again["saddle"]["stored"]  # read back, not recomputed
+    assert [r["growth_rate"] for r in again["saddle"]["rows"]] == \
+        [r["growth_rate"] for r in result["saddle"]["rows"]]
+    assert again["perturb"]["rows"] == result["perturb"]["rows"]
+
+
+class _StopAt(Callback):
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_eval(self, trainer, metrics):
+        if trainer.epoch >= self.epoch:
+            trainer.stop_requested = True
+
+
+def test_an_interrupted_run_is_resumed_bitwise(tmp_path, tiny):
+    suite, out, _ = tiny
+    spec = next(r for r in suite.runs(tmp_path) if r.table == "two_phase" and r.s == 3)
+    spec.path.parent.mkdir(parents=True)
+    torch.set_num_threads(1)
+    train_run(spec.config, spec.path, callbacks=[_StopAt(2600)])  # after the switch
+    tasks = [t for t in plan(suite.runs(tmp_path)) if t.spec.path == spec.path]
+    assert tasks[0].action == "resume" and "interrupted" in tasks[0].note
+    res = execute(tasks, jobs=1, threads=1)
+    assert res[0]["ok"], res
+    reference = next(r for r in suite.runs(out) if r.path.name == spec.path.name).path
+    with open_run(spec.path) as a, open_run(reference) as b:
+        assert a.attrs["status"] == "complete"
+        e = int(b.checkpoint_epochs[-1])
+        for k, v in b.params_at(e).items():
+            assert torch.equal(a.params_at(e)[k], v)
+        np.testing.assert_array_equal(a.metrics["test_acc"], b.metrics["test_acc"])
+    count("suite runs resumed bitwise")
+
+
+def test_a_file_with_another_config_is_refused_untouched(tmp_path):
+    suite = suite_from_dict(TINY)
+    spec = suite.runs(tmp_path)[0]
+    spec.path.parent.mkdir(parents=True)
+    train_run(spec.config.replace(lr=1e-3, epochs=20), spec.path)
+    before = spec.path.read_bytes()
+    with pytest.raises(ZgdynError, match="another config .lr = 0.001"):
+        run_suite(suite, tmp_path)
+    assert spec.path.read_bytes() == before
+
+
+def test_longer_epochs_extend_a_finished_run(tmp_path):
+    d = {**TINY, "two_phase": None, "saddle": None, "perturb": None, "seeds": [1]}
+    d = {k: v for k, v in d.items() if v is not None}
+    short = suite_from_dict({**d, "single": {"zipf_s": [0], "epochs": 200}})
+    run_suite(short, tmp_path, analyze=False)
+    longer = suite_from_dict({**d, "single": {"zipf_s": [0], "epochs": 400}})
+    (task,) = plan(longer.runs(tmp_path))
+    assert task.action == "resume" and task.changes == {"epochs": 400}
+    run_suite(longer, tmp_path, analyze=False)
+    with open_run(task.spec.path) as run:
+        assert int(run.attrs["epochs_done"]) == 400
+
+
+def test_a_failing_run_is_reported_and_the_others_finish(tmp_path):
+    d = {"name": "mixed", "seeds": [1], "base": {**BASE, "epochs": 100},
+         "variants": {"ok": {}, "bad": {"hook": "not_registered"}},
+         "single": {"zipf_s": [0, 1]}}
+    result = run_suite(suite_from_dict(d), tmp_path, analyze=False)
+    failed = {os.path.basename(p) for p in result["errors"]}
+    assert failed == {"bad-single-s0-seed1.h5", "bad-single-s1-seed1.h5"}
+    assert all("not registered" in e for e in result["errors"].values())
+    assert len(result["cards"]) == 2 and all(c["status"] == "complete"
+                                             for c in result["cards"])
+
+
+def test_process_pool_equals_in_process(tmp_path):
+    """jobs = 2 (spawned workers, 1 thread each) gives the same bits as jobs = 1."""
+    d = {"name": "pool", "seeds": [1], "base": {**BASE, "epochs": 300},
+         "single": {"zipf_s": [0, 2]}}
+    a = run_suite(suite_from_dict(d), tmp_path / "a", jobs=1, threads=1, analyze=False)
+    b = run_suite(suite_from_dict(d), tmp_path / "b", jobs=2, threads=1, analyze=False)
+    assert not a["errors"] and not b["errors"]
+    for ca, cb in zip(a["cards"], b["cards"]):
+        with open_run(ca["path"]) as ra, open_run(cb["path"]) as rb:
+            for k, v in ra.params_at(300).items():
+                assert torch.equal(rb.params_at(300)[k], v)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"bogus": 1}, "unknown key 'bogus'"),
+    ({"seeds": [1, 1]}, "distinct"),
+    ({"name": "../x"}, "name"),
+    ({"single": {"epochs": 10}}, r"\[single\] must be a table with zipf_s"),
+    ({"single": {"zipf_s": [0], "lr": -1}}, r"\[single\]: lr"),
+    ({"single": {"zipf_s": [2]}}, "add 0 to"),
+    ({"perturb": {"eps": [1e-3], "typo": 1}}, "unknown key 'typo'"),
+])
+def test_bad_suites_are_one_line_config_errors(change, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        suite_from_dict({**TINY, **change})
+    assert "\n" not in str(e.value)
+
+
+def test_cli_two_phase_table_and_errors(tmp_path, capsys):
+    args = ["two-phase", "--switch-s", "1", "3", "--seeds", "1", "--p", "23",
+            "--train-frac", "0.8", "--hidden", "48", "48", "--lr", "3e-3", "--epochs", "6000",
+            "--phase2-epochs", "600", "--eval-every", "50", "--ckpt-every", "50",
+            "--keyframe-every", "500", "--out", str(tmp_path), "--jobs", "1",
+            "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "to test < 50%" in out and "94.80%" in out  # the essay's value beside ours
+    assert main(args + ["--json"]) == 0  # now all skipped
+    got = json.loads(capsys.readouterr().out)
+    s3 = next(r for r in got["tables"] if r["s"] == 3.0)
+    assert s3["phase2_mean_test"]["mean"] < 0.5
+    assert main(["two-phase", "--switch-s", "-1", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "switch_s" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_reproduce_errors(tmp_path, capsys):
+    assert main(["reproduce", "--suite", "no_such_suite", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "known suites" in err and "quick" in err
+    (tmp_path / "REPORT.md").write_text("my notes\n")
+    suite = tmp_path / "s.toml"
+    suite.write_text('name = "t"\n[single]\nzipf_s = [0]\nepochs = 10\n')
+    assert main(["reproduce", "--suite", str(suite), "--out", str(tmp_path)]) == 2
+    assert "never replaced" in capsys.readouterr().err
+    assert (tmp_path / "REPORT.md").read_text() == "my notes\n"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_shipped_suites_are_valid():
+    from zgdyn.suite import load_suite
+    for name in ("quick", "essay", "float64"):
+        suite = load_suite(name)
+        assert suite.runs("x")
+    quick = load_suite("quick")
+    assert quick.saddle is not None and {r.s for r in quick.runs("x")
+                                         if r.table == "two_phase"} == {1.0, 3.0}

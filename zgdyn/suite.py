@@ -1,0 +1,549 @@
+"""Suites: every run an experiment needs, run resumably in parallel, then analyzed.
+
+A suite is a TOML file (``experiments/suite_*.toml``):
+
+    name = "quick"
+    description = "..."
+    seeds = [42]
+    [base]                 # flat config fields for every run (as `zgdyn train` flags)
+    eval_every = 100
+    [variants]             # optional: a name -> flat config fields; one copy of every run
+    float64 = { dtype = "float64" }
+    [single]               # the essay's table 2: one run per (variant, s, seed)
+    zipf_s = [0, 1.5]
+    epochs = 30000
+    [two_phase]            # the essay's table 3: uniform, then s at 99% test accuracy
+    switch_s = [1, 3]
+    switch_at_test_acc = 0.99
+    epochs = 50000
+    phase2_epochs = 10000
+    [saddle]               # the saddle table at the last keyframe of the s = 0 run
+    exponents = [0, 1, 1.5, 2, 3]
+    [perturb]              # the perturbation experiment at the same keyframe
+    zipf_s = [1.5, 3]
+    eps = [1e-6, 1e-4]
+    epochs = 200
+
+`run_suite` plans the runs (a finished run is skipped, an interrupted one resumed, one
+whose file holds another config is refused before anything starts), runs them in a
+process pool (`jobs` processes of `threads` torch threads each), analyzes every run, runs
+the saddle table and the perturbation experiment, and returns everything the report needs.
+A run that fails is reported and the others go on.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue as queue_mod
+import re
+import time
+import tomllib
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import Config, ConfigError, ZgdynError, flatten, from_flat
+from .train import Callback, Trainer
+
+SECTIONS = {"single": "zipf_s", "two_phase": "switch_s"}
+TOP_KEYS = {"name", "description", "seeds", "base", "variants", "single", "two_phase",
+            "saddle", "perturb"}
+SADDLE_KEYS = {"exponents", "dtype", "run"}
+PERTURB_KEYS = {"zipf_s", "eps", "epochs", "directions", "dtype", "early", "seed"}
+SUITES_DIR = Path("experiments")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a suite."""
+
+    table: str  # "single" | "two_phase"
+    variant: str
+    s: float  # the exponent of the table: zipf_s (single) or switch_s (two-phase)
+    seed: int
+    config: Config
+    path: Path
+
+    @property
+    def label(self) -> str:
+        return self.path.stem
+
+
+@dataclass
+class Suite:
+    name: str  # also the folder of its runs: <out>/runs/<name>/
+    description: str
+    seeds: list[int]
+    base: dict[str, Any]
+    variants: dict[str, dict[str, Any]]
+    tables: dict[str, dict[str, Any]]  # "single" / "two_phase" -> their section
+    saddle: dict[str, Any] | None
+    perturb: dict[str, Any] | None
+    source: str = ""
+
+    def runs(self, root: str | Path) -> list[RunSpec]:
+        """Every run, with its config and its file under `root`/runs."""
+        root = Path(root)
+        out: list[RunSpec] = []
+        for table, key in SECTIONS.items():
+            sec = self.tables.get(table)
+            if sec is None:
+                continue
+            rest = {k: v for k, v in sec.items() if k != key}
+            for variant, changes in self.variants.items():
+                for s in sec[key]:
+                    for seed in self.seeds:
+                        flat = {**flatten(Config()), **self.base, **changes, **rest,
+                                key: float(s), "seed": seed}
+                        try:
+                            cfg = from_flat(flat)
+                        except ConfigError as e:
+                            raise ConfigError(f"suite {self.source or self.name}, [{table}]: "
+                                              f"{e}") from None
+                        prefix = "" if variant == "default" else f"{variant}-"
+                        name = f"{prefix}{table.replace('_', '-')}-s{float(s):g}-seed{seed}.h5"
+                        out.append(RunSpec(table, variant, float(s), seed, cfg,
+                                           root / "runs" / self.name / name))
+        return out
+
+    def anchor(self, specs: list[RunSpec]) -> RunSpec | None:
+        """The run the saddle table and the perturbation experiment start from: the first
+        single-phase run at s = 0 (first variant, first seed)."""
+        return next((r for r in specs if r.table == "single" and r.s == 0), None)
+
+
+def _list(name: str, value: Any, kind: type | tuple = (int, float)) -> list:
+    if not isinstance(value, list):
+        value = [value]
+    if not value or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+        raise ConfigError(f"{name}: must be a non-empty list of numbers, got {value!r}")
+    return value
+
+
+def _known(where: str, table: dict[str, Any], allowed: set[str]) -> None:
+    bad = sorted(set(table) - allowed)
+    if bad:
+        raise ConfigError(f"{where}: unknown key {bad[0]!r}; allowed: "
+                          f"{', '.join(sorted(allowed))}")
+
+
+def suite_from_dict(d: dict[str, Any], source: str = "") -> Suite:
+    """Validate a suite's TOML table (see the module docstring)."""
+    where = f"suite {source}" if source else "suite"
+    _known(where, d, TOP_KEYS)
+    seeds = _list(f"{where}: seeds", d.get("seeds", [42]), int)
+    if len(set(seeds)) != len(seeds) or any(not 0 <= s < 2**32 for s in seeds):
+        raise ConfigError(f"{where}: seeds: must be distinct integers in [0, 2^32), got {seeds}")
+    base = d.get("base", {})
+    variants = d.get("variants", {"default": {}})
+    if not isinstance(base, dict) or not isinstance(variants, dict) or not variants \
+            or not all(isinstance(v, dict) for v in variants.values()):
+        raise ConfigError(f"{where}: [base] must be a table of config fields and [variants] a "
+                          "table of name = {{config fields}}")
+    tables = {}
+    for table, key in SECTIONS.items():
+        if table in d:
+            sec = d[table]
+            if not isinstance(sec, dict) or key not in sec:
+                raise ConfigError(f"{where}: [{table}] must be a table with {key} = [...]")
+            tables[table] = {**sec, key: _list(f"{where}: [{table}] {key}", sec[key])}
+    if not tables:
+        raise ConfigError(f"{where}: needs a [single] or a [two_phase] table")
+    saddle, perturb = d.get("saddle"), d.get("perturb")
+    for name, sec, allowed in (("saddle", saddle, SADDLE_KEYS), ("perturb", perturb,
+                                                                   PERTURB_KEYS)):
+        if sec is not None:
+            if not isinstance(sec, dict):
+                raise ConfigError(f"{where}: [{name}] must be a table")
+            _known(f"{where}: [{name}]", sec, allowed)
+    name = d.get("name", Path(source).stem if source else "suite")
+    if not (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name)):
+        raise ConfigError(f"{where}: name: must be letters, digits, '_', '-', '.' (it names "
+                          f"the runs' folder), got {name!r}")
+    suite = Suite(name=name,
+                  description=str(d.get("description", "")), seeds=seeds, base=base,
+                  variants=variants, tables=tables, saddle=saddle, perturb=perturb,
+                  source=source)
+    specs = suite.runs(".")  # validates every run's config
+    if (saddle is not None or perturb is not None) and suite.anchor(specs) is None:
+        raise ConfigError(f"{where}: [saddle] and [perturb] start from a single-phase s = 0 "
+                          "run; add 0 to [single] zipf_s")
+    return suite
+
+
+def find_suite(name: str) -> Path:
+    """A suite file: `name` itself if it is a file, else experiments/suite_<name>.toml here
+    or in the source tree zgdyn was installed from."""
+    candidates = [Path(name), SUITES_DIR / f"suite_{name}.toml",
+                  Path(__file__).resolve().parent.parent / SUITES_DIR / f"suite_{name}.toml"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    known = sorted({p.stem[len("suite_"):] for d in (SUITES_DIR, candidates[-1].parent)
+                    if d.is_dir() for p in d.glob("suite_*.toml")})
+    raise ConfigError(f"suite {name!r}: no such suite file; known suites: "
+                      f"{', '.join(known) or 'none'} (or give a path to a suite TOML)")
+
+
+def load_suite(name: str) -> Suite:
+    path = find_suite(name)
+    try:
+        with open(path, "rb") as fh:
+            d = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"suite file {path}: not valid TOML ({e})") from None
+    return suite_from_dict(d, str(path))
+
+
+# -- planning --------------------------------------------------------------------------------
+
+
+@dataclass
+class Task:
+    """What to do for one run: "train", "resume" (with config changes) or "done"."""
+
+    spec: RunSpec
+    action: str
+    changes: dict[str, Any] = field(default_factory=dict)
+    start_epoch: int = 0
+    note: str = ""
+
+
+def plan(specs: list[RunSpec]) -> list[Task]:
+    """One task per run. A file that holds another config is an error (nothing is touched),
+    unless only `epochs` / `phase2_epochs` grew: then the run is extended."""
+    from .runner import RESUMABLE_CHANGES
+    from .store import open_run, writer_active
+
+    tasks = []
+    for spec in specs:
+        if not spec.path.exists():
+            tasks.append(Task(spec, "train"))
+            continue
+        if writer_active(spec.path):
+            raise ZgdynError(f"{spec.path}: is being written by another process; wait for it "
+                             "or stop it")
+        with open_run(spec.path) as run:
+            stored, status = run.config, run.attrs["status"]
+            done = int(run.attrs["epochs_done"])
+            switch = int(run.attrs["switch_epoch"])
+        a, b = flatten(stored), flatten(spec.config)
+        diff = {k: b[k] for k in b if a[k] != b[k]}
+        growing = all(k in RESUMABLE_CHANGES[:2] and b[k] is not None and a[k] is not None
+                      and b[k] >= a[k] for k in diff)
+        if diff and not growing:
+            k = next(iter(diff))
+            raise ZgdynError(f"{spec.path}: holds a run with another config ({k} = {a[k]!r}, "
+                             f"the suite wants {b[k]!r}); move the file away or give the "
+                             "suite another --out")
+        if status == "diverged":
+            tasks.append(Task(spec, "failed", start_epoch=done, note="diverged earlier"))
+        elif status == "complete" and not diff:
+            tasks.append(Task(spec, "done", start_epoch=done))
+        else:
+            tasks.append(Task(spec, "resume", diff, start_epoch=max(done, 0),
+                              note=f"{status} at epoch {done}"
+                              + (f", switched at {switch}" if switch >= 0 else "")))
+    return tasks
+
+
+def expected_epochs(cfg: Config) -> int:
+    """The epochs a run will take, with a two-phase run's switch guessed at 60% of its cap."""
+    sch = cfg.schedule
+    if sch.switch_s is None or sch.phase2_epochs is None:
+        return sch.epochs
+    switch = sch.switch_at_epoch if sch.switch_at_epoch is not None else int(0.6 * sch.epochs)
+    return switch + sch.phase2_epochs
+
+
+# -- execution -------------------------------------------------------------------------------
+
+
+class _Report(Callback):
+    """Sends (task index, epoch, end epoch) at every evaluation."""
+
+    def __init__(self, index: int, send: Callable[[tuple[int, int, int]], None]) -> None:
+        self.index, self.send = index, send
+
+    def on_eval(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        self.send((self.index, trainer.epoch, trainer.end_epoch))
+
+    def on_end(self, trainer: Trainer) -> None:
+        self.send((self.index, trainer.epoch, trainer.epoch))
+
+
+_QUEUE: Any = None
+
+
+def _init_worker(q: Any, threads: int, plugins: list[str]) -> None:
+    import signal
+
+    import torch
+
+    from .hooks import load_plugins
+
+    global _QUEUE
+    _QUEUE = q
+    torch.set_num_threads(threads)
+    # Ctrl-C reaches the whole process group; the parent asks the workers to stop instead
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    load_plugins(plugins)
+
+
+def _run_task(index: int, path: str, config_json: str, action: str,
+              changes: dict[str, Any]) -> dict[str, Any]:
+    """Train or resume one run; in a worker process or in this one."""
+    import json
+
+    from .config import from_dict
+    from .runner import resume_run, train_run
+
+    send = _QUEUE.put if _QUEUE is not None else _LOCAL_SEND[0]
+    cb = [_Report(index, send)]
+    t0 = time.perf_counter()
+    try:
+        if action == "train":
+            train_run(from_dict(json.loads(config_json)), path, callbacks=cb)
+        else:
+            resume_run(path, changes=changes, callbacks=cb)
+    except ZgdynError as e:
+        return {"ok": False, "error": str(e), "seconds": time.perf_counter() - t0}
+    except Exception as e:  # a bug or an I/O failure in one run must not stop the others
+        return {"ok": False, "error": f"{type(e).__name__}: {e}",
+                "seconds": time.perf_counter() - t0}
+    return {"ok": True, "error": None, "seconds": time.perf_counter() - t0}
+
+
+_LOCAL_SEND: list[Callable[[tuple[int, int, int]], None]] = [lambda msg: None]
+
+
+def execute(tasks: list[Task], *, jobs: int = 1, threads: int | None = None,
+            plugins: tuple[str, ...] = (), progress: bool = False,
+            desc: str = "runs") -> list[dict[str, Any]]:
+    """Run the "train" and "resume" tasks, `jobs` at a time. Returns one result per task:
+    {"path", "action", "ok", "error", "seconds"}; "done" tasks are ok with 0 seconds.
+
+    jobs > 1 runs each task in its own process (spawned) with `threads` torch threads
+    (default: the cores divided among the jobs); jobs = 1 runs them here, one by one.
+    """
+    import multiprocessing as mp
+
+    import torch
+
+    todo = [i for i, t in enumerate(tasks) if t.action in ("train", "resume")]
+    results: list[dict[str, Any]] = [
+        {"path": str(t.spec.path), "action": t.action, "ok": t.action == "done",
+         "error": t.note if t.action == "failed" else None, "seconds": 0.0} for t in tasks]
+    if not todo:
+        return results
+    jobs = max(1, min(jobs, len(todo)))
+    if threads is None:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+    start = {i: tasks[i].start_epoch for i in todo}
+    ends = {i: max(expected_epochs(tasks[i].spec.config), start[i]) for i in todo}
+    now = dict(start)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=sum(ends[i] - start[i] for i in todo), desc=desc,
+                   unit="epoch", unit_scale=True, smoothing=0.05)
+        bar.set_postfix(runs=f"0/{len(todo)}")
+    finished, failed = [0], [0]
+
+    def receive(msg: tuple[int, int, int]) -> None:
+        i, epoch, end = msg
+        step = epoch - now[i]
+        now[i] = epoch
+        if bar is not None:
+            if end != ends[i]:
+                ends[i] = end
+                bar.total = sum(ends[j] - start[j] for j in todo)
+            bar.update(step)  # tqdm redraws at most every mininterval
+
+    def done(i: int, res: dict[str, Any]) -> None:
+        results[i].update(res)
+        finished[0] += 1
+        failed[0] += not res["ok"]
+        if bar is not None:
+            bar.set_postfix(runs=f"{finished[0]}/{len(todo)}", failed=failed[0])
+
+    def args(i: int) -> tuple:
+        t = tasks[i]
+        return (i, str(t.spec.path), t.spec.config.to_json(), t.action, t.changes)
+
+    try:
+        if jobs == 1:
+            old_threads = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            _LOCAL_SEND[0] = receive
+            try:
+                for i in todo:
+                    tasks[i].spec.path.parent.mkdir(parents=True, exist_ok=True)
+                    done(i, _run_task(*args(i)))
+            finally:
+                _LOCAL_SEND[0] = lambda msg: None
+                torch.set_num_threads(old_threads)
+        else:
+            _run_pool(tasks, todo, jobs, threads, plugins, args, receive, done, mp)
+    finally:
+        if bar is not None:
+            bar.close()
+    return results
+
+
+def _run_pool(tasks: list[Task], todo: list[int], jobs: int, threads: int,
+              plugins: tuple[str, ...], args: Callable, receive: Callable, done: Callable,
+              mp: Any) -> None:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    for i in todo:
+        tasks[i].spec.path.parent.mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
+                             initargs=(q, threads, list(plugins))) as pool:
+        futures: dict[Future, int] = {pool.submit(_run_task, *args(i)): i for i in todo}
+        pending = set(futures)
+        try:
+            while pending:
+                ready, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                _drain(q, receive)
+                for f in ready:
+                    try:
+                        res = f.result()
+                    except Exception as e:  # the worker process died
+                        res = {"ok": False, "error": f"worker died: {e}", "seconds": math.nan}
+                    done(futures[f], res)
+            _drain(q, receive)
+        except KeyboardInterrupt:
+            # workers ignore SIGINT; cancel what has not started, then stop the running
+            # runs at their next epoch (SIGTERM: the trainer keyframes and commits)
+            for f in pending:
+                f.cancel()
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                if proc.is_alive():
+                    proc.terminate()
+            raise
+
+
+def _drain(q: Any, receive: Callable) -> None:
+    while True:
+        try:
+            receive(q.get_nowait())
+        except queue_mod.Empty:
+            return
+
+
+# -- the whole suite -------------------------------------------------------------------------
+
+
+def _stored_saddle(path: Path, epoch: int, dtype: str,
+                   exponents: list[float]) -> dict[str, Any] | None:
+    from .store import open_run
+
+    with open_run(path) as run:
+        a = run.analysis(f"saddle/epoch{epoch}_{dtype}")
+    if a is None or [float(x) for x in a["zipf_s"]] != [float(x) for x in exponents]:
+        return None
+    cols = [k for k in a if k not in ("attrs", "bottom_direction")]
+    rows = [{c: float(a[c][i]) for c in cols} for i in range(len(a["zipf_s"]))]
+    return {**a["attrs"]["settings"], "rows": rows, "stored": True}
+
+
+def _perturb_settings(sec: dict[str, Any]) -> dict[str, Any]:
+    from .perturb import DIRECTIONS
+
+    return {"zipf_s": tuple(float(x) for x in _list("perturb: zipf_s", sec.get("zipf_s",
+                                                                              [1.5]))),
+            "eps": tuple(float(x) for x in _list("perturb: eps", sec.get("eps", [1e-4]))),
+            "epochs": int(sec.get("epochs", 200)),
+            "directions": tuple(sec.get("directions", DIRECTIONS)),
+            "dtype": str(sec.get("dtype", "float64")), "early": int(sec.get("early", 5)),
+            "seed": int(sec.get("seed", 0))}
+
+
+def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | None = None,
+              plugins: tuple[str, ...] = (), progress: bool = False,
+              report_only: bool = False, analyze: bool = True,
+              on_stage: Callable[[str], None] = lambda stage: None) -> dict[str, Any]:
+    """Run (unless `report_only`) and analyze every run of `suite` under `out`/runs/<name>;
+    return everything the report shows. `on_stage` hears the name of each stage as it
+    starts. With `analyze` False, runs are only scored (no Fourier analysis, no saddle
+    table, no perturbations)."""
+    from .analyze import analyze_run
+    from .data import stats_table
+    from .perturb import perturb_run, stored_perturb
+    from .scorecard import aggregate, scorecard
+    from .stability import saddle_table
+    from .store import open_run
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    specs = suite.runs(out)
+    tasks = plan(specs)
+    if report_only:
+        results = [{"path": str(t.spec.path), "action": "skipped", "ok": t.action == "done",
+                    "error": None if t.action == "done" else "not finished (--report-only)",
+                    "seconds": 0.0} for t in tasks]
+    else:
+        on_stage("runs")
+        results = execute(tasks, jobs=jobs, threads=threads, plugins=plugins,
+                          progress=progress, desc=f"{suite.name}: runs")
+    t_runs = time.perf_counter() - t0
+    on_stage("analysis")
+    cards: dict[str, dict[str, Any]] = {}
+    errors: dict[str, str] = {r["path"]: r["error"] for r in results if r["error"]}
+    for spec in specs:
+        if not spec.path.exists() or str(spec.path) in errors:
+            continue
+        try:
+            if analyze:
+                analyze_run(str(spec.path), progress=False)
+            cards[str(spec.path)] = scorecard(spec.path)
+        except ZgdynError as e:
+            errors[str(spec.path)] = str(e)
+    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
+    for spec in specs:
+        card = cards.get(str(spec.path))
+        if card is not None and card["status"] == "complete":
+            groups.setdefault((spec.table, spec.variant, spec.s), []).append(card)
+    tables = [{"table": t, "variant": v, "s": s, **aggregate(c)}
+              for (t, v, s), c in groups.items()]
+    anchor = suite.anchor(specs)
+    saddle = perturb = None
+    anchor_epoch = None
+    if analyze and anchor is not None and cards.get(str(anchor.path), {}).get("status") == "complete":
+        with open_run(anchor.path) as run:
+            anchor_epoch = int(run.keyframe_epochs[-1])
+        if suite.saddle is not None:
+            on_stage("saddle")
+            exps = _list("saddle: exponents", suite.saddle.get("exponents",
+                                                               [0, 1, 1.5, 2, 3]))
+            dtype = str(suite.saddle.get("dtype", "float64"))
+            saddle = _stored_saddle(anchor.path, anchor_epoch, dtype, exps) or saddle_table(
+                str(anchor.path), epoch=anchor_epoch, exponents=tuple(map(float, exps)),
+                dtype=dtype)
+        if suite.perturb is not None:
+            on_stage("perturb")
+            ps = _perturb_settings(suite.perturb)
+            old = stored_perturb(anchor.path, anchor_epoch)
+            same = old is not None and all(
+                (tuple(old[k]) if isinstance(old[k], list) else old[k]) == v
+                for k, v in ps.items() if k in old)
+            perturb = old if same else perturb_run(str(anchor.path), epoch=anchor_epoch,
+                                                   **ps)
+    p = next(iter(specs)).config.data
+    stats = stats_table(p.p, p.train_frac, [0, 1, 1.5, 2, 3], seed=specs[0].seed,
+                        mode=p.weighting)
+    return {"suite": {"name": suite.name, "description": suite.description,
+                      "source": suite.source, "seeds": suite.seeds,
+                      "variants": suite.variants, "base": suite.base},
+            "out": str(out), "tasks": [{"path": str(t.spec.path), "table": t.spec.table,
+                                        "variant": t.spec.variant, "s": t.spec.s,
+                                        "seed": t.spec.seed, "planned": t.action,
+                                        "note": t.note} for t in tasks],
+            "results": results, "errors": errors, "cards": list(cards.values()),
+            "tables": tables, "anchor": None if anchor is None else str(anchor.path),
+            "anchor_epoch": anchor_epoch, "saddle": saddle, "perturb": perturb,
+            "stats": stats, "seconds": {"runs": t_runs, "total": time.perf_counter() - t0},
+            "jobs": jobs, "threads": threads}
