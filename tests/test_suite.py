@@ -250,3 +250,34 @@ def test_the_shipped_suites_are_valid():
     quick = load_suite("quick")
     assert quick.saddle is not None and {r.s for r in quick.runs("x")
                                          if r.table == "two_phase"} == {1.0, 3.0}
+
+
+def test_only_one_table_runs_and_the_report_says_what_is_missing(tmp_path):
+    d = {"name": "part", "seeds": [1], "base": {**BASE, "epochs": 200},
+         "single": {"zipf_s": [0]},
+         "two_phase": {"switch_s": [3], "switch_at_epoch": 100, "phase2_epochs": 100}}
+    suite = suite_from_dict(d)
+    result = run_suite(suite, tmp_path, only=("two_phase",), analyze=False)
+    actions = {os.path.basename(r["path"]): r["action"] for r in result["results"]}
+    assert actions == {"single-s0-seed1.h5": "skipped", "two-phase-s3-seed1.h5": "train"}
+    assert not result["errors"] and len(result["cards"]) == 1
+    assert not (tmp_path / "runs" / "part" / "single-s0-seed1.h5").exists()
+    text = write_report(result, tmp_path).read_text()
+    assert "not run this time (1)" in text and "`single-s0-seed1.h5`" in text
+    later = run_suite(suite, tmp_path, report_only=True, analyze=False)
+    assert {r["action"] for r in later["results"]} == {"skipped", "done"}
+
+
+@pytest.mark.slow
+def test_demo_shows_the_phenomenon(tmp_path, capsys):
+    """The main job at full size (about 7 minutes on 2 cores): grokking, the two-phase split
+    the essay reports, and a saddle whose predicted growth rises with s."""
+    assert main(["demo", "--out", str(tmp_path), "--no-progress", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    rows = {(r["table"], r["s"]): r for r in result["tables"]}
+    assert 7_000 <= rows[("single", 0.0)]["first_95"]["mean"] <= 28_000  # essay: 14,000
+    assert rows[("two_phase", 1.0)]["phase2_mean_test"]["mean"] > 0.85  # essay: 94.8%
+    assert rows[("two_phase", 3.0)]["phase2_mean_test"]["mean"] < 0.10  # essay: 0.3%
+    growth = [r["growth_rate"] for r in result["saddle"]["rows"]]
+    assert growth == sorted(growth) and growth[-1] > 0.1
+    assert (tmp_path / "REPORT.md").exists() and (tmp_path / "figures" / "portrait.png").exists()

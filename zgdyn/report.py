@@ -43,15 +43,17 @@ def _pct(x: float | None, digits: int = 1) -> str:
     return "–" if x is None else f"{100 * x:.{digits}f}%"
 
 
-def _ms(cell: dict[str, Any], fmt: str = ",.0f", pct: bool = False) -> str:
-    """mean ± std (n), or the one value, with a note of runs that never got there."""
+def _ms(cell: dict[str, Any], fmt: str = ",.0f", pct: bool = False,
+        missing: str = "–") -> str:
+    """mean ± std (n), or the one value; `missing` names runs without a value (e.g.
+    "never" for a first epoch that never came)."""
     f = (lambda x: _pct(x)) if pct else (lambda x: _num(x, fmt))
     if cell["n"] == 0:
-        return "never" if cell["never"] else "–"
+        return missing if cell["never"] else "–"
     out = f(cell["mean"]) + ("" if cell["std"] is None else f" ± {f(cell['std'])}")
     out += f" (n={cell['n']})" if cell["n"] > 1 or cell["never"] else ""
     if cell["never"]:
-        out += f", {cell['never']} never"
+        out += f", {cell['never']} {missing}"
     return out
 
 
@@ -156,8 +158,9 @@ def _table1(result: dict[str, Any]) -> list[str]:
             continue
         ratio = (f"{e[0]:.3g}" if e[0] > 1e9 else f"{e[0]:,}", f"{r['ratio']:.3g}"
                  if r["ratio"] > 1e9 else f"{r['ratio']:,.0f}")
-        lines.append(f"| {r['s']:g} | {ratio[0]} / {ratio[1]} | {e[1]:,} / "
-                     f"{r['ess']:,.3g} | {_pct(e[2])} / {_pct(r['top10_mass'])} | "
+        ess = f"{r['ess']:,.0f}" if r["ess"] >= 100 else f"{r['ess']:.3g}"
+        lines.append(f"| {r['s']:g} | {ratio[0]} / {ratio[1]} | {e[1]:,} / {ess} | "
+                     f"{_pct(e[2])} / {_pct(r['top10_mass'])} | "
                      f"{_pct(e[3], 3 if e[3] < 0.01 else 1)} / "
                      f"{_pct(r['top1'], 3 if r['top1'] < 0.01 else 1)} | "
                      f"{_pct(e[4], 3 if e[4] < 0.01 else 1)} / "
@@ -180,7 +183,7 @@ def _table2(result: dict[str, Any]) -> list[str]:
         e = ESSAY_SINGLE.get(r["s"], (None, None))
         lines.append(
             f"| {_variant(r, result)}s = {r['s']:g} | {r['n_runs']} | {_num(e[0])} | "
-            f"{_ms(r['first_95'])} | {_diff(r['first_95'], e[0])} | "
+            f"{_ms(r['first_95'], missing='never')} | {_diff(r['first_95'], e[0])} | "
             f"{_pct(e[1], 0) if e[1] is not None else '–'} | "
             f"{_ms(r['frac_above_95'], pct=True)} | {_diff(r['frac_above_95'], e[1], True)} | "
             f"{_ms(r['collapses_per_100k'], '.2f')} | {_ms(r['period_mean'])} |")
@@ -195,17 +198,19 @@ def _table3(result: dict[str, Any]) -> list[str]:
     lines = [f"Phase 2 lasted {', '.join(f'{e:,}' for e in epochs)} epochs (the essay does "
              "not say how long its phase 2 was).", "",
              "| run | seeds | phase-2 mean test: essay | here | difference | std: essay | here "
-             "| < 50%: essay | here | collapses in phase 2 | to the first collapse | to test "
-             "< 50% |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| lowest | < 50%: essay | here | collapses in phase 2 | to the first collapse | "
+             "to test < 50% |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         e = ESSAY_TWO_PHASE.get(r["s"], (None, None, None))
         lines.append(
             f"| {_variant(r, result)}s = 0 → {r['s']:g} | {r['n_runs']} | {_pct(e[0])} | "
             f"{_ms(r['phase2_mean_test'], pct=True)} | "
             f"{_diff(r['phase2_mean_test'], e[0], True)} | {_pct(e[1])} | "
-            f"{_ms(r['phase2_std_test'], pct=True)} | {_pct(e[2])} | "
-            f"{_ms(r['phase2_frac_below_50'], pct=True)} | {_ms(r['phase2_collapses'], '.1f')} "
-            f"| {_ms(r['phase2_first_collapse'])} | {_ms(r['phase2_first_below_50'])} |")
+            f"{_ms(r['phase2_std_test'], pct=True)} | {_ms(r['phase2_min_test'], pct=True)} | "
+            f"{_pct(e[2])} | {_ms(r['phase2_frac_below_50'], pct=True)} | "
+            f"{_ms(r['phase2_collapses'], '.1f')} | "
+            f"{_ms(r['phase2_first_collapse'], missing='never')} | "
+            f"{_ms(r['phase2_first_below_50'], missing='never')} |")
     return lines
 
 
@@ -276,7 +281,7 @@ def format_report(result: dict[str, Any], figures: dict[str, str]) -> str:
     s = result["suite"]
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sec = result["seconds"]
-    ok = sum(r["ok"] for r in result["results"])
+    ok = sum(r["ok"] and r["action"] != "skipped" for r in result["results"])
     lines = [MARKER, f"# zgdyn report: suite `{s['name']}`", "",
              s["description"], "",
              f"Written {now} on {platform.machine()} with {os.cpu_count()} cores, "
@@ -287,6 +292,11 @@ def format_report(result: dict[str, Any], figures: dict[str, str]) -> str:
     if result["errors"]:
         lines += ["**Runs that failed:**", ""] + [f"- `{p}`: {e}" for p, e in
                                                   result["errors"].items()] + [""]
+    skipped = [r for r in result["results"] if r["action"] == "skipped"]
+    if skipped:
+        lines += [f"**Runs of this suite not run this time ({len(skipped)}), so missing from "
+                  "the tables:** " + ", ".join(f"`{Path(r['path']).name}` ({r['note']})"
+                                               for r in skipped), ""]
     if "grokking" in figures:
         card = next(c for c in result["cards"] if c["path"] == result["anchor"])
         lines += ["## Grokking at s = 0", "",

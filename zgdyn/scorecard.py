@@ -3,7 +3,7 @@
 Per run (`scorecard`): first epoch with test accuracy >= 95%, the fraction of evaluations
 at or above 95%, collapses (train-loss spikes, `oscillator.detect_events`) per 100k epochs
 and their mean period; for a two-phase run also the phase-2 test accuracy (mean, standard
-deviation, fraction of evaluations below 50%), the collapses after the switch, the epochs
+deviation, minimum, fraction of evaluations below 50%), the collapses after the switch, the epochs
 from the switch to the first of them, and to the first evaluation below 50% test.
 
 Everything is measured on the evaluation grid (`eval_every`), as the essay's figures are
@@ -27,7 +27,8 @@ from .store import Run, open_run
 
 # the fields `aggregate` averages over seeds
 NUMERIC = ("first_95", "frac_above_95", "collapses_per_100k", "period_mean",
-           "phase2_mean_test", "phase2_std_test", "phase2_frac_below_50", "phase2_collapses",
+           "phase2_mean_test", "phase2_std_test", "phase2_min_test", "phase2_frac_below_50",
+           "phase2_collapses",
            "phase2_first_collapse", "phase2_first_below_50", "final_test_acc")
 
 
@@ -68,6 +69,7 @@ def run_scorecard(run: Run, *, threshold: float = 100.0) -> dict[str, Any]:
         phase2.update({
             "phase2_mean_test": float(t2.mean()) if len(t2) else None,
             "phase2_std_test": float(t2.std()) if len(t2) else None,
+            "phase2_min_test": float(t2.min()) if len(t2) else None,
             "phase2_frac_below_50": float(np.mean(t2 < 0.5)) if len(t2) else None,
             "phase2_collapses": len(later),
             "phase2_first_collapse": later[0] - switch if later else None,

@@ -335,7 +335,8 @@ def execute(tasks: list[Task], *, jobs: int = 1, threads: int | None = None,
     todo = [i for i, t in enumerate(tasks) if t.action in ("train", "resume")]
     results: list[dict[str, Any]] = [
         {"path": str(t.spec.path), "action": t.action, "ok": t.action == "done",
-         "error": t.note if t.action == "failed" else None, "seconds": 0.0} for t in tasks]
+         "error": t.note if t.action == "failed" else None, "note": t.note, "seconds": 0.0}
+        for t in tasks]
     if not todo:
         return results
     jobs = max(1, min(jobs, len(todo)))
@@ -464,10 +465,11 @@ def _perturb_settings(sec: dict[str, Any]) -> dict[str, Any]:
 
 def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | None = None,
               plugins: tuple[str, ...] = (), progress: bool = False,
-              report_only: bool = False, analyze: bool = True,
+              report_only: bool = False, only: tuple[str, ...] | None = None,
+              analyze: bool = True,
               on_stage: Callable[[str], None] = lambda stage: None) -> dict[str, Any]:
-    """Run (unless `report_only`) and analyze every run of `suite` under `out`/runs/<name>;
-    return everything the report shows. `on_stage` hears the name of each stage as it
+    """Run (unless `report_only`; with `only`, just the runs of those tables) and analyze
+    every run of `suite` under `out`/runs/<name>; return everything the report shows. `on_stage` hears the name of each stage as it
     starts. With `analyze` False, runs are only scored (no Fourier analysis, no saddle
     table, no perturbations)."""
     from .analyze import analyze_run
@@ -481,14 +483,13 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | No
     out = Path(out)
     specs = suite.runs(out)
     tasks = plan(specs)
-    if report_only:
-        results = [{"path": str(t.spec.path), "action": "skipped", "ok": t.action == "done",
-                    "error": None if t.action == "done" else "not finished (--report-only)",
-                    "seconds": 0.0} for t in tasks]
-    else:
-        on_stage("runs")
-        results = execute(tasks, jobs=jobs, threads=threads, plugins=plugins,
-                          progress=progress, desc=f"{suite.name}: runs")
+    for t in tasks:  # runs left out this time: reported as not run
+        if t.action in ("train", "resume") and (report_only or (only is not None
+                                                                 and t.spec.table not in only)):
+            t.action, t.note = "skipped", f"not run ({t.note or 'no file yet'})"
+    on_stage("runs")
+    results = execute(tasks, jobs=jobs, threads=threads, plugins=plugins,
+                      progress=progress and not report_only, desc=f"{suite.name}: runs")
     t_runs = time.perf_counter() - t0
     on_stage("analysis")
     cards: dict[str, dict[str, Any]] = {}
