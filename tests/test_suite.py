@@ -13,7 +13,7 @@ from conftest import count
 from zgdyn.cli import main
 from zgdyn.config import ConfigError, ZgdynError
 from zgdyn.report import MARKER, write_report
-from zgdyn.runner import resume_run, train_run
+from zgdyn.runner import train_run
 from zgdyn.scorecard import aggregate, scorecard
 from zgdyn.store import open_run
 from zgdyn.suite import execute, plan, run_suite, suite_from_dict
@@ -203,6 +203,10 @@ def test_process_pool_equals_in_process(tmp_path):
     ({"single": {"zipf_s": [0], "lr": -1}}, r"\[single\]: lr"),
     ({"single": {"zipf_s": [2]}}, "add 0 to"),
     ({"perturb": {"eps": [1e-3], "typo": 1}}, "unknown key 'typo'"),
+    ({"perturb": {"eps": [2.0]}}, r"\[perturb\] eps"),
+    ({"perturb": {"epochs": 2}}, r"\[perturb\] epochs"),
+    ({"perturb": {"directions": ["up"]}}, r"\[perturb\] directions"),
+    ({"saddle": {"exponents": ["a"]}}, "exponents"),
 ])
 def test_bad_suites_are_one_line_config_errors(change, message):
     with pytest.raises(ConfigError, match=message) as e:
@@ -281,3 +285,39 @@ def test_demo_shows_the_phenomenon(tmp_path, capsys):
     growth = [r["growth_rate"] for r in result["saddle"]["rows"]]
     assert growth == sorted(growth) and growth[-1] > 0.1
     assert (tmp_path / "REPORT.md").exists() and (tmp_path / "figures" / "portrait.png").exists()
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_ctrl_c_stops_every_run_at_a_keyframe_and_the_suite_resumes(tmp_path, jobs):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    suite = tmp_path / "s.toml"
+    suite.write_text('name = "int"\nseeds = [1]\n[base]\np = 23\ntrain_frac = 0.8\n'
+                     'hidden = [48, 48]\nlr = 3e-3\neval_every = 50\nckpt_every = 50\n'
+                     'keyframe_every = 500\n[single]\nzipf_s = [0, 2]\nepochs = 200000\n')
+    cmd = [sys.executable, "-m", "zgdyn", "reproduce", "--suite", str(suite), "--out",
+           str(tmp_path), "--jobs", str(jobs), "--threads", "1", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    runs = tmp_path / "runs" / "int"
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(runs.glob("*.h5"))) < jobs:
+        time.sleep(0.2)
+    time.sleep(2.0)  # some epochs into training
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert b"Traceback" not in err
+    files = sorted(runs.glob("*.h5"))
+    assert len(files) >= jobs
+    for f in files:
+        with open_run(f) as run:
+            assert run.attrs["status"] == "interrupted"
+            assert int(run.attrs["epochs_done"]) > 0
+    tasks = plan(suite_from_dict({"name": "int", "seeds": [1], "base": {
+        **BASE, "lr": 3e-3}, "single": {"zipf_s": [0, 2], "epochs": 200000}}).runs(tmp_path))
+    assert {t.action for t in tasks if t.spec.path in files} == {"resume"}
+    count("suites interrupted with Ctrl-C")

@@ -557,8 +557,11 @@ def format_two_phase(result: dict[str, Any]) -> str:
 
 
 def _run_suite_cli(args: argparse.Namespace, suite: Any, *, analyze: bool = True,
-                   report_only: bool = False,
-                   only: tuple[str, ...] | None = None) -> dict[str, Any]:
+                   report_only: bool = False, only: tuple[str, ...] | None = None,
+                   seeds: list[int] | None = None) -> dict[str, Any]:
+    """A suite's runs from the command line: with a report (`suite` a name or a file),
+    or without (`suite` a Suite, for two-phase)."""
+    from .report import reproduce
     from .suite import run_suite
 
     _load_plugins(args)
@@ -570,9 +573,12 @@ def _run_suite_cli(args: argparse.Namespace, suite: Any, *, analyze: bool = True
     jobs = args.jobs if args.jobs is not None else max(1, os.cpu_count() or 1)
     stage = (lambda name: sys.stderr.write(f"zgdyn: {name} ...\n")) \
         if not args.no_progress and not args.json else (lambda name: None)
-    return run_suite(suite, args.out, jobs=jobs, threads=args.threads,
-                     plugins=tuple(args.plugin or ()), progress=not args.no_progress,
-                     report_only=report_only, only=only, analyze=analyze, on_stage=stage)
+    kw = dict(jobs=jobs, threads=args.threads, plugins=tuple(args.plugin or ()),
+              progress=not args.no_progress, report_only=report_only, only=only,
+              on_stage=stage)
+    if isinstance(suite, str):
+        return reproduce(suite, args.out, seeds=seeds, **kw)
+    return run_suite(suite, args.out, analyze=analyze, **kw)
 
 
 def cmd_two_phase(args: argparse.Namespace) -> int:
@@ -648,34 +654,14 @@ def _figure_paths(out: Path, force: bool) -> list[Path]:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .report import write_report
-    from .suite import load_suite
-
-    suite = load_suite(args.suite)
-    if args.seeds:
-        from .suite import suite_from_dict
-        import tomllib
-        with open(suite.source, "rb") as fh:
-            d = tomllib.load(fh)
-        suite = suite_from_dict({**d, "seeds": args.seeds}, suite.source)
-    _check_report(args.out)
     only = tuple(t.replace("-", "_") for t in args.only) if args.only else None
-    result = _run_suite_cli(args, suite, report_only=args.report_only, only=only)
-    path = write_report(result, args.out)
+    result = _run_suite_cli(args, args.suite, report_only=args.report_only, only=only,
+                            seeds=args.seeds)
     if args.json:
-        _print_json({**{k: v for k, v in result.items() if k != "perturb"},
-                     "report": str(path)})
+        _print_json({k: v for k, v in result.items() if k != "perturb"})
     else:
-        sys.stdout.write(format_summary(result) + f"report: {path}\n")
+        sys.stdout.write(format_summary(result) + f"report: {result['report']}\n")
     return 1 if result["errors"] else 0
-
-
-def _check_report(out: Path) -> None:
-    from .report import MARKER
-    report = out / "REPORT.md"
-    if report.exists() and not report.read_text(errors="replace").startswith(MARKER):
-        raise ZgdynError(f"{report}: exists and was not written by zgdyn; move it away or "
-                         "give another --out (it is never replaced)")
 
 
 def format_summary(result: dict[str, Any]) -> str:

@@ -60,6 +60,25 @@ def rates(dist: np.ndarray, early: int) -> dict[str, float | None]:
             "rate_late": late}
 
 
+def check_settings(zipf_s: tuple[float, ...], eps: tuple[float, ...], epochs: int,
+                   directions: tuple[str, ...], early: int, dtype: str) -> None:
+    """Raise a one-line ZgdynError for settings `perturb_run` cannot use."""
+    bad = [d for d in directions if d not in DIRECTIONS]
+    if bad or not directions:
+        raise ZgdynError(f"directions: must be among {', '.join(DIRECTIONS)}, got "
+                         f"{', '.join(map(str, directions)) or 'none'}")
+    if not eps or any(not (isinstance(e, (int, float)) and 0 < e < 1) for e in eps):
+        raise ZgdynError(f"eps: must be numbers in (0, 1) (relative to |theta|), got {list(eps)}")
+    if not zipf_s or any(not isinstance(s, (int, float)) or s < 0 for s in zipf_s):
+        raise ZgdynError(f"zipf_s: must be numbers >= 0, got {list(zipf_s)}")
+    if not isinstance(early, int) or early < 1:
+        raise ZgdynError(f"early: must be an integer >= 1, got {early}")
+    if not isinstance(epochs, int) or epochs < max(early, 4):
+        raise ZgdynError(f"epochs: must be an integer >= {max(early, 4)}, got {epochs}")
+    if dtype not in ("float32", "float64"):
+        raise ZgdynError(f"dtype: must be float32 | float64, got {dtype!r}")
+
+
 def perturb_run(path: str | Path, *, epoch: int | None = None,
                 zipf_s: tuple[float, ...] = (1.5,),
                 eps: tuple[float, ...] = (1e-4, 1e-3, 1e-2), epochs: int = 300,
@@ -74,18 +93,7 @@ def perturb_run(path: str | Path, *, epoch: int | None = None,
     """
     from .stability import _spectrum_record, load_point
 
-    bad = [d for d in directions if d not in DIRECTIONS]
-    if bad or not directions:
-        raise ZgdynError(f"directions: must be among {', '.join(DIRECTIONS)}, got "
-                         f"{', '.join(directions) or 'none'}")
-    if not eps or any(not (isinstance(e, (int, float)) and 0 < e < 1) for e in eps):
-        raise ZgdynError(f"eps: must be numbers in (0, 1) (relative to |theta|), got {list(eps)}")
-    if not zipf_s or any(s < 0 for s in zipf_s):
-        raise ZgdynError(f"zipf_s: must be numbers >= 0, got {list(zipf_s)}")
-    if not isinstance(early, int) or early < 1:
-        raise ZgdynError(f"early: must be an integer >= 1, got {early}")
-    if not isinstance(epochs, int) or epochs < max(early, 4):
-        raise ZgdynError(f"epochs: must be an integer >= {max(early, 4)}, got {epochs}")
+    check_settings(zipf_s, eps, epochs, directions, early, dtype)
     with open_run(path) as run:
         if epoch is None:
             if not len(run.keyframe_epochs):

@@ -64,9 +64,23 @@ def _diff(cell: dict[str, Any], essay: float | None, pct: bool = False) -> str:
     return f"{100 * d:+.1f} pts" if pct else f"{d:+,.0f}"
 
 
-def _rows(result: dict[str, Any], table: str) -> list[dict[str, Any]]:
-    return sorted((r for r in result["tables"] if r["table"] == table),
-                  key=lambda r: (list(result["suite"]["variants"]).index(r["variant"]), r["s"]))
+def _rows(result: dict[str, Any], table: str, essay: dict[float, Any]) -> list[dict[str, Any]]:
+    """The measured rows of a table, plus a "not run" row for each exponent the essay
+    reports that was not measured (in the first variant), so every essay number shows."""
+    from .scorecard import NUMERIC
+
+    rows = [r for r in result["tables"] if r["table"] == table]
+    first = next(iter(result["suite"]["variants"]))
+    have = {r["s"] for r in rows if r["variant"] == first}
+    empty = {"mean": None, "std": None, "n": 0, "never": 0}
+    rows += [{"table": table, "variant": first, "s": s, "n_runs": 0, "missing": True,
+              **{k: empty for k in NUMERIC}} for s in essay if s not in have]
+    order = list(result["suite"]["variants"])
+    return sorted(rows, key=lambda r: (order.index(r["variant"]), r["s"]))
+
+
+def _seeds(r: dict[str, Any]) -> str:
+    return "not run" if r.get("missing") else str(r["n_runs"])
 
 
 def _variant(r: dict[str, Any], result: dict[str, Any]) -> str:
@@ -169,20 +183,19 @@ def _table1(result: dict[str, Any]) -> list[str]:
 
 
 def _table2(result: dict[str, Any]) -> list[str]:
-    rows = _rows(result, "single")
-    if not rows:
-        return ["No single-phase run finished."]
+    rows = _rows(result, "single", ESSAY_SINGLE)
     epochs = _epochs_of(result, "single")
-    lines = [f"Runs of {', '.join(f'{e:,}' for e in epochs)} epochs (the essay's: "
-             f"{ESSAY_SINGLE_EPOCHS:,}); the fraction of time above 95% depends on the "
-             "length, so it compares only at equal length.", "",
+    length = (f"Runs of {', '.join(f'{e:,}' for e in epochs)} epochs" if epochs
+              else "No single-phase run has finished")
+    lines = [f"{length} (the essay's: {ESSAY_SINGLE_EPOCHS:,}); the fraction of time above "
+             "95% depends on the length, so it compares only at equal length.", "",
              "| run | seeds | first ≥ 95% test: essay | here | difference | time above 95%: "
              "essay | here | difference | collapses / 100k epochs | mean period |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         e = ESSAY_SINGLE.get(r["s"], (None, None))
         lines.append(
-            f"| {_variant(r, result)}s = {r['s']:g} | {r['n_runs']} | {_num(e[0])} | "
+            f"| {_variant(r, result)}s = {r['s']:g} | {_seeds(r)} | {_num(e[0])} | "
             f"{_ms(r['first_95'], missing='never')} | {_diff(r['first_95'], e[0])} | "
             f"{_pct(e[1], 0) if e[1] is not None else '–'} | "
             f"{_ms(r['frac_above_95'], pct=True)} | {_diff(r['frac_above_95'], e[1], True)} | "
@@ -191,19 +204,18 @@ def _table2(result: dict[str, Any]) -> list[str]:
 
 
 def _table3(result: dict[str, Any]) -> list[str]:
-    rows = _rows(result, "two_phase")
-    if not rows:
-        return ["No two-phase run finished."]
+    rows = _rows(result, "two_phase", ESSAY_TWO_PHASE)
     epochs = sorted({c["phase2_epochs"] for c in result["cards"] if c.get("phase2_epochs")})
-    lines = [f"Phase 2 lasted {', '.join(f'{e:,}' for e in epochs)} epochs (the essay does "
-             "not say how long its phase 2 was).", "",
+    lasted = (f"Phase 2 lasted {', '.join(f'{e:,}' for e in epochs)} epochs" if epochs
+              else "No two-phase run has finished")
+    lines = [f"{lasted} (the essay does not say how long its phase 2 was).", "",
              "| run | seeds | phase-2 mean test: essay | here | difference | std: essay | here "
              "| lowest | < 50%: essay | here | collapses in phase 2 | to the first collapse | "
              "to test < 50% |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         e = ESSAY_TWO_PHASE.get(r["s"], (None, None, None))
         lines.append(
-            f"| {_variant(r, result)}s = 0 → {r['s']:g} | {r['n_runs']} | {_pct(e[0])} | "
+            f"| {_variant(r, result)}s = 0 → {r['s']:g} | {_seeds(r)} | {_pct(e[0])} | "
             f"{_ms(r['phase2_mean_test'], pct=True)} | "
             f"{_diff(r['phase2_mean_test'], e[0], True)} | {_pct(e[1])} | "
             f"{_ms(r['phase2_std_test'], pct=True)} | {_ms(r['phase2_min_test'], pct=True)} | "
@@ -326,13 +338,19 @@ def format_report(result: dict[str, Any], figures: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_report_path(out_dir: str | Path) -> Path:
+    """OUT/REPORT.md, if zgdyn may write it: absent, or written by zgdyn before."""
+    path = Path(out_dir) / "REPORT.md"
+    if path.exists() and not path.read_text(errors="replace").startswith(MARKER):
+        raise ZgdynError(f"{path}: exists and was not written by zgdyn; move it away or give "
+                         "another --out (it is never replaced)")
+    return path
+
+
 def write_report(result: dict[str, Any], out_dir: str | Path) -> Path:
     """Write REPORT.md and its figures under `out_dir`; returns the report's path."""
     out_dir = Path(out_dir)
-    path = out_dir / "REPORT.md"
-    if path.exists() and not path.read_text(errors="replace").startswith(MARKER):
-        raise ZgdynError(f"{path}: exists and was not written by zgdyn; move it away (it is "
-                         "never replaced)")
+    path = check_report_path(out_dir)
     figures = _figures(result, out_dir / "figures")
     text = format_report(result, figures)
     tmp = path.with_suffix(".md.tmp")
@@ -341,4 +359,26 @@ def write_report(result: dict[str, Any], out_dir: str | Path) -> Path:
     return path
 
 
-__all__ = ["write_report", "format_report", "ESSAY_STATS", "ESSAY_SINGLE", "ESSAY_TWO_PHASE"]
+def reproduce(suite: str | Any, out: str | Path = "data/report", *,
+              seeds: list[int] | None = None, **kw: Any) -> dict[str, Any]:
+    """What `zgdyn reproduce` does: run a suite (a name, a file or a `Suite`), analyze it and
+    write OUT/REPORT.md. `seeds` overrides the suite's; `kw` goes to `suite.run_suite`
+    (jobs, threads, plugins, progress, report_only, only). Returns run_suite's result with
+    the report's path under "report"."""
+    from .suite import Suite, load_suite, suite_from_dict
+
+    if not isinstance(suite, Suite):
+        suite = load_suite(str(suite))
+    if seeds:
+        import tomllib
+        with open(suite.source, "rb") as fh:
+            suite = suite_from_dict({**tomllib.load(fh), "seeds": list(seeds)}, suite.source)
+    check_report_path(out)  # before hours of runs, not after
+    from .suite import run_suite
+    result = run_suite(suite, out, **kw)
+    result["report"] = str(write_report(result, out))
+    return result
+
+
+__all__ = ["reproduce", "write_report", "check_report_path", "format_report", "ESSAY_STATS",
+           "ESSAY_SINGLE", "ESSAY_TWO_PHASE"]

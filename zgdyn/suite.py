@@ -118,7 +118,8 @@ def _list(name: str, value: Any, kind: type | tuple = (int, float)) -> list:
     if not isinstance(value, list):
         value = [value]
     if not value or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
-        raise ConfigError(f"{name}: must be a non-empty list of numbers, got {value!r}")
+        what = "names" if kind is str else "numbers"
+        raise ConfigError(f"{name}: must be a non-empty list of {what}, got {value!r}")
     return value
 
 
@@ -167,6 +168,14 @@ def suite_from_dict(d: dict[str, Any], source: str = "") -> Suite:
                   variants=variants, tables=tables, saddle=saddle, perturb=perturb,
                   source=source)
     specs = suite.runs(".")  # validates every run's config
+    if perturb is not None:
+        _perturb_settings(perturb)
+    if saddle is not None:
+        if any(x < 0 for x in _list(f"{where}: [saddle] exponents",
+                                    saddle.get("exponents", [0]))):
+            raise ConfigError(f"{where}: [saddle] exponents: must be numbers >= 0")
+        if saddle.get("dtype", "float64") not in ("float32", "float64"):
+            raise ConfigError(f"{where}: [saddle] dtype: must be float32 | float64")
     if (saddle is not None or perturb is not None) and suite.anchor(specs) is None:
         raise ConfigError(f"{where}: [saddle] and [perturb] start from a single-phase s = 0 "
                           "run; add 0 to [single] zipf_s")
@@ -249,13 +258,14 @@ def plan(specs: list[RunSpec]) -> list[Task]:
     return tasks
 
 
-def expected_epochs(cfg: Config) -> int:
-    """The epochs a run will take, with a two-phase run's switch guessed at 60% of its cap."""
+def expected_epochs(cfg: Config, epoch: int = 0) -> int:
+    """The epochs a run will take, seen from `epoch` before its switch: a two-phase run's
+    switch is guessed at 60% of its cap (and not before `epoch`)."""
     sch = cfg.schedule
     if sch.switch_s is None or sch.phase2_epochs is None:
         return sch.epochs
     switch = sch.switch_at_epoch if sch.switch_at_epoch is not None else int(0.6 * sch.epochs)
-    return switch + sch.phase2_epochs
+    return max(switch, epoch) + sch.phase2_epochs
 
 
 # -- execution -------------------------------------------------------------------------------
@@ -268,7 +278,9 @@ class _Report(Callback):
         self.index, self.send = index, send
 
     def on_eval(self, trainer: Trainer, metrics: dict[str, float]) -> None:
-        self.send((self.index, trainer.epoch, trainer.end_epoch))
+        end = (trainer.end_epoch if trainer.phase == 1 else
+               expected_epochs(trainer.config, trainer.epoch))
+        self.send((self.index, trainer.epoch, end))
 
     def on_end(self, trainer: Trainer) -> None:
         self.send((self.index, trainer.epoch, trainer.epoch))
@@ -305,9 +317,12 @@ def _run_task(index: int, path: str, config_json: str, action: str,
     t0 = time.perf_counter()
     try:
         if action == "train":
-            train_run(from_dict(json.loads(config_json)), path, callbacks=cb)
+            trainer = train_run(from_dict(json.loads(config_json)), path, callbacks=cb)
         else:
-            resume_run(path, changes=changes, callbacks=cb)
+            trainer = resume_run(path, changes=changes, callbacks=cb)
+        if trainer.stopped_early:  # Ctrl-C or SIGTERM: the file is at a keyframe
+            return {"ok": False, "error": "stopped (resume it by running the suite again)",
+                    "stopped": True, "seconds": time.perf_counter() - t0}
     except ZgdynError as e:
         return {"ok": False, "error": str(e), "seconds": time.perf_counter() - t0}
     except Exception as e:  # a bug or an I/O failure in one run must not stop the others
@@ -382,7 +397,10 @@ def execute(tasks: list[Task], *, jobs: int = 1, threads: int | None = None,
             try:
                 for i in todo:
                     tasks[i].spec.path.parent.mkdir(parents=True, exist_ok=True)
-                    done(i, _run_task(*args(i)))
+                    res = _run_task(*args(i))
+                    done(i, res)
+                    if res.get("stopped"):  # the user asked to stop: start nothing more
+                        raise KeyboardInterrupt
             finally:
                 _LOCAL_SEND[0] = lambda msg: None
                 torch.set_num_threads(old_threads)
@@ -415,6 +433,8 @@ def _run_pool(tasks: list[Task], todo: list[int], jobs: int, threads: int,
                     except Exception as e:  # the worker process died
                         res = {"ok": False, "error": f"worker died: {e}", "seconds": math.nan}
                     done(futures[f], res)
+                    if res.get("stopped"):  # a worker was told to stop: so is the suite
+                        raise KeyboardInterrupt
             _drain(q, receive)
         except KeyboardInterrupt:
             # workers ignore SIGINT; cancel what has not started, then stop the running
@@ -452,15 +472,25 @@ def _stored_saddle(path: Path, epoch: int, dtype: str,
 
 
 def _perturb_settings(sec: dict[str, Any]) -> dict[str, Any]:
-    from .perturb import DIRECTIONS
+    """The [perturb] table as `perturb_run` keywords, checked (ConfigError if bad)."""
+    from .perturb import DIRECTIONS, check_settings
 
-    return {"zipf_s": tuple(float(x) for x in _list("perturb: zipf_s", sec.get("zipf_s",
-                                                                              [1.5]))),
-            "eps": tuple(float(x) for x in _list("perturb: eps", sec.get("eps", [1e-4]))),
-            "epochs": int(sec.get("epochs", 200)),
-            "directions": tuple(sec.get("directions", DIRECTIONS)),
-            "dtype": str(sec.get("dtype", "float64")), "early": int(sec.get("early", 5)),
-            "seed": int(sec.get("seed", 0))}
+    ps = {"zipf_s": tuple(_list("perturb: zipf_s", sec.get("zipf_s", [1.5]))),
+          "eps": tuple(_list("perturb: eps", sec.get("eps", [1e-4]))),
+          "epochs": sec.get("epochs", 200),
+          "directions": tuple(_list("perturb: directions", sec.get("directions",
+                                                                    list(DIRECTIONS)), str)),
+          "dtype": sec.get("dtype", "float64"), "early": sec.get("early", 5),
+          "seed": sec.get("seed", 0)}
+    try:
+        check_settings(**{k: v for k, v in ps.items() if k != "seed"})
+    except ZgdynError as e:
+        raise ConfigError(f"[perturb] {e}") from None
+    if not (isinstance(ps["seed"], int) and 0 <= ps["seed"] < 2**63):
+        raise ConfigError(f"[perturb] seed: must be an integer >= 0, got {ps['seed']!r}")
+    ps["zipf_s"] = tuple(float(x) for x in ps["zipf_s"])
+    ps["eps"] = tuple(float(x) for x in ps["eps"])
+    return ps
 
 
 def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | None = None,
@@ -469,9 +499,9 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | No
               analyze: bool = True,
               on_stage: Callable[[str], None] = lambda stage: None) -> dict[str, Any]:
     """Run (unless `report_only`; with `only`, just the runs of those tables) and analyze
-    every run of `suite` under `out`/runs/<name>; return everything the report shows. `on_stage` hears the name of each stage as it
-    starts. With `analyze` False, runs are only scored (no Fourier analysis, no saddle
-    table, no perturbations)."""
+    every run of `suite` under `out`/runs/<name>; return everything the report shows.
+    `on_stage` hears the name of each stage as it starts. With `analyze` False, runs are
+    only scored (no Fourier analysis, no saddle table, no perturbations)."""
     from .analyze import analyze_run
     from .data import stats_table
     from .perturb import perturb_run, stored_perturb
@@ -486,7 +516,7 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | No
     for t in tasks:  # runs left out this time: reported as not run
         if t.action in ("train", "resume") and (report_only or (only is not None
                                                                  and t.spec.table not in only)):
-            t.action, t.note = "skipped", f"not run ({t.note or 'no file yet'})"
+            t.action, t.note = "skipped", f"not run: {t.note or 'no file yet'}"
     on_stage("runs")
     results = execute(tasks, jobs=jobs, threads=threads, plugins=plugins,
                       progress=progress and not report_only, desc=f"{suite.name}: runs")
@@ -513,7 +543,8 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | No
     anchor = suite.anchor(specs)
     saddle = perturb = None
     anchor_epoch = None
-    if analyze and anchor is not None and cards.get(str(anchor.path), {}).get("status") == "complete":
+    anchor_card = cards.get(str(anchor.path), {}) if anchor is not None else {}
+    if analyze and anchor_card.get("status") == "complete":
         with open_run(anchor.path) as run:
             anchor_epoch = int(run.keyframe_epochs[-1])
         if suite.saddle is not None:
