@@ -1,6 +1,7 @@
 import pytest
 
 from zgdyn import Config, DataConfig, ModelConfig, RecordConfig, ScheduleConfig
+from zgdyn.train import Callback
 
 
 def small_config(epochs: int = 300, **changes) -> Config:
@@ -9,6 +10,17 @@ def small_config(epochs: int = 300, **changes) -> Config:
                  schedule=ScheduleConfig(epochs=epochs),
                  record=RecordConfig(eval_every=10, ckpt_every=20, keyframe_every=100))
     return cfg.replace(**changes) if changes else cfg
+
+
+class StopAt(Callback):
+    """Asks the trainer to stop at the first evaluation at or after `epoch`."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_eval(self, trainer, metrics):
+        if trainer.epoch >= self.epoch:
+            trainer.stop_requested = True
 
 
 @pytest.fixture

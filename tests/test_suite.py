@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import count
+from conftest import StopAt, count
 from zgdyn.cli import main
 from zgdyn.config import ConfigError, ZgdynError
 from zgdyn.report import MARKER, write_report
@@ -17,7 +17,7 @@ from zgdyn.runner import train_run
 from zgdyn.scorecard import aggregate, scorecard
 from zgdyn.store import open_run
 from zgdyn.suite import execute, plan, run_suite, suite_from_dict
-from zgdyn.train import Callback, MetricsLog, Trainer
+from zgdyn.train import MetricsLog, Trainer
 
 BASE = {"p": 23, "train_frac": 0.8, "hidden": [48, 48], "lr": 3e-3, "eval_every": 50,
         "ckpt_every": 50, "keyframe_every": 500}
@@ -117,21 +117,12 @@ def test_a_finished_suite_is_skipped_and_reports_again(tiny):
     assert again["perturb"]["rows"] == result["perturb"]["rows"]
 
 
-class _StopAt(Callback):
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_eval(self, trainer, metrics):
-        if trainer.epoch >= self.epoch:
-            trainer.stop_requested = True
-
-
 def test_an_interrupted_run_is_resumed_bitwise(tmp_path, tiny):
     suite, out, _ = tiny
     spec = next(r for r in suite.runs(tmp_path) if r.table == "two_phase" and r.s == 3)
     spec.path.parent.mkdir(parents=True)
     torch.set_num_threads(1)
-    train_run(spec.config, spec.path, callbacks=[_StopAt(2600)])  # after the switch
+    train_run(spec.config, spec.path, callbacks=[StopAt(2600)])  # after the switch
     tasks = [t for t in plan(suite.runs(tmp_path)) if t.spec.path == spec.path]
     assert tasks[0].action == "resume" and "interrupted" in tasks[0].note
     res = execute(tasks, jobs=1, threads=1)

@@ -54,8 +54,13 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """One flag per config field, from the dataclasses; only flags given appear in args."""
+ENSEMBLE_FIELDS = ("zipf_s", "weighting", "lr", "weight_decay")  # zgdyn train takes lists
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (),
+                      multi: tuple[str, ...] = ()) -> None:
+    """One flag per config field, from the dataclasses; only flags given appear in args.
+    Fields named in `multi` take one or more values (a list in args)."""
     for section, fields in fields_by_section().items():
         group = parser.add_argument_group(f"[{section}]" if section else "run")
         for f in fields:
@@ -72,9 +77,12 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
                 kw.update(type=float, metavar="X")
             else:
                 kw.update(choices=CHOICES.get(f.name), metavar=f.name.upper())
+            if f.name in multi:
+                kw.update(nargs="+", help=kw["help"] + "; several values train an ensemble")
             group.add_argument(_flag(f.name), **kw)
     parser.add_argument("--wd", dest="cfg_weight_decay", type=float, metavar="X",
-                        default=argparse.SUPPRESS, help="alias of --weight-decay")
+                        default=argparse.SUPPRESS, help="alias of --weight-decay",
+                        nargs="+" if "weight_decay" in multi else None)
 
 
 def _add_plugin_flag(p: argparse.ArgumentParser) -> None:
@@ -104,12 +112,31 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
             for k, v in vars(args).items() if k.startswith("cfg_")}
 
 
-def _default_out(cfg: Config) -> Path:
+def _default_out(cfg: Config, vary: tuple[str, ...] = ()) -> Path:
+    """data/runs/p<p>-<weighting>-s<s>[-to-s<s2>][-lr<lr>][-wd<wd>]-seed<seed>.h5, with lr
+    and wd named when they are in `vary`."""
     d, sch = cfg.data, cfg.schedule
     name = f"p{d.p}-{d.weighting}-s{d.zipf_s:g}"
     if sch.switch_s is not None:
         name += f"-to-s{sch.switch_s:g}"
+    if "lr" in vary:
+        name += f"-lr{cfg.optim.lr:g}"
+    if "weight_decay" in vary:
+        name += f"-wd{cfg.optim.weight_decay:g}"
     return RUNS_DIR / f"{name}-seed{cfg.seed}.h5"
+
+
+def _members(base: Config, given: dict[str, Any],
+             seeds: list[int] | None) -> tuple[list[Config], tuple[str, ...]]:
+    """The configs of `zgdyn train`: one, or the product of the listed values (an ensemble);
+    and the names of the fields that vary."""
+    lists = {k: list(dict.fromkeys(given.pop(k))) for k in ENSEMBLE_FIELDS if k in given}
+    if seeds is not None:
+        lists["seed"] = list(dict.fromkeys(seeds))
+    configs = [from_flat({**flatten(base), **given})]
+    for name, values in lists.items():
+        configs = [cfg.replace(**{name: v}) for cfg in configs for v in values]
+    return configs, tuple(k for k, v in lists.items() if len(v) > 1)
 
 
 def _print_json(obj: Any) -> None:
@@ -128,6 +155,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     _load_plugins(args)
     given = _given(args)
+    base = load_toml(args.config) if args.config and not args.resume else Config()
+    configs, vary = _members(base, given, args.seeds)
+    if len(configs) > 1 or args.seeds is not None:
+        return _train_ensemble(args, configs, vary, given)
+    given.update({k: v for k, v in flatten(configs[0]).items() if k in ENSEMBLE_FIELDS
+                  and k in _given(args)})
     if args.resume:
         if args.out is None:
             return _fail("--resume needs --out RUN.h5, the run to continue")
@@ -138,8 +171,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume_run(args.out, changes=given, progress=not args.no_progress)
         out = args.out
     else:
-        base = load_toml(args.config) if args.config else Config()
-        cfg = from_flat({**flatten(base), **given})
+        cfg = configs[0]
         out = args.out or _default_out(cfg)
         train_run(cfg, out, force=args.force, progress=not args.no_progress)
     with open_run(out) as run:
@@ -153,6 +185,51 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"at {first if first is not None else 'never'}, final test acc "
             f"{_pct(summary['final']['test_acc'])} (details: zgdyn info {out})\n")
     return 0
+
+
+def _train_ensemble(args: argparse.Namespace, configs: list[Config], vary: tuple[str, ...],
+                    given: dict[str, Any]) -> int:
+    """zgdyn train with lists of values: the members as ensembles of --ensemble-size."""
+    from .runner import train_ensemble
+    from .store import open_run
+
+    if args.ensemble_size is not None and args.ensemble_size < 1:
+        return _fail(f"--ensemble-size: must be an integer >= 1, got {args.ensemble_size}")
+    if args.out is not None and args.out.suffix == ".h5":
+        return _fail(f"--out: an ensemble writes one file per member into a folder, got "
+                     f"the file name {args.out}")
+    if args.resume and args.force:
+        return _fail("--resume and --force exclude each other")
+    folder = args.out or RUNS_DIR
+    paths = [folder / _default_out(cfg, vary).name for cfg in configs]
+    size = args.ensemble_size or len(configs)
+    if args.resume:
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            return _fail(f"--resume: no run file {missing[0]} to continue"
+                         + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    results = []
+    for i in range(0, len(configs), size):
+        results += train_ensemble(configs[i:i + size], paths[i:i + size], force=args.force,
+                                  progress=not args.no_progress, mode=args.ensemble_mode,
+                                  resume=args.resume, changes=given if args.resume else None)
+    rows = []
+    for r in results:
+        row: dict[str, Any] = {"path": str(r.path), "error": r.error}
+        with open_run(r.path) as run:
+            row.update(run.summary())
+        rows.append(row)
+    if args.json:
+        _print_json(rows)
+    else:
+        for row in rows:
+            first = row["first_epoch_test_acc_95"]
+            sys.stdout.write(
+                f"{row['status']}: {row['path']}, {row['epochs_done']:,} epochs, first >= 95% "
+                f"test at {first if first is not None else 'never'}, final test acc "
+                f"{_pct(row['final']['test_acc'])}"
+                + (f"; error: {row['error']}" if row["error"] else "") + "\n")
+    return 1 if any(r.error for r in results) else 0
 
 
 def _load_plugins(args: argparse.Namespace) -> None:
@@ -711,8 +788,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="N",
+                   help="train one member per seed (an ensemble; with lists of --zipf-s, "
+                   "--weighting, --lr or --weight-decay, one per combination), each to its "
+                   "own file in the folder --out (default data/runs)")
+    p.add_argument("--ensemble-size", type=int, metavar="K",
+                   help="members per ensemble; more are trained as several ensembles in turn "
+                   "(default: all at once)")
+    p.add_argument("--ensemble-mode", choices=("auto", "batched", "members"), default="auto",
+                   help="how an ensemble computes gradients: batched kernels (the GPU way) or "
+                   "each member's fused step on worker threads (the CPU way); default auto")
     _add_plugin_flag(p)
-    _add_config_flags(p)
+    _add_config_flags(p, multi=ENSEMBLE_FIELDS)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("info", help="summarize a run file")

@@ -9,10 +9,11 @@ from __future__ import annotations
 import signal
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .config import Config, ConfigError, flatten
+from .config import Config, ConfigError, ZgdynError, flatten
 from .store import RunFileError, RunWriter
 from .train import LOOKBACK, Callback, Diverged, ProgressBar, Trainer
 
@@ -23,17 +24,18 @@ AFTER_DIVERGENCE = ("lr", "weight_decay", "beta1", "beta2", "eps")
 
 
 @contextmanager
-def _stop_on_signals(trainer: Trainer) -> Iterator[None]:
-    """SIGINT/SIGTERM ask the trainer to stop at the next epoch, keyframe and commit;
+def _stop_on_signals(trainers: list[Trainer]) -> Iterator[None]:
+    """SIGINT/SIGTERM ask the trainers to stop at the next epoch, keyframe and commit;
     a second SIGINT interrupts at once."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: Any) -> None:
-        if trainer.stop_requested and signum == signal.SIGINT:
+        if trainers[0].stop_requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        trainer.stop_requested = True
+        for trainer in trainers:
+            trainer.stop_requested = True
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -49,21 +51,25 @@ def _drive(trainer: Trainer, writer: RunWriter, callbacks: list[Callback],
     if progress:
         cbs.append(ProgressBar())
     try:
-        with _stop_on_signals(trainer):
+        with _stop_on_signals([trainer]):
             trainer.run(cbs)
-    except Diverged as e:
-        writer.close(commit=False)  # the file keeps its last keyframe, marked as diverged
-        marker = RunWriter.resume(writer.path)
-        try:
-            marker.mark("diverged", diverged_epoch=e.epoch)
-        finally:
-            marker.close()
-        raise
-    except BaseException:
-        writer.close(commit=False)  # the file keeps its last keyframe
+    except BaseException as e:
+        _close_failed(writer, e)
         raise
     writer.close(commit=True)
     return trainer
+
+
+def _close_failed(writer: RunWriter, error: BaseException) -> None:
+    """Close the writer of a run that failed: the file keeps its last keyframe, marked as
+    diverged if it diverged."""
+    writer.close(commit=False)
+    if isinstance(error, Diverged):
+        marker = RunWriter.resume(writer.path)
+        try:
+            marker.mark("diverged", diverged_epoch=error.epoch)
+        finally:
+            marker.close()
 
 
 def train_run(config: Config, path: str | Path, *, force: bool = False,
@@ -83,6 +89,12 @@ def resume_run(path: str | Path, *, changes: dict[str, Any] | None = None,
 
     `changes` may set only epochs, phase2_epochs and device (to extend a run, say).
     """
+    trainer, writer = _open_resume(path, changes)
+    return _drive(trainer, writer, list(callbacks), progress)
+
+
+def _open_resume(path: str | Path, changes: dict[str, Any] | None) -> tuple[Trainer, RunWriter]:
+    """The Trainer at the last keyframe of `path`, and the writer that goes on with it."""
     writer = RunWriter.resume(path)
     try:
         stored = writer.config
@@ -112,7 +124,114 @@ def resume_run(path: str | Path, *, changes: dict[str, Any] | None = None,
     except BaseException:
         writer.close(commit=False)
         raise
-    return _drive(trainer, writer, list(callbacks), progress)
+    return trainer, writer
+
+
+@dataclass
+class MemberResult:
+    """One ensemble member's outcome: its run file, its Trainer, and its error if any."""
+
+    path: Path
+    trainer: Trainer
+    error: str | None = None
+
+
+def train_ensemble(configs: list[Config], paths: list[str | Path], *, force: bool = False,
+                   progress: bool = False, mode: str = "auto", threads: int | None = None,
+                   resume: bool = False,
+                   changes: dict[str, Any] | None = None) -> list[MemberResult]:
+    """Train `configs` as one ensemble (`zgdyn.ensemble`), member k to run file `paths[k]`.
+
+    Every file is an ordinary run file, bitwise the solo run's on a CPU. With `resume`,
+    `paths` are existing run files continued from their last keyframes (`changes` as in
+    `resume_run`) and `configs` is ignored. Existing files are refused before anything is
+    written (unless `force`). A member that fails leaves and the others go on; its error is
+    in its result and its file keeps its last keyframe.
+    """
+    from .ensemble import Ensemble, check_members
+
+    paths = [Path(p) for p in paths]
+    if len(set(paths)) != len(paths):
+        raise ConfigError("ensemble: two members write the same run file; give them "
+                          "distinct paths")
+    if resume:
+        pairs = []
+        try:
+            for path in paths:
+                pairs.append(_open_resume(path, changes))
+            check_members([t.config for t, _ in pairs])
+        except BaseException:
+            for _, w in pairs:
+                w.close(commit=False)
+            raise
+        trainers, writers = [t for t, _ in pairs], [w for _, w in pairs]
+    else:
+        if len(configs) != len(paths):
+            raise ConfigError(f"ensemble: {len(configs)} configs but {len(paths)} paths")
+        check_members(configs)
+        for path in paths:
+            if path.exists() and not force:
+                raise RunFileError(f"{path}: already exists; pass --force to replace it, or "
+                                   "--resume to continue it")
+        trainers = [Trainer(cfg) for cfg in configs]
+        writers = []
+        for cfg, trainer, path in zip(configs, trainers, paths):
+            writers.append(RunWriter.create(path, cfg, trainer, force=force))
+    ensemble = Ensemble(trainers=trainers, mode=mode, threads=threads)
+    cbs: list[list[Callback]] = [[w] for w in writers]
+    if progress:
+        bar = EnsembleProgress(trainers)
+        for c in cbs:
+            c.append(bar)
+    try:
+        with _stop_on_signals(trainers):
+            errors = ensemble.run(cbs)
+    except BaseException as e:
+        for w in writers:
+            _close_failed(w, e)  # closing twice is harmless
+        raise
+    results = []
+    for k, (trainer, writer) in enumerate(zip(trainers, writers)):
+        if k in errors:
+            _close_failed(writer, errors[k])
+            err = errors[k]
+            msg = str(err) if isinstance(err, ZgdynError) else f"{type(err).__name__}: {err}"
+        else:
+            writer.close(commit=True)
+            msg = None
+        results.append(MemberResult(writer.path, trainer, msg))
+    return results
+
+
+class EnsembleProgress(Callback):
+    """One tqdm bar over an ensemble's model-epochs, with its members' test accuracies."""
+
+    def __init__(self, trainers: list[Trainer]) -> None:
+        from tqdm.auto import tqdm
+        self.trainers = trainers
+        self.done = sum(t.epoch for t in trainers)
+        self.bar = tqdm(total=self._total(), initial=self.done, desc=f"ensemble of "
+                        f"{len(trainers)}", unit="model-epoch", unit_scale=True)
+        self.ended = 0
+        self.test_acc: dict[int, float] = {}
+
+    def _total(self) -> int:
+        return sum(max(t.end_epoch, t.epoch) for t in self.trainers)
+
+    def on_eval(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        self.test_acc[id(trainer)] = metrics["test_acc"]
+        done = sum(t.epoch for t in self.trainers)
+        self.bar.total = self._total()
+        self.bar.update(done - self.done)
+        self.done = done
+        accs = self.test_acc.values()
+        self.bar.set_postfix(test=f"{min(accs):.2f}..{max(accs):.2f}", refresh=False)
+
+    def on_end(self, trainer: Trainer) -> None:
+        self.ended += 1
+        if self.ended == len(self.trainers):
+            self.bar.update(sum(t.epoch for t in self.trainers) - self.done)
+            self.bar.close()
 
 
 def replay_run(path: str | Path, out: str | Path, *, epoch_from: int, epoch_to: int,
@@ -161,4 +280,5 @@ def replay_run(path: str | Path, out: str | Path, *, epoch_from: int, epoch_to: 
     return _drive(trainer, writer, [], progress)
 
 
-__all__ = ["train_run", "resume_run", "replay_run", "RunFileError", "RESUMABLE_CHANGES"]
+__all__ = ["train_run", "resume_run", "replay_run", "train_ensemble", "MemberResult",
+           "RunFileError", "RESUMABLE_CHANGES"]

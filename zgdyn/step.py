@@ -49,6 +49,46 @@ def _mkldnn_linear_available() -> bool:
         return False
 
 
+Hyper = float | list[float]  # a number, or one number per member of an ensemble
+
+
+@torch.no_grad()
+def adamw_update(theta: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, *,
+                 lr: Hyper, weight_decay: Hyper, beta1: Hyper, beta2: Hyper, eps: Hyper,
+                 t: int | list[int]) -> None:
+    """AdamW in place, op for op as torch.optim.AdamW (decoupled decay, bias correction).
+
+    theta <- theta (1 - lr wd) - lr/(1 - b1^t) m / (sqrt(v / (1 - b2^t)) + eps), with
+    m <- b1 m + (1 - b1) g and v <- b2 v + (1 - b2) g^2. Buffers (N,) with numbers, or
+    (K, N) with numbers or per-member lists. Every constant is computed in Python's double
+    precision either way and rounded once to the buffers' dtype, so a member's update is
+    bitwise the one its solo run makes.
+    """
+    hyper = (lr, weight_decay, beta1, beta2, eps, t)
+    if not any(isinstance(x, (list, tuple)) for x in hyper):
+        theta.mul_(1.0 - lr * weight_decay)
+        exp_avg.lerp_(grad, 1.0 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        bias_correction1 = 1.0 - beta1 ** t
+        bias_correction2 = 1.0 - beta2 ** t
+        denom = (exp_avg_sq.sqrt() / math.sqrt(bias_correction2)).add_(eps)
+        theta.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
+        return
+    k = theta.shape[0]
+    lr, wd, b1, b2, eps, t = ([x] * k if not isinstance(x, (list, tuple)) else x
+                              for x in hyper)
+    rows = [(1.0 - lr[i] * wd[i], 1.0 - b1[i], b2[i], 1.0 - b2[i],
+             math.sqrt(1.0 - b2[i] ** t[i]), eps[i], -lr[i] / (1.0 - b1[i] ** t[i]))
+            for i in range(k)]
+    c = torch.tensor(rows, dtype=torch.float64).to(theta.device, theta.dtype)  # (K, 7)
+    decay, one_b1, beta2_, one_b2, sqrt_bc2, eps_, step = c.split(1, dim=1)  # (K, 1) each
+    theta.mul_(decay)
+    exp_avg.lerp_(grad, one_b1)
+    exp_avg_sq.mul_(beta2_).addcmul_(grad * one_b2, grad)
+    denom = (exp_avg_sq.sqrt() / sqrt_bc2).add_(eps_)
+    theta.addcdiv_(exp_avg * step, denom)
+
+
 class FusedStep:
     """Flat-buffer model state and the full-batch AdamW step over pairs (a, b).
 
@@ -92,6 +132,8 @@ class FusedStep:
             oh[torch.arange(n_pairs, device=self.device), self.a] = 1
             oh[torch.arange(n_pairs, device=self.device), self.pb] = 1
             self._onehot = oh
+        self.w = torch.empty(n_pairs, **kw)  # per-pair loss weights
+        self._neg_w = torch.empty(n_pairs, **kw)
         self.set_weights(torch.full((n_pairs,), 1.0 / n_pairs, dtype=torch.float64))
 
     def views(self, flat: Tensor) -> dict[str, Tensor]:
@@ -105,8 +147,20 @@ class FusedStep:
 
     def set_weights(self, w: Tensor) -> None:
         """Per-pair loss weights (n,), normalized to sum 1 by the caller."""
-        self.w = w.to(self.device, self.dtype)
-        self._neg_w = -self.w
+        self.w.copy_(w)
+        torch.neg(self.w, out=self._neg_w)
+
+    @torch.no_grad()
+    def bind(self, theta: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor,
+             w: Tensor, neg_w: Tensor) -> None:
+        """Move the state into the given (N,) and (n,) buffers, rows of an ensemble's
+        (K, N) and (K, n) buffers say; the step then reads and writes them in place."""
+        for name, new in (("theta", theta), ("grad", grad), ("exp_avg", exp_avg),
+                          ("exp_avg_sq", exp_avg_sq), ("w", w), ("_neg_w", neg_w)):
+            new.copy_(getattr(self, name))
+            setattr(self, name, new)
+        self.params = self.views(self.theta)
+        self.grads = self.views(self.grad)
 
     @torch.no_grad()
     def load_params(self, named: dict[str, Tensor]) -> None:
@@ -170,13 +224,9 @@ class FusedStep:
         """One AdamW update from self.grad, op for op as torch.optim.AdamW."""
         o = self.optim
         self.t += 1
-        self.theta.mul_(1.0 - o.lr * o.weight_decay)
-        self.exp_avg.lerp_(self.grad, 1.0 - o.beta1)
-        self.exp_avg_sq.mul_(o.beta2).addcmul_(self.grad, self.grad, value=1.0 - o.beta2)
-        bias_correction1 = 1.0 - o.beta1 ** self.t
-        bias_correction2 = 1.0 - o.beta2 ** self.t
-        denom = (self.exp_avg_sq.sqrt() / math.sqrt(bias_correction2)).add_(o.eps)
-        self.theta.addcdiv_(self.exp_avg, denom, value=-o.lr / bias_correction1)
+        adamw_update(self.theta, self.grad, self.exp_avg, self.exp_avg_sq, lr=o.lr,
+                     weight_decay=o.weight_decay, beta1=o.beta1, beta2=o.beta2, eps=o.eps,
+                     t=self.t)
 
     def step(self) -> Tensor:
         """One full-batch epoch: gradient, the hook if any (see `zgdyn.hooks`), then AdamW.

@@ -326,7 +326,7 @@ class Trainer:
             self.watch.remember(self.epoch, self.step.theta, self.adam_scale())
             while self.epoch < target.epoch:
                 self._advance(check=True)
-                self._at_epoch([])
+                self.at_epoch([])
         finally:
             self.watch.filling = False
             self.restore(target)
@@ -345,7 +345,11 @@ class Trainer:
 
     def _advance(self, *, check: bool) -> None:
         """One step; with `check`, the loss is read (a GPU syncs) and must be finite."""
-        loss = self.step.step()
+        self.after_step(self.step.step(), check=check)
+
+    def after_step(self, loss: Tensor | float, *, check: bool) -> None:
+        """Account for one step taken (by `_advance`, or by an ensemble's batched step)
+        whose loss before the update was `loss`."""
         if check:
             loss = float(loss)
             if not math.isfinite(loss):
@@ -360,7 +364,8 @@ class Trainer:
                        for e, th, sc in zip(win.epochs, win.thetas, win.scales)]
         self._emit(callbacks, "on_window", win)
 
-    def _at_epoch(self, callbacks: list[Callback]) -> None:
+    def at_epoch(self, callbacks: list[Callback]) -> None:
+        """Emit the events due at the current epoch (after a step)."""
         rec, e = self.config.record, self.epoch
         metrics = None
         if self._eval_due():
@@ -387,19 +392,34 @@ class Trainer:
     def run(self, callbacks: list[Callback] | tuple = ()) -> None:
         """Train to the end epoch (or until `stop_requested` is set), emitting events."""
         callbacks = list(callbacks)
+        self.begin(callbacks)
+        while not self.finished:
+            self._advance(check=self.check_each_step)
+            self.at_epoch(callbacks)
+        self.end(callbacks)
+
+    def begin(self, callbacks: list[Callback]) -> None:
+        """`on_start`, and the events of epoch 0 for a fresh run."""
         self._emit(callbacks, "on_start")
         if self.epoch == 0 and self.step.t == 0:
             if self.watch is not None:
                 self.watch.remember(0, self.step.theta, self.adam_scale())
-            self._at_epoch(callbacks)
-        # a GPU would sync every step; the collapse detector needs every loss anyway
-        check_each_step = self.step.device.type == "cpu" or self.watch is not None
-        while self.epoch < self.end_epoch and not (self.stop_requested and
-                                                   not self.window_open):
-            self._advance(check=check_each_step)
-            self._at_epoch(callbacks)
+            self.at_epoch(callbacks)
+
+    def end(self, callbacks: list[Callback]) -> None:
         self.stopped_early = self.epoch < self.end_epoch
         self._emit(callbacks, "on_end")
+
+    @property
+    def check_each_step(self) -> bool:
+        """Read every step's loss: always on a CPU, and for the collapse detector (a GPU
+        then syncs every step)."""
+        return self.step.device.type == "cpu" or self.watch is not None
+
+    @property
+    def finished(self) -> bool:
+        """At the end epoch, or stopped on request (once no collapse window is open)."""
+        return self.epoch >= self.end_epoch or (self.stop_requested and not self.window_open)
 
 
 class MetricsLog(Callback):

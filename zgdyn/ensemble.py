@@ -1,0 +1,309 @@
+"""Ensembles: K independent runs trained as one batched computation.
+
+Members share the shapes (p, train_frac, hidden, dtype, device) and may differ in seed (so
+in init and split), Zipf exponent, weighting, schedule and optimizer settings. Their
+parameters, gradients and Adam moments are the rows of (K, N) buffers, and one step
+computes every member's loss and gradient with batched kernels, then one element-wise
+AdamW. Each member stays an ordinary `Trainer` whose `FusedStep` works on its rows, so its
+evaluations, collapse windows, keyframes and run file are those of a solo run.
+
+Two ways to compute the gradients (`mode`):
+
+- "batched": the whole forward and backward as batched kernels over the member axis
+  (`bmm`, one softmax, one scatter); the way on a GPU, where K members cost about one.
+- "members": each member's own fused step (`FusedStep.loss_and_grad`), the members split
+  over worker threads of one torch thread each; the way on a CPU, where oneDNN's linear
+  runs about twice as fast as MKL's batched sgemm on these shapes, and where one member per
+  core keeps both cores busy through the small element-wise ops that one run cannot
+  spread. Each member's trajectory is then bitwise its solo run's.
+
+"auto" takes "members" on a CPU and "batched" elsewhere. AdamW is always one batched
+update. A member that finishes (or fails) leaves, and the others go on in smaller buffers.
+
+    >>> ens = Ensemble([cfg.replace(zipf_s=s) for s in (0, 1, 1.5, 2)])
+    >>> logs = [[MetricsLog()] for _ in range(4)]
+    >>> ens.run(logs)                             # {member index: error} for failed ones
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+from torch import Tensor
+
+from .config import Config, ConfigError
+from .step import FusedStep, adamw_update
+from .train import Callback, Trainer
+
+SHARED = ("p", "train_frac", "hidden", "dtype", "device")  # what members must agree on
+OPTIM = ("lr", "weight_decay", "beta1", "beta2", "eps")
+MODES = ("auto", "batched", "members")
+
+
+def _one_torch_thread() -> None:
+    """Initializer of a member worker thread: torch runs single-threaded in it."""
+    torch.get_num_threads()  # settle this thread's OpenMP setting first
+    torch.set_num_threads(1)
+
+
+def member_pool(workers: int) -> ThreadPoolExecutor:
+    """A pool of `workers` threads with one torch thread each; the calling thread keeps
+    its own thread count."""
+    keep = torch.get_num_threads()
+    pool = ThreadPoolExecutor(workers, initializer=_one_torch_thread,
+                              thread_name_prefix="zgdyn-member")
+    list(pool.map(lambda _: None, range(workers * 4)))  # start every worker now
+    torch.set_num_threads(keep)
+    return pool
+
+
+def resolve_mode(mode: str, device: torch.device) -> str:
+    if mode not in MODES:
+        raise ConfigError(f"mode: must be {' | '.join(MODES)}, got {mode!r}")
+    if mode == "auto":
+        return "members" if device.type == "cpu" else "batched"
+    return mode
+
+
+def _shared(cfg: Config) -> tuple:
+    return (cfg.data.p, cfg.data.train_frac, cfg.model.hidden, cfg.model.dtype, cfg.device)
+
+
+def check_members(configs: list[Config]) -> None:
+    """Raise ConfigError unless `configs` can train as one ensemble."""
+    if not configs:
+        raise ConfigError("ensemble: needs at least one member")
+    first = _shared(configs[0])
+    for cfg in configs[1:]:
+        other = _shared(cfg)
+        for name, a, b in zip(SHARED, first, other):
+            if a != b:
+                raise ConfigError(f"{name}: ensemble members must share {', '.join(SHARED)}; "
+                                  f"got {a!r} and {b!r} (train them as separate ensembles)")
+    for cfg in configs:
+        if cfg.optim.hook:
+            raise ConfigError(f"hook: an ensemble trains plain AdamW, got hook "
+                              f"{cfg.optim.hook!r}; train hooked runs one by one")
+
+
+def _rows(k: int, n: int, *, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Zeroed (K, n) whose rows start 64-byte aligned, as a solo run's buffers do: BLAS
+    kernels may round differently on differently aligned data."""
+    per_line = 64 // torch.empty(0, dtype=dtype).element_size()
+    stride = -(-n // per_line) * per_line
+    return torch.zeros(k, stride, dtype=dtype, device=device)[:, :n]
+
+
+class EnsembleStep:
+    """The members' state as rows of (K, N) buffers, and one batched full-batch step.
+
+    Binding moves each member's `FusedStep` onto its rows (`FusedStep.bind`), so a member's
+    own views, evaluation and snapshots read the ensemble's buffers.
+    """
+
+    def __init__(self, steps: list[FusedStep], *, mode: str = "auto",
+                 pool: ThreadPoolExecutor | None = None) -> None:
+        first = steps[0]
+        self.steps = steps
+        self.mode = resolve_mode(mode, first.device)
+        self.pool = pool if self.mode == "members" and len(steps) > 1 else None
+        self.K = k = len(steps)
+        self.p, self.layers, self.shapes = first.p, first.layers, first.shapes
+        self.device, self.dtype = first.device, first.dtype
+        self.use_onednn = first.use_onednn
+        kw = {"dtype": self.dtype, "device": self.device}
+        n_params, n = first.theta.numel(), first.a.numel()
+        self.n = n
+        self.theta = _rows(k, n_params, **kw)
+        self.grad = _rows(k, n_params, **kw)
+        self.exp_avg = _rows(k, n_params, **kw)
+        self.exp_avg_sq = _rows(k, n_params, **kw)
+        self.w = _rows(k, n, **kw)
+        self.neg_w = _rows(k, n, **kw)
+        for i, st in enumerate(steps):
+            st.bind(self.theta[i], self.grad[i], self.exp_avg[i], self.exp_avg_sq[i],
+                    self.w[i], self.neg_w[i])
+        self.params, self.grads = self.views(self.theta), self.views(self.grad)
+        rows = torch.arange(k, device=self.device)[:, None]
+        two_p = 2 * self.p
+        self.a = (torch.stack([st.a for st in steps]) + rows * two_p).view(-1)  # (K n,)
+        self.pb = (torch.stack([st.pb for st in steps]) + rows * two_p).view(-1)
+        self.flat_y = (torch.stack([st._flat_y for st in steps]) + rows * n * self.p).view(-1)
+        self.onehot = None
+        if first._onehot is not None:  # no atomics on a GPU: the first layer's grad by bmm
+            self.onehot = torch.stack([st._onehot for st in steps])  # (K, n, 2p)
+        hyper = {name: [getattr(st.optim, name) for st in steps] for name in OPTIM}
+        self.hyper: dict[str, float | list[float]] = {
+            name: values[0] if len(set(values)) == 1 else values
+            for name, values in hyper.items()}
+
+    def views(self, flat: Tensor) -> dict[str, Tensor]:
+        """{name: (K, *shape) view of flat (K, N)}."""
+        views, offset = {}, 0
+        for name, shape in self.shapes.items():
+            size = torch.Size(shape).numel()
+            views[name] = flat[:, offset:offset + size].view(self.K, *shape)
+            offset += size
+        return views
+
+    def _linear(self, x: Tensor, w: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+        """x @ w^T (+ bias, relu) member by member: x (K, m, d), w (K, o, d) -> (K, m, o)."""
+        if self.use_onednn:
+            act = "relu" if relu else "none"
+            return torch.stack([torch.ops.mkldnn._linear_pointwise(
+                x[i], w[i], None if bias is None else bias[i], act, [], "")
+                for i in range(self.K)])
+        wt = w.transpose(1, 2)
+        y = torch.bmm(x, wt) if bias is None else torch.baddbmm(bias[:, None, :], x, wt)
+        return y.relu_() if relu else y
+
+    @torch.no_grad()
+    def loss_and_grad(self) -> Tensor:
+        """Every member's weighted CE (K,) at its theta; fills the gradient rows."""
+        if self.mode == "members":
+            return self._members_loss_and_grad()
+        return self._batched_loss_and_grad()
+
+    def _members_loss_and_grad(self) -> Tensor:
+        if self.pool is None:
+            return torch.stack([st.loss_and_grad() for st in self.steps])
+        workers = self.pool._max_workers
+        chunks = [self.steps[j::workers] for j in range(workers)]
+        done = list(self.pool.map(lambda sts: [st.loss_and_grad() for st in sts], chunks))
+        losses: list[Tensor] = [None] * self.K  # type: ignore[list-item]
+        for j, part in enumerate(done):
+            losses[j::workers] = part
+        return torch.stack(losses)
+
+    def _batched_loss_and_grad(self) -> Tensor:
+        k, n, p = self.K, self.n, self.p
+        pr, gr = self.params, self.grads
+        w1t = pr["fc1.weight"].transpose(1, 2).contiguous().view(k * 2 * p, -1)  # (K 2p, h1)
+        h = torch.index_select(w1t, 0, self.a)
+        h = h.add_(torch.index_select(w1t, 0, self.pb)).view(k, n, -1)
+        h.add_(pr["fc1.bias"][:, None, :]).relu_()  # (K, n, h1)
+        acts = [h]
+        for name in self.layers[1:]:
+            h = self._linear(h, pr[f"{name}.weight"], pr[f"{name}.bias"], relu=name != "out")
+            acts.append(h)
+        logp = torch.log_softmax(acts[-1], dim=2)  # (K, n, p)
+        loss = -(logp.view(-1)[self.flat_y].view(k, n) * self.w).sum(1)  # (K,)
+        dz = logp.exp_().mul_(self.w[:, :, None])  # w * softmax
+        dz.view(-1).index_add_(0, self.flat_y, self.neg_w.reshape(-1))  # - w * onehot(y)
+        for i in range(len(self.layers) - 1, 0, -1):
+            name, h_in = self.layers[i], acts[i - 1]
+            w = pr[f"{name}.weight"]  # (K, d_out, d_in)
+            if self.use_onednn:  # contiguous transposes beat strided sgemm here
+                gw = self._linear(dz.transpose(1, 2).contiguous(),
+                                  h_in.transpose(1, 2).contiguous(), None, relu=False)
+            else:
+                gw = torch.bmm(dz.transpose(1, 2), h_in)
+            gr[f"{name}.weight"].copy_(gw)
+            gr[f"{name}.bias"].copy_(dz.sum(1))
+            dh = self._linear(dz, w.transpose(1, 2).contiguous(), None, relu=False)
+            dz = torch.ops.aten.threshold_backward(dh, h_in, 0)  # (K, n, d_in)
+        gr["fc1.bias"].copy_(dz.sum(1))
+        if self.onehot is None:
+            g1t = torch.zeros(k * 2 * p, dz.shape[2], dtype=self.dtype, device=self.device)
+            flat = dz.view(k * n, -1)
+            g1t.index_add_(0, self.a, flat).index_add_(0, self.pb, flat)  # (K 2p, h1)
+            gr["fc1.weight"].copy_(g1t.view(k, 2 * p, -1).transpose(1, 2))
+        else:
+            gr["fc1.weight"].copy_(torch.bmm(dz.transpose(1, 2), self.onehot))
+        return loss
+
+    @torch.no_grad()
+    def adamw(self) -> None:
+        """One AdamW update of every member; numbers where members agree, else columns."""
+        steps = [st.t + 1 for st in self.steps]
+        for st, t in zip(self.steps, steps):
+            st.t = t
+        t = steps[0] if len(set(steps)) == 1 else steps
+        adamw_update(self.theta, self.grad, self.exp_avg, self.exp_avg_sq, t=t, **self.hyper)
+
+    def step(self) -> Tensor:
+        """One epoch of every member. Returns the losses (K,) before the update."""
+        loss = self.loss_and_grad()
+        self.adamw()
+        return loss
+
+
+class Ensemble:
+    """K member Trainers stepped together; each emits its own events to its own callbacks."""
+
+    def __init__(self, configs: list[Config] | None = None, *,
+                 trainers: list[Trainer] | None = None, mode: str = "auto",
+                 threads: int | None = None) -> None:
+        if trainers is None:
+            check_members(list(configs or []))
+            trainers = [Trainer(cfg) for cfg in configs]
+        else:
+            check_members([t.config for t in trainers])
+        self.members = trainers
+        self.mode = resolve_mode(mode, trainers[0].step.device)
+        self.threads = threads  # member worker threads (default: torch's thread count)
+        self.step: EnsembleStep | None = None
+
+    def request_stop(self) -> None:
+        """Every member stops at its next epoch (after any open collapse window)."""
+        for m in self.members:
+            m.stop_requested = True
+
+    def run(self, callbacks: list[list[Callback]] | None = None) -> dict[int, BaseException]:
+        """Train every member to its end, emitting each member's events to its callbacks.
+
+        A member whose step or callbacks raise an `Exception` (a divergence, a full disk)
+        leaves the ensemble and the others go on; returns {member index: exception}.
+        """
+        cbs = callbacks if callbacks is not None else [[] for _ in self.members]
+        if len(cbs) != len(self.members):
+            raise ConfigError(f"callbacks: need one list per member ({len(self.members)}), "
+                              f"got {len(cbs)}")
+        errors: dict[int, BaseException] = {}
+        active = []
+        for i, m in enumerate(self.members):
+            try:
+                m.begin(cbs[i])
+                if m.finished:
+                    m.end(cbs[i])
+                else:
+                    active.append(i)
+            except Exception as e:
+                errors[i] = e
+        workers = min(len(active), self.threads or torch.get_num_threads())
+        pool = member_pool(workers) if self.mode == "members" and workers > 1 else None
+        try:
+            self._loop(active, cbs, errors, pool)
+        finally:
+            if pool is not None:
+                pool.shutdown()
+        return errors
+
+    def _loop(self, active: list[int], cbs: list[list[Callback]],
+              errors: dict[int, BaseException], pool: ThreadPoolExecutor | None) -> None:
+        while active:
+            if self.step is None:
+                self.step = EnsembleStep([self.members[i].step for i in active],
+                                         mode=self.mode, pool=pool)
+            losses = self.step.step()
+            check = any(self.members[i].check_each_step for i in active)
+            values = losses.tolist() if check else list(losses)
+            leaving = []
+            for i, loss in zip(active, values):
+                m = self.members[i]
+                try:
+                    m.after_step(loss, check=m.check_each_step)
+                    m.at_epoch(cbs[i])
+                    if m.finished:
+                        m.end(cbs[i])
+                        leaving.append(i)
+                except Exception as e:
+                    errors[i] = e
+                    leaving.append(i)
+            if leaving:
+                active = [i for i in active if i not in leaving]
+                self.step = None  # the rest go on in smaller buffers
+
+
+__all__ = ["Ensemble", "EnsembleStep", "check_members", "member_pool", "MODES"]
