@@ -209,3 +209,15 @@ def test_cuda_batched_ensemble_matches_cpu_solo_runs():
         solo, _ = _solo(cfg)
         diff = (member.step.theta.cpu() - solo.step.theta).norm() / solo.step.theta.norm()
         assert float(diff) < 1e-8
+
+
+def test_batched_evaluations_equal_each_members_own():
+    configs = _configs("float64", epochs=120)
+    logs = [[MetricsLog()] for _ in configs]
+    ens = Ensemble(configs, mode="batched")
+    assert ens.run(logs) == {}
+    for m, (log,) in zip(ens.members, logs):
+        assert [r["epoch"] for r in log.rows] == list(range(0, 121, 10))
+        own = m.evaluate()  # at the final parameters, one member alone
+        for name, value in log.rows[-1].items():
+            assert value == pytest.approx(own[name], rel=1e-9, abs=1e-12), name

@@ -6,7 +6,10 @@ repeat by repeat, so machine noise hits all of them alike:
 - plain:  ``nn.Sequential`` on dense one-hots with ``torch.optim.AdamW`` and the same
           weighted loss and evaluation interval (what a user would write);
 - zgdyn:  `Trainer` (gather first layer, fused backward, flat-buffer AdamW);
-- record: `Trainer` recording to an HDF5 run file with a checkpoint every 100 epochs.
+- record: `Trainer` recording to an HDF5 run file with a checkpoint every 100 epochs;
+- ensembles: `zgdyn.ensemble.Ensemble` of K members, in model-epochs/s against K = 1.
+
+With ``device="cuda"`` the training variants run on the GPU (the analyses stay on the CPU).
 """
 
 from __future__ import annotations
@@ -33,6 +36,11 @@ from .train import Trainer
 BENCH_DIR = Path("data/bench")
 
 
+def _sync(device: str) -> None:
+    if device != "cpu":
+        torch.cuda.synchronize(device)
+
+
 def _plain_loop(cfg: Config, epochs: int) -> float:
     """Seconds for `epochs` epochs of the obvious PyTorch implementation."""
     with torch.random.fork_rng(devices=[]):  # nn.Linear draws from the global generator
@@ -41,21 +49,23 @@ def _plain_loop(cfg: Config, epochs: int) -> float:
 
 
 def _plain_loop_body(cfg: Config, epochs: int) -> float:
-    d, o = cfg.data, cfg.optim
+    d, o, dev = cfg.data, cfg.optim, cfg.device
     split = make_split(d.p, d.train_frac, cfg.seed)
     grid = np.arange(d.p * d.p)
-    a, b, y = (torch.as_tensor(t) for t in split.tokens(grid))
+    a, b, y = (torch.as_tensor(t, device=dev) for t in split.tokens(grid))
     x = torch.cat([nn.functional.one_hot(a, d.p), nn.functional.one_hot(b, d.p)], 1).float()
-    tr, te = torch.as_tensor(split.train_idx), torch.as_tensor(split.test_idx)
+    tr = torch.as_tensor(split.train_idx, device=dev)
+    te = torch.as_tensor(split.test_idx, device=dev)
     x_tr, y_tr = x[tr], y[tr]
-    w = torch.as_tensor(zipf_weights(split, d.zipf_s, d.weighting)).float()
+    w = torch.as_tensor(zipf_weights(split, d.zipf_s, d.weighting), device=dev).float()
     dims = [2 * d.p, *cfg.model.hidden]
     layers: list[nn.Module] = []
     for d_in, d_out in zip(dims[:-1], dims[1:]):
         layers += [nn.Linear(d_in, d_out), nn.ReLU()]
-    net = nn.Sequential(*layers, nn.Linear(dims[-1], d.p))
+    net = nn.Sequential(*layers, nn.Linear(dims[-1], d.p)).to(dev)
     opt = torch.optim.AdamW(net.parameters(), lr=o.lr, weight_decay=o.weight_decay,
                             betas=(o.beta1, o.beta2), eps=o.eps)
+    _sync(dev)
     t0 = time.perf_counter()
     for epoch in range(epochs + 1):
         if epoch % cfg.record.eval_every == 0:
@@ -70,6 +80,7 @@ def _plain_loop_body(cfg: Config, epochs: int) -> float:
         loss = (nn.functional.cross_entropy(net(x_tr), y_tr, reduction="none") * w).sum()
         loss.backward()
         opt.step()
+    _sync(dev)
     return time.perf_counter() - t0
 
 
@@ -81,17 +92,60 @@ def _zgdyn_loop(cfg: Config, record_dir: str | None) -> float:
         path = Path(record_dir) / "bench.h5"
         writer = RunWriter.create(path, cfg, trainer, force=True)
         callbacks.append(writer)
+    _sync(cfg.device)
     t0 = time.perf_counter()
     trainer.run(callbacks)
     if record_dir is not None:
         writer.close(commit=True)
+    _sync(cfg.device)
     return time.perf_counter() - t0
 
 
-def _gemm_gflops(n: int = 2048, iters: int = 10) -> dict[str, float]:
+def _ensemble_loop(cfg: Config, k: int, mode: str = "auto") -> float:
+    """Seconds for an ensemble of k members (seeds seed .. seed + k - 1) of `cfg`."""
+    from .ensemble import Ensemble
+
+    ens = Ensemble([cfg.replace(seed=cfg.seed + i) for i in range(k)], mode=mode)
+    _sync(cfg.device)
+    t0 = time.perf_counter()
+    ens.run()
+    _sync(cfg.device)
+    return time.perf_counter() - t0
+
+
+def bench_ensembles(cfg: Config, sizes: tuple[int, ...], *, model_epochs: int = 1600,
+                    repeats: int = 3, mode: str = "auto") -> dict[str, Any]:
+    """Model-epochs/s of ensembles of each size, the sizes alternating repeat by repeat.
+
+    Each ensemble trains about `model_epochs` model-epochs (at least 100 epochs each, the
+    evaluation interval), so every size costs about the same time.
+    """
+    epochs = {k: max(100, -(-model_epochs // k // 100) * 100) for k in sizes}
+    times: dict[int, list[float]] = {k: [] for k in sizes}
+    _ensemble_loop(cfg.replace(epochs=20), min(sizes), mode)  # warm-up
+    for _ in range(repeats):
+        for k in sizes:
+            times[k].append(_ensemble_loop(cfg.replace(epochs=epochs[k]), k, mode))
+    rate = {k: k * epochs[k] / statistics.median(v) for k, v in times.items()}
+    base = rate[min(sizes)]
+    return {"mode": mode, "epochs": {str(k): epochs[k] for k in sizes},
+            "model_epochs_per_s": {str(k): rate[k] for k in sizes},
+            "vs_smallest": {str(k): rate[k] / base for k in sizes},
+            "raw_seconds": {str(k): v for k, v in times.items()}}
+
+
+def _gemm_gflops(n: int = 2048, iters: int = 10, device: str = "cpu") -> dict[str, float]:
     """The best large-GEMM rate this process reaches, via torch.mm and oneDNN's linear."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     fns = {"torch.mm": lambda: torch.mm(a, b)}
+    if device != "cpu":
+        fns["torch.mm"]()
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            torch.mm(a, b)
+        _sync(device)
+        return {"torch.mm": 2 * n**3 * iters / (time.perf_counter() - t0) / 1e9}
     if _mkldnn_linear_available():
         fns["onednn_linear"] = lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none",
                                                                            [], "")
@@ -113,13 +167,19 @@ def useful_flops_per_epoch(p: int, hidden: tuple[int, ...], n_train: int) -> flo
     return 3.0 * dense
 
 
-def run_bench(*, epochs: int = 400, repeats: int = 5, p: int = 97) -> dict[str, Any]:
-    """Median seconds per epoch of each variant, and their ratios."""
+def run_bench(*, epochs: int = 400, repeats: int = 5, p: int = 97, device: str = "cpu",
+              ensemble_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 64),
+              ensemble_model_epochs: int = 1600, analysis: bool = True,
+              window: int = 100) -> dict[str, Any]:
+    """Median seconds per epoch of each variant, and their ratios; ensembles' model-epochs/s
+    for each size; the analyses' rates (on the CPU)."""
     if not (isinstance(repeats, int) and repeats >= 1):
         raise ConfigError(f"repeats: must be an integer >= 1, got {repeats!r}")
+    if not all(isinstance(k, int) and k >= 1 for k in ensemble_sizes):
+        raise ConfigError(f"ensemble sizes: must be integers >= 1, got {list(ensemble_sizes)}")
     keep_heap_mapped()  # applies to every variant alike
-    cfg = Config(data=DataConfig(p=p), schedule=ScheduleConfig(epochs=epochs),
-                 record=RecordConfig(eval_every=100, ckpt_every=100,
+    cfg = Config(device=device, data=DataConfig(p=p), schedule=ScheduleConfig(epochs=epochs),
+                 record=RecordConfig(eval_every=100, ckpt_every=100, window=window,
                                      keyframe_every=100 * max(1, epochs // 100)))
     times: dict[str, list[float]] = {"plain": [], "zgdyn": [], "zgdyn_record": []}
     _plain_loop(cfg, 20), _zgdyn_loop(cfg.replace(epochs=20), None)  # warm-up
@@ -131,13 +191,22 @@ def run_bench(*, epochs: int = 400, repeats: int = 5, p: int = 97) -> dict[str, 
     ms = {k: 1e3 * statistics.median(v) / epochs for k, v in times.items()}
     n_train = int(p * p * cfg.data.train_frac)
     flops = useful_flops_per_epoch(p, cfg.model.hidden, n_train)
-    gemm = _gemm_gflops()
+    gemm = _gemm_gflops(device=device)
+    ens = (bench_ensembles(cfg, tuple(ensemble_sizes), model_epochs=ensemble_model_epochs,
+                           repeats=min(repeats, 3)) if ensemble_sizes else None)
+    if ens is not None:
+        ens["achieved_gflops"] = {k: r * flops / 1e9
+                                  for k, r in ens["model_epochs_per_s"].items()}
+    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+               "torch_threads": torch.get_num_threads(), "torch": str(torch.__version__),
+               "device": device}
+    if device != "cpu":
+        machine["gpu"] = torch.cuda.get_device_name(device)
     return {
-        "machine": {"cpu": platform.processor() or platform.machine(),
-                    "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "torch": str(torch.__version__)},
+        "machine": machine,
         "setup": {"p": p, "hidden": list(cfg.model.hidden), "epochs": epochs,
-                  "repeats": repeats, "eval_every": 100, "ckpt_every": 100},
+                  "repeats": repeats, "eval_every": 100, "ckpt_every": 100,
+                  "window": window},
         "ms_per_epoch": ms,
         "epochs_per_s": {k: 1e3 / v for k, v in ms.items()},
         "speedup_vs_plain": ms["plain"] / ms["zgdyn"],
@@ -146,7 +215,8 @@ def run_bench(*, epochs: int = 400, repeats: int = 5, p: int = 97) -> dict[str, 
         "achieved_gflops": flops / (ms["zgdyn"] * 1e-3) / 1e9,
         "large_gemm_gflops": gemm,
         "raw_seconds": times,
-        "analysis": bench_analysis(p),
+        "ensembles": ens,
+        "analysis": bench_analysis(p) if analysis else None,
     }
 
 
@@ -199,7 +269,8 @@ def format_bench(r: dict[str, Any]) -> str:
     ms, eps = r["ms_per_epoch"], r["epochs_per_s"]
     s = r["setup"]
     lines = [f"p = {s['p']}, hidden {s['hidden']}, {s['epochs']} epochs x {s['repeats']} "
-             f"alternating repeats, evaluation every {s['eval_every']}, "
+             f"alternating repeats, evaluation every {s['eval_every']}, collapse "
+             f"detector {'window ' + str(s.get('window', 100)) if s.get('window', 100) else 'off'}, "
              f"{r['machine']['torch_threads']} threads",
              f"{'variant':<34}{'ms/epoch':>10}{'epochs/s':>10}{'vs plain':>10}"]
     names = {"plain": "plain PyTorch loop", "zgdyn": "zgdyn",
@@ -211,7 +282,16 @@ def format_bench(r: dict[str, Any]) -> str:
               f"achieved {r['achieved_gflops']:.0f} GFLOP/s of useful matmul work "
               f"({r['useful_gflop_per_epoch']:.3f} GFLOP/epoch); best large GEMM here "
               f"{gemm:.0f} GFLOP/s ({', '.join(f'{k} {v:.0f}' for k, v in r['large_gemm_gflops'].items())})"]
-    if "analysis" in r:
+    if r.get("ensembles"):
+        e = r["ensembles"]
+        lines.append(f"ensembles ({e['mode']} mode; each size trains about the same "
+                     "model-epochs, median of alternating repeats):")
+        lines.append(f"{'members K':<12}{'epochs':>8}{'model-epochs/s':>16}{'vs K=min':>10}"
+                     f"{'GFLOP/s':>10}")
+        for k, rate in e["model_epochs_per_s"].items():
+            lines.append(f"{k:<12}{e['epochs'][k]:>8}{rate:>16.0f}"
+                         f"{e['vs_smallest'][k]:>9.2f}x{e['achieved_gflops'][k]:>10.0f}")
+    if r.get("analysis"):
         an = r["analysis"]
         t = an["top_k"]
         lines += [f"analysis: {an['checkpoints_per_s']:.1f} checkpoints/s "

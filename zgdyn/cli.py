@@ -85,6 +85,21 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
                         nargs="+" if "weight_decay" in multi else None)
 
 
+def _add_device_flag(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--device", default="cpu", metavar="DEVICE",
+                   help=f"{what}: cpu | cuda | cuda:N (default cpu)")
+
+
+def _device(name: str) -> str:
+    """A checked torch device name: one line and exit 2 for anything else or a missing GPU."""
+    import torch
+
+    Config(device=name)  # the same rule as a run's device field
+    if name != "cpu" and not torch.cuda.is_available():
+        raise ZgdynError(f"--device {name}: no CUDA device is available here; use cpu")
+    return name
+
+
 def _add_plugin_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plugin", action="append", metavar="MODULE",
                    help="import this Python module first; it registers step hooks "
@@ -509,6 +524,7 @@ def cmd_hessian(args: argparse.Namespace) -> int:
     from .stability import hessian_at
 
     r = hessian_at(str(args.run), epoch=args.epoch, zipf_s=args.zipf_s, k=args.k,
+                   device=_device(args.device),
                    which=args.which, preconditioned=args.preconditioned, dtype=args.dtype,
                    coupled_wd=args.coupled_wd)
     if args.json:
@@ -555,6 +571,7 @@ def cmd_saddle(args: argparse.Namespace) -> int:
     from .stability import saddle_table
 
     r = saddle_table(str(args.run), epoch=args.epoch, exponents=tuple(args.zipf_s),
+                     device=_device(args.device),
                      dtype=args.dtype)
     if args.json:
         _print_json(r)
@@ -566,7 +583,10 @@ def cmd_saddle(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import format_bench, run_bench, save_bench
 
-    result = run_bench(epochs=args.epochs, repeats=args.repeats, p=args.p)
+    result = run_bench(epochs=args.epochs, repeats=args.repeats, p=args.p,
+                       device=_device(args.device), ensemble_sizes=tuple(args.ensemble_sizes),
+                       ensemble_model_epochs=args.ensemble_model_epochs,
+                       analysis=not args.no_analysis, window=args.window)
     path = save_bench(result, args.out)
     if args.json:
         _print_json(result)
@@ -880,6 +900,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coupled-wd", type=float, default=0.0, metavar="WD",
                    help="add (WD/2)|θ|² to the loss: the coupled view of weight decay")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    _add_device_flag(p, "where the Hessian-vector products run")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_hessian)
 
@@ -889,6 +910,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epoch", type=int, metavar="E", help="keyframe (default: the last)")
     p.add_argument("--zipf-s", type=float, nargs="+", default=[0.0, 1.0, 1.5, 2.0, 3.0])
     p.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    _add_device_flag(p, "where the Hessian-vector products run")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_saddle)
 
@@ -985,6 +1007,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=400, help="epochs per timed run")
     p.add_argument("--repeats", type=int, default=5, help="alternating repeats per variant")
     p.add_argument("--p", type=int, default=97)
+    p.add_argument("--ensemble-sizes", type=int, nargs="*", default=[1, 2, 4, 8, 16, 64],
+                   metavar="K", help="ensemble sizes to measure (none: skip; default 1 2 4 8 "
+                   "16 64)")
+    p.add_argument("--ensemble-model-epochs", type=int, default=1600, metavar="N",
+                   help="model-epochs each ensemble size trains per repeat (default 1600)")
+    p.add_argument("--no-analysis", action="store_true", help="skip the analysis rates")
+    p.add_argument("--window", type=int, default=100, metavar="N",
+                   help="the runs' collapse-detector window (0: off; default 100, as train)")
+    _add_device_flag(p, "where the training variants run")
     p.add_argument("--out", type=Path, help="JSON file (default: data/bench/bench.json)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)

@@ -176,17 +176,41 @@ class EnsembleStep:
             losses[j::workers] = part
         return torch.stack(losses)
 
-    def _batched_loss_and_grad(self) -> Tensor:
-        k, n, p = self.K, self.n, self.p
-        pr, gr = self.params, self.grads
+    def forward(self, a: Tensor, pb: Tensor) -> list[Tensor]:
+        """Activations [h1, ..., logits], each (K, m, d), for pairs (a, p + b) given as flat
+        (K m,) indices into the members' stacked first-layer columns (K 2p, h1)."""
+        k, p = self.K, self.p
+        pr = self.params
         w1t = pr["fc1.weight"].transpose(1, 2).contiguous().view(k * 2 * p, -1)  # (K 2p, h1)
-        h = torch.index_select(w1t, 0, self.a)
-        h = h.add_(torch.index_select(w1t, 0, self.pb)).view(k, n, -1)
-        h.add_(pr["fc1.bias"][:, None, :]).relu_()  # (K, n, h1)
+        h = torch.index_select(w1t, 0, a)
+        h = h.add_(torch.index_select(w1t, 0, pb)).view(k, a.numel() // k, -1)
+        h.add_(pr["fc1.bias"][:, None, :]).relu_()  # (K, m, h1)
         acts = [h]
         for name in self.layers[1:]:
             h = self._linear(h, pr[f"{name}.weight"], pr[f"{name}.bias"], relu=name != "out")
             acts.append(h)
+        return acts
+
+    @torch.no_grad()
+    def logits(self, a: Tensor, b: Tensor) -> Tensor:
+        """Every member's logits (K, m, p) for the same pairs (a, b), each (m,)."""
+        rows = torch.arange(self.K, device=self.device)[:, None] * (2 * self.p)
+        a = a.to(self.device, torch.int64)[None, :] + rows
+        pb = b.to(self.device, torch.int64)[None, :] + self.p + rows
+        return self.forward(a.view(-1), pb.view(-1))[-1]
+
+    def adam_scales(self) -> list[float]:
+        """Every member's Adam scale, as `Trainer.adam_scale` (one sync for all)."""
+        mean_v = self.exp_avg_sq.sum(1, dtype=torch.float64) / self.exp_avg_sq.shape[1]
+        out = []
+        for st, v in zip(self.steps, mean_v.tolist()):
+            out.append(0.0 if st.t == 0 else (v / (1.0 - st.optim.beta2 ** st.t)) ** 0.5)
+        return out
+
+    def _batched_loss_and_grad(self) -> Tensor:
+        k, n, p = self.K, self.n, self.p
+        pr, gr = self.params, self.grads
+        acts = self.forward(self.a, self.pb)
         logp = torch.log_softmax(acts[-1], dim=2)  # (K, n, p)
         loss = -(logp.view(-1)[self.flat_y].view(k, n) * self.w).sum(1)  # (K,)
         dz = logp.exp_().mul_(self.w[:, :, None])  # w * softmax
@@ -289,11 +313,16 @@ class Ensemble:
             losses = self.step.step()
             check = any(self.members[i].check_each_step for i in active)
             values = losses.tolist() if check else list(losses)
+            batched = self.step.mode == "batched"
+            watched = batched and any(self.members[i].watch is not None for i in active)
+            scales = self.step.adam_scales() if watched else [None] * len(active)
+            if batched:
+                self._evaluate_due([self.members[i] for i in active])
             leaving = []
-            for i, loss in zip(active, values):
+            for i, loss, scale in zip(active, values, scales):
                 m = self.members[i]
                 try:
-                    m.after_step(loss, check=m.check_each_step)
+                    m.after_step(loss, check=m.check_each_step, adam_scale=scale)
                     m.at_epoch(cbs[i])
                     if m.finished:
                         m.end(cbs[i])
@@ -304,6 +333,34 @@ class Ensemble:
             if leaving:
                 active = [i for i in active if i not in leaving]
                 self.step = None  # the rest go on in smaller buffers
+
+    def _evaluate_due(self, members: list[Trainer]) -> None:
+        """The evaluations due at the members' next epochs, as one batched forward; each
+        member's `evaluate` then returns its own (`Trainer.pending_eval`)."""
+        due = [m.epoch + 1 for m in members]  # the step is taken, the epoch not yet counted
+        if not all(m._eval_due(e) for m, e in zip(members, due)):
+            return  # the others evaluate one by one
+        first = members[0]
+        a, b, y = first._grid
+        logits = self.step.logits(a, b)  # (K, p^2, p)
+        ce = -torch.log_softmax(logits, dim=2).gather(2, y[None, :, None].expand(
+            len(members), -1, 1)).squeeze(2)  # (K, p^2)
+        correct = (logits.argmax(dim=2) == y[None, :]).to(logits.dtype)
+        tr = torch.stack([m._train_idx for m in members])  # (K, n_train)
+        te = torch.stack([m._test_idx for m in members])
+        w = torch.stack([m.phase_weights[m.phase] for m in members]).to(ce.device)
+        ce_tr, ok_tr = ce.gather(1, tr).double(), correct.gather(1, tr).double()
+        cols = torch.stack([(ce_tr * w).sum(1), ce_tr.mean(1), ok_tr.mean(1), (ok_tr * w).sum(1),
+                            ce.gather(1, te).double().mean(1),
+                            correct.gather(1, te).double().mean(1)], 1).tolist()
+        scales = self.step.adam_scales()
+        for m, e, row, scale in zip(members, due, cols, scales):
+            m.pending_eval = {
+                "epoch": float(e), "phase": float(m.phase),
+                "zipf_s": float(m.phase_s[m.phase]), "train_loss": row[0],
+                "train_loss_unweighted": row[1], "train_acc": row[2],
+                "train_acc_weighted": row[3], "test_loss": row[4], "test_acc": row[5],
+                "adam_scale": scale}
 
 
 __all__ = ["Ensemble", "EnsembleStep", "check_members", "member_pool", "MODES"]

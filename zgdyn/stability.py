@@ -60,8 +60,10 @@ class Point:
         return flatten_params(memorization_projector(self.p, self.key)(named))
 
 
-def load_point(path: str, epoch: int | None = None, *, dtype: str = "float64") -> Point:
-    """The checkpoint at `epoch` (default: the last), with Adam state if it is a keyframe.
+def load_point(path: str, epoch: int | None = None, *, dtype: str = "float64",
+               device: str = "cpu") -> Point:
+    """The checkpoint at `epoch` (default: the last), with Adam state if it is a keyframe,
+    on `device` (HVPs then run there).
 
     Key frequencies come from the run's analysis if it has one, else are detected here.
     """
@@ -70,7 +72,7 @@ def load_point(path: str, epoch: int | None = None, *, dtype: str = "float64") -
     with open_run(path) as run:
         if epoch is None:
             epoch = int(run.checkpoint_epochs[-1])
-        params = {k: v.to(DTYPES[dtype]) for k, v in run.params_at(epoch).items()}
+        params = {k: v.to(device, DTYPES[dtype]) for k, v in run.params_at(epoch).items()}
         snap = run.snapshot_at(epoch) if epoch in set(run.keyframe_epochs.tolist()) else None
         analysis = run.analysis("trajectory")
         split, cfg = run.split, run.config
@@ -79,7 +81,8 @@ def load_point(path: str, epoch: int | None = None, *, dtype: str = "float64") -
            and analysis["attrs"]["settings"]["key"] else None)
     if key is None:
         key = key_freqs_of(params, p)
-    v = flatten_params(snap.exp_avg_sq, order=params).to(DTYPES[dtype]) if snap else None
+    v = (flatten_params(snap.exp_avg_sq, order=params).to(device, DTYPES[dtype]) if snap
+         else None)
     return Point(run_path=str(path), epoch=epoch, p=p, like=params,
                  theta=flatten_params(params).detach(), pairs=split.tokens(split.train_idx),
                  split=split, config=cfg, key=key, v=v, step=snap.step if snap else None)
@@ -102,16 +105,17 @@ def _spectrum_record(point: Point, s: float, k: int, which: str, preconditioned:
         res = lanczos_extremes(hvp, point.theta.numel(), steps=steps, k=k, tol=tol)
     vecs = res.eigenvectors
     if preconditioned:  # directions in parameter space: D^{-1/2} u, normalized
-        vecs = vecs * d.rsqrt().double()[:, None]
+        vecs = vecs * d.rsqrt().to(vecs)[:, None]
         vecs = vecs / vecs.norm(dim=0, keepdim=True)
-    return {"eigenvalues": res.eigenvalues.numpy(), "eigenvectors": vecs,
-            "residuals": res.residuals.numpy(), "n_hvp": res.n_hvp, "converged": res.converged}
+    return {"eigenvalues": res.eigenvalues.cpu().numpy(), "eigenvectors": vecs,
+            "residuals": res.residuals.cpu().numpy(), "n_hvp": res.n_hvp,
+            "converged": res.converged}
 
 
 def hessian_at(path: str, *, epoch: int | None = None, zipf_s: float | None = None,
                k: int = 10, which: str = "both", preconditioned: bool = False,
                dtype: str = "float64", tol: float | None = None, coupled_wd: float = 0.0,
-               n_pairs: int = 5, store: bool = True) -> dict[str, Any]:
+               n_pairs: int = 5, store: bool = True, device: str = "cpu") -> dict[str, Any]:
     """Extreme eigenpairs of the Hessian of L_s (or of D^{-1/2} H D^{-1/2}) at a checkpoint.
 
     zipf_s: the exponent of the loss (default: the run's, after any switch). Returns
@@ -120,7 +124,7 @@ def hessian_at(path: str, *, epoch: int | None = None, zipf_s: float | None = No
     """
     if which not in WHICH:
         raise ZgdynError(f"which: must be {' | '.join(WHICH)}, got {which!r}")
-    point = load_point(path, epoch, dtype=dtype)
+    point = load_point(path, epoch, dtype=dtype, device=device)
     if not 1 <= k < point.theta.numel() // 2:
         raise ZgdynError(f"k: must be an integer in [1, {point.theta.numel() // 2}), got {k}")
     cfg = point.config
@@ -130,12 +134,12 @@ def hessian_at(path: str, *, epoch: int | None = None, zipf_s: float | None = No
         raise ZgdynError(f"zipf_s: must be a number >= 0, got {zipf_s}")
     tol = tol if tol is not None else (1e-6 if dtype == "float64" else 1e-4)
     rec = _spectrum_record(point, zipf_s, k, which, preconditioned, tol, coupled_wd)
-    vecs = rec["eigenvectors"].to(point.theta.dtype)
-    overlap_m = subspace_overlap(vecs, point.project_m).double().numpy()
+    vecs = rec["eigenvectors"].to(point.theta)
+    overlap_m = subspace_overlap(vecs, point.project_m).double().cpu().numpy()
     heavy = np.argsort(-point.weights(zipf_s), kind="stable")[:n_pairs]
     a, b, y = point.pairs
     grads = per_pair_gradients(point.p, point.theta, point.like, a, b, y, heavy)
-    cos = gradient_overlaps(vecs, grads).double().numpy()
+    cos = gradient_overlaps(vecs, grads).double().cpu().numpy()
     o = cfg.optim
     result = {
         "path": str(path), "epoch": point.epoch, "zipf_s": float(zipf_s), "dtype": dtype,
@@ -153,7 +157,7 @@ def hessian_at(path: str, *, epoch: int | None = None, zipf_s: float | None = No
     if store:
         name = (f"hessian/epoch{point.epoch}_s{zipf_s:g}_{which}_k{k}"
                 f"{'_pre' if preconditioned else ''}_{dtype}")
-        _write(path, name, result, {"eigenvectors": vecs.float().numpy(),
+        _write(path, name, result, {"eigenvectors": vecs.float().cpu().numpy(),
                                     "eigenvalues": rec["eigenvalues"],
                                     "overlap_theta_m": overlap_m})
     return result
@@ -174,7 +178,7 @@ def _write(path: str, group: str, attrs: dict[str, Any], arrays: dict[str, Any])
 def saddle_table(path: str, *, epoch: int | None = None,
                  exponents: tuple[float, ...] = (0.0, 1.0, 1.5, 2.0, 3.0),
                  dtype: str = "float64", tol: float | None = None, steps: int = 150,
-                 store: bool = True) -> dict[str, Any]:
+                 store: bool = True, device: str = "cpu") -> dict[str, Any]:
     """One row per Zipf exponent at one checkpoint (default: the last keyframe).
 
     Columns: ‖∇L_s‖; λ_min, λ_max of H_s; λ_min, λ_max of D^{-1/2} H_s D^{-1/2}; the overlap
@@ -187,7 +191,7 @@ def saddle_table(path: str, *, epoch: int | None = None,
             if not len(run.keyframe_epochs):
                 raise ZgdynError(f"{path}: has no keyframes")
             epoch = int(run.keyframe_epochs[-1])
-    point = load_point(path, epoch, dtype=dtype)
+    point = load_point(path, epoch, dtype=dtype, device=device)
     if point.v is None:
         raise ZgdynError(f"{path}: epoch {epoch} is not a keyframe; the saddle table needs "
                          "Adam's state there")
@@ -199,7 +203,7 @@ def saddle_table(path: str, *, epoch: int | None = None,
     for s in exponents:
         raw = _spectrum_record(point, s, 1, "both", False, tol, 0.0, steps=steps)
         pre = _spectrum_record(point, s, 1, "both", True, tol, 0.0, steps=steps)
-        v_min = pre["eigenvectors"][:, -1:].to(point.theta.dtype)
+        v_min = pre["eigenvectors"][:, -1:].to(point.theta)
         mu_min = float(pre["eigenvalues"][-1])
         rows.append({
             "zipf_s": float(s),
@@ -214,7 +218,7 @@ def saddle_table(path: str, *, epoch: int | None = None,
             "residual_pre_min": float(pre["residuals"][-1]),
             "n_hvp": raw["n_hvp"] + pre["n_hvp"],
         })
-        bottom_vecs.append(v_min[:, 0].float().numpy())
+        bottom_vecs.append(v_min[:, 0].float().cpu().numpy())
     result = {"path": str(path), "epoch": epoch, "dtype": dtype, "n_key": len(point.key),
               "lr_wd": o.lr * o.weight_decay,
               "adam_threshold": adam_stability_threshold(o.lr, o.beta1), "rows": rows,

@@ -207,6 +207,7 @@ class Trainer:
         self._test_idx = torch.as_tensor(self.split.test_idx, device=dev)
         self.stop_requested = False
         self.stopped_early = False
+        self.pending_eval: dict[str, float] | None = None
         rec = config.record
         self.watch = None if rec.window == 0 else CollapseWatch(
             rec.window, rec.collapse_threshold, self.step.theta.numel(),
@@ -254,6 +255,9 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """Metrics at the current parameters over the full p x p grid (test unweighted)."""
+        pending, self.pending_eval = self.pending_eval, None
+        if pending is not None and pending["epoch"] == self.epoch:
+            return pending  # computed for this epoch by an ensemble, batched
         a, b, y = self._grid
         logits = self.step.logits(a, b)  # (p*p, p)
         ce = -torch.log_softmax(logits, dim=1).gather(1, y[:, None]).squeeze(1)  # (p*p,)
@@ -298,6 +302,7 @@ class Trainer:
     def evaluate_at(self, theta: Tensor, epoch: int, adam_scale: float) -> dict[str, float]:
         """`evaluate` at the flat parameter vector `theta` instead of the live one."""
         live = self.step.theta.clone()
+        self.pending_eval = None
         try:
             self.step.theta.copy_(theta)
             metrics = self.evaluate()
@@ -332,8 +337,9 @@ class Trainer:
             self.restore(target)
         self.watch.load_state(state)
 
-    def _eval_due(self) -> bool:
-        e, sch = self.epoch, self.config.schedule
+    def _eval_due(self, epoch: int | None = None) -> bool:
+        """Whether an evaluation falls at `epoch` (default: the current one)."""
+        e, sch = self.epoch if epoch is None else epoch, self.config.schedule
         return (e % self.config.record.eval_every == 0 or e >= self.end_epoch
                 or (sch.switch_at_epoch == e and self.phase == 0))
 
@@ -347,16 +353,18 @@ class Trainer:
         """One step; with `check`, the loss is read (a GPU syncs) and must be finite."""
         self.after_step(self.step.step(), check=check)
 
-    def after_step(self, loss: Tensor | float, *, check: bool) -> None:
+    def after_step(self, loss: Tensor | float, *, check: bool,
+                   adam_scale: float | None = None) -> None:
         """Account for one step taken (by `_advance`, or by an ensemble's batched step)
-        whose loss before the update was `loss`."""
+        whose loss before the update was `loss` (and Adam's scale after it, if known)."""
         if check:
             loss = float(loss)
             if not math.isfinite(loss):
                 raise _diverged(self.epoch, "the train loss", loss)
         self.epoch += 1
         if self.watch is not None:
-            self.watch.observe(self.epoch - 1, loss, self.step.theta, self.adam_scale())
+            self.watch.observe(self.epoch - 1, loss, self.step.theta,
+                               self.adam_scale() if adam_scale is None else adam_scale)
 
     def _close_window(self, callbacks: list[Callback]) -> None:
         win = self.watch.take()
