@@ -5,7 +5,7 @@ import torch
 from conftest import StopAt, small_config
 from zgdyn import ConfigError, open_run
 from zgdyn.cli import main
-from zgdyn.ensemble import Ensemble, EnsembleStep, member_pool
+from zgdyn.ensemble import SMALL_STEP_FLOP, Ensemble, EnsembleStep, resolve_mode, step_flop
 from zgdyn.runner import train_ensemble, train_run
 from zgdyn.train import MetricsLog, Trainer
 
@@ -29,7 +29,7 @@ def _solo(cfg):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_members_mode_is_bitwise_the_solo_runs(dtype):
     configs = _configs(dtype)
-    ens = Ensemble(configs, mode="members", threads=2)
+    ens = Ensemble(configs, mode="members")
     logs = [[MetricsLog()] for _ in configs]
     assert ens.run(logs) == {}
     for cfg, member, (log,) in zip(configs, ens.members, logs):
@@ -66,20 +66,21 @@ def test_batched_gradients_equal_each_members_own():
         torch.testing.assert_close(es.grad[k], s.step.grad, rtol=1e-10, atol=1e-14)
 
 
-def test_member_threads_leave_the_callers_thread_count():
-    before = torch.get_num_threads()
-    pool = member_pool(2)
-    try:
-        assert torch.get_num_threads() == before
-        assert pool.submit(torch.get_num_threads).result() == 1
-    finally:
-        pool.shutdown()
+def test_auto_mode_batches_on_a_gpu_and_for_small_models():
+    small = Trainer(small_config(10)).step
+    big = Trainer(small_config(10, p=97, train_frac=0.3, hidden=(128, 128))).step
+    assert step_flop(small) < SMALL_STEP_FLOP < step_flop(big)
+    assert step_flop(big) == pytest.approx(0.488e9, rel=1e-3)  # 0.49 GFLOP at p = 97
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert resolve_mode("auto", cpu, step_flop(small)) == "batched"
+    assert resolve_mode("auto", cpu, step_flop(big)) == "members"
+    assert resolve_mode("auto", gpu, step_flop(big)) == "batched"
 
 
 def test_members_with_different_lengths_and_a_switch_leave_when_done():
     configs = [small_config(200, seed=1), small_config(350, seed=2),
                small_config(100, seed=3, switch_s=2.0, switch_at_epoch=60, phase2_epochs=90)]
-    ens = Ensemble(configs)
+    ens = Ensemble(configs, mode="members")
     assert ens.run() == {}
     assert [m.epoch for m in ens.members] == [200, 350, 150]
     assert ens.members[2].switch_epoch == 60
@@ -91,7 +92,7 @@ def test_a_diverging_member_leaves_and_the_others_finish(tmp_path):
     configs = [small_config(300, seed=1), small_config(300, seed=2, lr=1e36, weight_decay=0.0),
                small_config(300, seed=3)]
     paths = [tmp_path / f"m{k}.h5" for k in range(3)]
-    results = train_ensemble(configs, paths)
+    results = train_ensemble(configs, paths, mode="members")
     assert results[0].error is None and results[2].error is None
     assert "diverged" in results[1].error
     with open_run(paths[1]) as run:
@@ -124,7 +125,7 @@ def test_interrupted_ensemble_resumes_bitwise(tmp_path):
     trainers = [Trainer(c) for c in configs]
     from zgdyn.store import RunWriter
     writers = [RunWriter.create(p, c, t) for p, c, t in zip(paths, configs, trainers)]
-    ens = Ensemble(trainers=trainers)
+    ens = Ensemble(trainers=trainers, mode="members")
     assert ens.run([[w, StopAt(150)] for w in writers]) == {}
     for w in writers:
         w.close(commit=True)
@@ -132,7 +133,7 @@ def test_interrupted_ensemble_resumes_bitwise(tmp_path):
         with open_run(p) as run:
             assert run.attrs["status"] == "interrupted"
             assert int(run.attrs["epochs_done"]) == 150
-    results = train_ensemble([], paths, resume=True)
+    results = train_ensemble([], paths, resume=True, mode="members")
     assert all(r.error is None for r in results)
     for k, cfg in enumerate(configs):
         ref = tmp_path / f"ref{k}.h5"
@@ -160,7 +161,8 @@ def _cli_args(out, *extra):
 def test_cli_trains_the_product_as_ensembles_of_a_given_size(tmp_path, capsys):
     out = tmp_path / "runs"
     rc = main(_cli_args(out, "--zipf-s", "0", "1.5", "--seeds", "1", "2", "3",
-                        "--wd", "1", "0.5", "--ensemble-size", "5"))
+                        "--wd", "1", "0.5", "--ensemble-size", "5", "--ensemble-mode",
+                        "members"))
     assert rc == 0
     files = sorted(p.name for p in out.iterdir())
     assert len(files) == 12

@@ -29,7 +29,7 @@ from torch import nn
 
 from .config import Config, ConfigError, DataConfig, RecordConfig, ScheduleConfig
 from .data import make_split, zipf_weights
-from .model import param_shapes
+from .model import matmul_flops
 from .step import _mkldnn_linear_available, keep_heap_mapped
 from .train import Trainer
 
@@ -161,10 +161,7 @@ def _gemm_gflops(n: int = 2048, iters: int = 10, device: str = "cpu") -> dict[st
 
 def useful_flops_per_epoch(p: int, hidden: tuple[int, ...], n_train: int) -> float:
     """Forward + backward matmul FLOPs of one full-batch epoch with a gather first layer."""
-    shapes = param_shapes(p, hidden)
-    dense = sum(2 * n_train * s[0] * s[1] for k, s in shapes.items()
-                if k.endswith(".weight") and not k.startswith("fc1."))
-    return 3.0 * dense
+    return matmul_flops(p, hidden, n_train)
 
 
 def run_bench(*, epochs: int = 400, repeats: int = 5, p: int = 97, device: str = "cpu",

@@ -816,8 +816,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="members per ensemble; more are trained as several ensembles in turn "
                    "(default: all at once)")
     p.add_argument("--ensemble-mode", choices=("auto", "batched", "members"), default="auto",
-                   help="how an ensemble computes gradients: batched kernels (the GPU way) or "
-                   "each member's fused step on worker threads (the CPU way); default auto")
+                   help="how an ensemble computes gradients: batched kernels (a GPU, or a "
+                   "small model on a CPU) or each member's own fused step in turn, bitwise its "
+                   "solo run (a CPU at full size); default auto chooses so")
     _add_plugin_flag(p)
     _add_config_flags(p, multi=ENSEMBLE_FIELDS)
     p.set_defaults(func=cmd_train)

@@ -10,15 +10,16 @@ evaluations, collapse windows, keyframes and run file are those of a solo run.
 Two ways to compute the gradients (`mode`):
 
 - "batched": the whole forward and backward as batched kernels over the member axis
-  (`bmm`, one softmax, one scatter); the way on a GPU, where K members cost about one.
-- "members": each member's own fused step (`FusedStep.loss_and_grad`), the members split
-  over worker threads of one torch thread each; the way on a CPU, where oneDNN's linear
-  runs about twice as fast as MKL's batched sgemm on these shapes, and where one member per
-  core keeps both cores busy through the small element-wise ops that one run cannot
-  spread. Each member's trajectory is then bitwise its solo run's.
+  (`bmm`, one softmax, one scatter). On a GPU K members cost little more than one; on a
+  CPU it pays where a step is dominated by per-op overhead (small p).
+- "members": each member's own fused step (`FusedStep.loss_and_grad`) in turn, so each
+  member's trajectory is bitwise its solo run's. On a CPU at the essay's size the step is
+  GEMM-bound and oneDNN's linear runs about twice as fast as MKL's batched sgemm on these
+  shapes, so this is the faster way there.
 
-"auto" takes "members" on a CPU and "batched" elsewhere. AdamW is always one batched
-update. A member that finishes (or fails) leaves, and the others go on in smaller buffers.
+"auto" takes "batched" on a GPU, and on a CPU "members" unless a member's step is below
+`SMALL_STEP_FLOP` of matmul work. AdamW is always one batched update. A member that
+finishes (or fails) leaves, and the others go on in smaller buffers.
 
     >>> ens = Ensemble([cfg.replace(zipf_s=s) for s in (0, 1, 1.5, 2)])
     >>> logs = [[MetricsLog()] for _ in range(4)]
@@ -27,12 +28,11 @@ update. A member that finishes (or fails) leaves, and the others go on in smalle
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import torch
 from torch import Tensor
 
 from .config import Config, ConfigError
+from .model import matmul_flops
 from .step import FusedStep, adamw_update
 from .train import Callback, Trainer
 
@@ -41,29 +41,30 @@ OPTIM = ("lr", "weight_decay", "beta1", "beta2", "eps")
 MODES = ("auto", "batched", "members")
 
 
-def _one_torch_thread() -> None:
-    """Initializer of a member worker thread: torch runs single-threaded in it."""
-    torch.get_num_threads()  # settle this thread's OpenMP setting first
-    torch.set_num_threads(1)
+SMALL_STEP_FLOP = 50e6  # below this much matmul work per member-epoch, batch on a CPU
 
 
-def member_pool(workers: int) -> ThreadPoolExecutor:
-    """A pool of `workers` threads with one torch thread each; the calling thread keeps
-    its own thread count."""
-    keep = torch.get_num_threads()
-    pool = ThreadPoolExecutor(workers, initializer=_one_torch_thread,
-                              thread_name_prefix="zgdyn-member")
-    list(pool.map(lambda _: None, range(workers * 4)))  # start every worker now
-    torch.set_num_threads(keep)
-    return pool
-
-
-def resolve_mode(mode: str, device: torch.device) -> str:
+def resolve_mode(mode: str, device: torch.device, step_flop: float) -> str:
+    """The mode "auto" stands for on `device` for members of `step_flop` each."""
     if mode not in MODES:
         raise ConfigError(f"mode: must be {' | '.join(MODES)}, got {mode!r}")
     if mode == "auto":
-        return "members" if device.type == "cpu" else "batched"
+        return "batched" if device.type != "cpu" or step_flop < SMALL_STEP_FLOP else "members"
     return mode
+
+
+def _rows(k: int, n: int, *, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Zeroed (K, n) whose rows start 64-byte aligned, as a solo run's buffers do: BLAS
+    kernels may round differently on differently aligned data."""
+    per_line = 64 // torch.empty(0, dtype=dtype).element_size()
+    stride = -(-n // per_line) * per_line
+    return torch.zeros(k, stride, dtype=dtype, device=device)[:, :n]
+
+
+def step_flop(step: FusedStep) -> float:
+    """Matmul FLOPs of one full-batch epoch of `step`."""
+    return matmul_flops(step.p, tuple(s[0] for k, s in step.shapes.items()
+                                      if k.endswith(".weight"))[:-1], step.a.numel())
 
 
 def _shared(cfg: Config) -> tuple:
@@ -87,14 +88,6 @@ def check_members(configs: list[Config]) -> None:
                               f"{cfg.optim.hook!r}; train hooked runs one by one")
 
 
-def _rows(k: int, n: int, *, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """Zeroed (K, n) whose rows start 64-byte aligned, as a solo run's buffers do: BLAS
-    kernels may round differently on differently aligned data."""
-    per_line = 64 // torch.empty(0, dtype=dtype).element_size()
-    stride = -(-n // per_line) * per_line
-    return torch.zeros(k, stride, dtype=dtype, device=device)[:, :n]
-
-
 class EnsembleStep:
     """The members' state as rows of (K, N) buffers, and one batched full-batch step.
 
@@ -102,12 +95,10 @@ class EnsembleStep:
     own views, evaluation and snapshots read the ensemble's buffers.
     """
 
-    def __init__(self, steps: list[FusedStep], *, mode: str = "auto",
-                 pool: ThreadPoolExecutor | None = None) -> None:
+    def __init__(self, steps: list[FusedStep], *, mode: str = "auto") -> None:
         first = steps[0]
         self.steps = steps
-        self.mode = resolve_mode(mode, first.device)
-        self.pool = pool if self.mode == "members" and len(steps) > 1 else None
+        self.mode = resolve_mode(mode, first.device, step_flop(first))
         self.K = k = len(steps)
         self.p, self.layers, self.shapes = first.p, first.layers, first.shapes
         self.device, self.dtype = first.device, first.dtype
@@ -166,15 +157,7 @@ class EnsembleStep:
         return self._batched_loss_and_grad()
 
     def _members_loss_and_grad(self) -> Tensor:
-        if self.pool is None:
-            return torch.stack([st.loss_and_grad() for st in self.steps])
-        workers = self.pool._max_workers
-        chunks = [self.steps[j::workers] for j in range(workers)]
-        done = list(self.pool.map(lambda sts: [st.loss_and_grad() for st in sts], chunks))
-        losses: list[Tensor] = [None] * self.K  # type: ignore[list-item]
-        for j, part in enumerate(done):
-            losses[j::workers] = part
-        return torch.stack(losses)
+        return torch.stack([st.loss_and_grad() for st in self.steps])
 
     def forward(self, a: Tensor, pb: Tensor) -> list[Tensor]:
         """Activations [h1, ..., logits], each (K, m, d), for pairs (a, p + b) given as flat
@@ -257,16 +240,14 @@ class Ensemble:
     """K member Trainers stepped together; each emits its own events to its own callbacks."""
 
     def __init__(self, configs: list[Config] | None = None, *,
-                 trainers: list[Trainer] | None = None, mode: str = "auto",
-                 threads: int | None = None) -> None:
+                 trainers: list[Trainer] | None = None, mode: str = "auto") -> None:
         if trainers is None:
             check_members(list(configs or []))
             trainers = [Trainer(cfg) for cfg in configs]
         else:
             check_members([t.config for t in trainers])
         self.members = trainers
-        self.mode = resolve_mode(mode, trainers[0].step.device)
-        self.threads = threads  # member worker threads (default: torch's thread count)
+        self.mode = resolve_mode(mode, trainers[0].step.device, step_flop(trainers[0].step))
         self.step: EnsembleStep | None = None
 
     def request_stop(self) -> None:
@@ -295,21 +276,15 @@ class Ensemble:
                     active.append(i)
             except Exception as e:
                 errors[i] = e
-        workers = min(len(active), self.threads or torch.get_num_threads())
-        pool = member_pool(workers) if self.mode == "members" and workers > 1 else None
-        try:
-            self._loop(active, cbs, errors, pool)
-        finally:
-            if pool is not None:
-                pool.shutdown()
+        self._loop(active, cbs, errors)
         return errors
 
     def _loop(self, active: list[int], cbs: list[list[Callback]],
-              errors: dict[int, BaseException], pool: ThreadPoolExecutor | None) -> None:
+              errors: dict[int, BaseException]) -> None:
         while active:
             if self.step is None:
                 self.step = EnsembleStep([self.members[i].step for i in active],
-                                         mode=self.mode, pool=pool)
+                                         mode=self.mode)
             losses = self.step.step()
             check = any(self.members[i].check_each_step for i in active)
             values = losses.tolist() if check else list(losses)
@@ -363,4 +338,4 @@ class Ensemble:
                 "adam_scale": scale}
 
 
-__all__ = ["Ensemble", "EnsembleStep", "check_members", "member_pool", "MODES"]
+__all__ = ["Ensemble", "EnsembleStep", "check_members", "resolve_mode", "MODES"]

@@ -42,6 +42,14 @@ def n_params(p: int, hidden: tuple[int, ...]) -> int:
     return sum(math.prod(s) for s in param_shapes(p, hidden).values())
 
 
+def matmul_flops(p: int, hidden: tuple[int, ...], n: int) -> float:
+    """FLOPs of the matmuls of one full-batch step over n pairs: forward, input gradient
+    and weight gradient of every dense layer (the gathered first layer has none)."""
+    shapes = param_shapes(p, hidden)
+    return 3.0 * sum(2 * n * s[0] * s[1] for k, s in shapes.items()
+                     if k.endswith(".weight") and not k.startswith("fc1."))
+
+
 def functional_logits(params: dict[str, Tensor], a: Tensor, b: Tensor, *, p: int) -> Tensor:
     """Logits (n, p) of pairs (a, b), each (n,) int64, from named params; torch.func-friendly.
 

@@ -137,7 +137,7 @@ class MemberResult:
 
 
 def train_ensemble(configs: list[Config], paths: list[str | Path], *, force: bool = False,
-                   progress: bool = False, mode: str = "auto", threads: int | None = None,
+                   progress: bool = False, mode: str = "auto",
                    resume: bool = False,
                    changes: dict[str, Any] | None = None) -> list[MemberResult]:
     """Train `configs` as one ensemble (`zgdyn.ensemble`), member k to run file `paths[k]`.
@@ -177,7 +177,7 @@ def train_ensemble(configs: list[Config], paths: list[str | Path], *, force: boo
         writers = []
         for cfg, trainer, path in zip(configs, trainers, paths):
             writers.append(RunWriter.create(path, cfg, trainer, force=force))
-    ensemble = Ensemble(trainers=trainers, mode=mode, threads=threads)
+    ensemble = Ensemble(trainers=trainers, mode=mode)
     cbs: list[list[Callback]] = [[w] for w in writers]
     if progress:
         bar = EnsembleProgress(trainers)
