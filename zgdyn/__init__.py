@@ -18,7 +18,9 @@ from .data import zipf_weights as zipf_weights
 from .model import MLP as MLP
 from .model import build_model as build_model
 from .model import functional_logits as functional_logits
+from .ensemble import Ensemble as Ensemble
 from .runner import resume_run as resume_run
+from .runner import train_ensemble as train_ensemble
 from .runner import train_run as train_run
 from .store import Run as Run
 from .store import RunFileError as RunFileError
