@@ -373,14 +373,13 @@ def run_sweep(sweep: Sweep, out: str | Path, *, executor: str = "local",
             for r in runs}
     for t in tasks:
         rows[t.spec.variant].update(planned=t.action, note=t.note)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_sweep_dir(out, sweep, list(rows.values()))
-    ray, started = (None, False)
-    backend = None
+    ray, started, backend = None, False, None
     if executor == "ray":
         ray, started = _connect_ray(address, jobs * cpus if address is None else None)
         backend = _ray_backend(ray, sweep, threads, plugins)
     try:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_sweep_dir(out, sweep, list(rows.values()))
         results = execute(tasks, jobs=jobs, threads=threads, plugins=plugins,
                           progress=progress, desc=f"{sweep.name}: {len(tasks)} runs",
                           backend=backend)
@@ -407,6 +406,16 @@ def _key(v: Any) -> str:
     return json.dumps(v)
 
 
+def _order(key: str) -> tuple:
+    """Sorts axis values: numbers, then lists (hidden sizes), then the rest as text."""
+    v = json.loads(key)
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return (0, v)
+    if isinstance(v, list) and all(isinstance(x, (int, float)) for x in v):
+        return (1, v)
+    return (2, "" if v is None else str(v))
+
+
 def phase_grid(rows: list[dict[str, Any]], x: str, y: str | None,
                metrics: tuple[str, ...] = PHASE_METRICS) -> dict[str, Any]:
     """The metrics over the (x, y) plane: {"x", "y", "xs", "ys", metric: (len(ys), len(xs))
@@ -415,8 +424,8 @@ def phase_grid(rows: list[dict[str, Any]], x: str, y: str | None,
     def at(r: dict[str, Any], f: str | None) -> str:
         return _key(r["fields"][f] if f is not None else None)
 
-    xs = sorted({at(r, x) for r in rows}, key=json.loads)
-    ys = sorted({at(r, y) for r in rows}, key=lambda k: json.loads(k) or 0)
+    xs = sorted({at(r, x) for r in rows}, key=_order)
+    ys = sorted({at(r, y) for r in rows}, key=_order)
     cards = {(ky, kx): [r["card"] for r in rows if r.get("card") is not None
                         and at(r, x) == kx and at(r, y) == ky] for ky in ys for kx in xs}
     out: dict[str, Any] = {"x": x, "y": y, "xs": [json.loads(k) for k in xs],
