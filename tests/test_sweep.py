@@ -103,7 +103,7 @@ def test_the_progress_bar_counts_runs_and_model_epochs(tmp_path, capsys):
 def test_a_ray_cluster_gives_identical_results(local, tmp_path, capsys):
     ray = pytest.importorskip("ray")
     out, _ = local
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         result = run_sweep(sweep_from_dict(TINY), tmp_path, executor="ray", progress=True)
     finally:
@@ -255,3 +255,17 @@ def test_ray_missing_or_unreachable_is_one_line(tmp_path, monkeypatch, capsys):
     assert "pip install 'zgdyn[cluster]'" in capsys.readouterr().err
     assert main(["sweep", str(toml), "--out", str(tmp_path / "o"), "--address", "x:1"]) == 2
     assert "only with executor ray" in capsys.readouterr().err
+
+
+def test_the_shipped_sweeps_are_valid():
+    from pathlib import Path
+
+    from zgdyn.sweep import load_sweep
+    files = sorted((Path(__file__).parent.parent / "experiments").glob("sweep_*.toml"))
+    assert files
+    for path in files:
+        sweep = load_sweep(path)
+        assert all(r.config is not None for r in sweep.runs())
+    pd = load_sweep(files[0].parent / "sweep_phase_diagram.toml")
+    assert pd.grid == {"zipf_s": [0, 0.5, 1, 1.25, 1.5, 2], "weight_decay": [0.3, 1, 3]}
+    assert len(pd.runs()) == 18 and pd.runs()[0].config.data.p == 97

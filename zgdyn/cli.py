@@ -16,6 +16,8 @@
     zgdyn two-phase --switch-s 1 1.5 2 3 --seeds 1 2 3 [--phase2-epochs N] [--jobs N]
     zgdyn perturb data/runs/s0.h5 [--zipf-s 1.5 3] [--eps 1e-6 1e-4] [--plot fig.png]
     zgdyn reproduce --suite quick|essay|FILE [--out data/report] [--report-only]
+    zgdyn sweep SWEEP.toml [--executor local|ray] [--address ADDR] [--jobs N] [--out DIR]
+    zgdyn sweep-report SWEEP_DIR [--json] [--figure FIG.png]
     zgdyn demo                        # the quick suite, about 10 minutes on 2 cores
     zgdyn bench [--json]
 

@@ -66,11 +66,13 @@ class SweepRun:
 
 @dataclass(frozen=True)
 class Sweep:
-    name: str
+    """A sweep file, validated (see the module docstring)."""
+
+    name: str  # names the default directory, data/sweeps/<name>, and identifies the sweep
     description: str
-    base: dict[str, Any]
-    grid: dict[str, list[Any]]
-    points: list[dict[str, Any]]
+    base: dict[str, Any]  # flat config fields for every run
+    grid: dict[str, list[Any]]  # field -> values; the runs are the cartesian product
+    points: list[dict[str, Any]]  # explicit runs (flat fields), each crossed with the grid
     num_cpus: float = 1.0  # per run: Ray's request, and a local run's torch threads
     num_gpus: float = 0.0  # per run: Ray's request
     source: str = ""
@@ -305,8 +307,9 @@ def _ray_backend(ray: Any, sweep: Sweep, threads: int,
 
 
 def _connect_ray(address: str | None, cpus: int | None) -> tuple[Any, bool]:
-    """Ray, connected to the cluster at `address` (or to the instance this process already
-    runs, or a new local one); and whether this call started the connection."""
+    """Ray, connected to the cluster at `address` or RAY_ADDRESS (or to the instance this
+    process already runs, or a new local one of `cpus` CPUs); and whether this call
+    connected."""
     try:
         import ray
     except ImportError:
@@ -314,11 +317,12 @@ def _connect_ray(address: str | None, cpus: int | None) -> tuple[Any, bool]:
     if ray.is_initialized():
         return ray, False
     import logging
+    address = address or os.environ.get("RAY_ADDRESS")
     try:
         if address:
             ray.init(address=address, logging_level=logging.WARNING)
-        else:
-            ray.init(num_cpus=cpus, logging_level=logging.WARNING)
+        else:  # "local": a new instance, never a stale one from an earlier `ray start`
+            ray.init(address="local", num_cpus=cpus, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ZgdynError(f"ray: cannot connect to {address or 'a local instance'}: "
                          f"{_one_line(e)}") from None
@@ -336,9 +340,9 @@ def run_sweep(sweep: Sweep, out: str | Path, *, executor: str = "local",
 
     executor "local": `jobs` processes (default: the cores / the sweep's num_cpus) of
     `threads` torch threads (default: num_cpus). "ray": one Ray task per run with the
-    sweep's [resources], on the cluster at `address` (default: Ray's own choice: the
-    instance this process is connected to, RAY_ADDRESS, or a new local one of `jobs` ×
-    num_cpus CPUs); with a cluster, `out` must be on storage every node sees.
+    sweep's [resources], on the cluster at `address` (default: the instance this process
+    is connected to, else RAY_ADDRESS, else a new local one of `jobs` × num_cpus CPUs);
+    with a cluster, `out` must be on storage every node sees.
     Returns {"runs": [{label, fields, path, planned, note, ok, error, seconds}], ...}.
     """
     if executor not in EXECUTORS:
@@ -349,6 +353,8 @@ def run_sweep(sweep: Sweep, out: str | Path, *, executor: str = "local",
     if address is not None and executor != "ray":
         raise ZgdynError("address: only with executor ray")
     out = Path(out).resolve()
+    if out.exists() and not out.is_dir():
+        raise ZgdynError(f"{out}: is a file; a sweep needs a directory")
     old = read_sweep_dir(out)
     if old is not None and old.get("name") != sweep.name:
         raise ZgdynError(f"{out}: holds another sweep ({old.get('name')!r}, this one is "
@@ -358,6 +364,7 @@ def run_sweep(sweep: Sweep, out: str | Path, *, executor: str = "local",
                          "another directory")
     runs = sweep.runs()
     valid = [r for r in runs if r.config is not None]
+    # a suite's RunSpec, with the run's label as its variant
     specs = [RunSpec("sweep", r.label, float(r.config.data.zipf_s), r.config.seed, r.config,
                      out / "runs" / f"{r.label}.h5") for r in valid]
     tasks = plan(specs)  # refuses a run file holding another config, before anything starts
