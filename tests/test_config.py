@@ -5,7 +5,8 @@ import pytest
 from zgdyn.config import Config, ConfigError, flatten, from_dict, from_flat, load_toml
 
 EXPERIMENTS = sorted(p for p in (Path(__file__).parent.parent / "experiments").glob("*.toml")
-                     if not p.name.startswith("suite_"))  # suites are tested in test_suite
+                     if not p.name.startswith(("suite_", "sweep_")))  # tested in test_suite
+                                                                       # and test_sweep
 
 
 def test_round_trips_through_dict_and_flat():

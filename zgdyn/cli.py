@@ -16,6 +16,8 @@
     zgdyn two-phase --switch-s 1 1.5 2 3 --seeds 1 2 3 [--phase2-epochs N] [--jobs N]
     zgdyn perturb data/runs/s0.h5 [--zipf-s 1.5 3] [--eps 1e-6 1e-4] [--plot fig.png]
     zgdyn reproduce --suite quick|essay|FILE [--out data/report] [--report-only]
+    zgdyn sweep SWEEP.toml [--executor local|ray] [--address ADDR] [--jobs N] [--out DIR]
+    zgdyn sweep-report SWEEP_DIR [--json] [--figure FIG.png]
     zgdyn demo                        # the quick suite, about 10 minutes on 2 cores
     zgdyn bench [--json]
 
@@ -109,10 +111,14 @@ def _add_plugin_flag(p: argparse.ArgumentParser) -> None:
 def _add_suite_flags(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--out", type=Path, default=Path(out), metavar="DIR",
                    help=f"runs go to DIR/runs/<suite>, the report to DIR (default {out})")
+    _add_pool_flags(p, "the cores", "the cores / jobs")
+
+
+def _add_pool_flags(p: argparse.ArgumentParser, jobs: str, threads: str) -> None:
     p.add_argument("--jobs", type=int, metavar="N",
-                   help="runs at a time, each in its own process (default: the cores)")
+                   help=f"runs at a time, each in its own process (default: {jobs})")
     p.add_argument("--threads", type=int, metavar="N",
-                   help="torch threads per run (default: the cores / jobs)")
+                   help=f"torch threads per run (default: {threads})")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
     _add_plugin_flag(p)
@@ -785,6 +791,71 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_reproduce(args)
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import SWEEPS_DIR, load_sweep, run_sweep
+
+    _load_plugins(args)
+    sweep = load_sweep(args.sweep)
+    result = run_sweep(sweep, args.out or SWEEPS_DIR / sweep.name, executor=args.executor,
+                       address=args.address, jobs=args.jobs, threads=args.threads,
+                       plugins=tuple(args.plugin or ()), progress=not args.no_progress)
+    if args.json:
+        _print_json(result)
+    else:
+        ran = [r for r in result["runs"] if r["planned"] in ("train", "resume")]
+        lines = [f"sweep {result['name']}: {len(result['runs'])} runs in {result['out']} "
+                 f"({len(ran)} run now, {len(result['failed'])} failed; "
+                 f"{result['seconds'] / 60:.1f} min, {result['executor']})"]
+        lines += [f"failed: {label}: {e}" for label, e in result["failed"].items()]
+        lines.append(f"report: zgdyn sweep-report {result['out']}")
+        sys.stdout.write("\n".join(lines) + "\n")
+    return 1 if result["failed"] else 0
+
+
+def format_sweep_report(r: dict[str, Any]) -> str:
+    """The sweep's table: one row per run, its varied fields and its scorecard."""
+    axes = r["axes"]
+    widths = [max(len(a), *(len(f"{x['fields'][a]}") for x in r["rows"])) for a in axes]
+    head = " ".join(f"{a:>{w}}" for a, w in zip(axes, widths))
+    lines = [f"sweep {r['name']} in {r['out']}: {len(r['rows'])} runs",
+             f"{head} {'status':>11} {'epochs':>8} {'first>=95%':>10} {'>=95%':>6} "
+             f"{'collapses':>9} {'coll/100k':>9} {'period':>7} {'final':>6}"]
+    for x in r["rows"]:
+        c = x["card"] or {}
+        cells = " ".join(f"{x['fields'][a]!s:>{w}}" for a, w in zip(axes, widths))
+        first = _opt(c.get("first_95"), ",d").replace("-", "never") if c else "-"
+        lines.append(f"{cells} {x['status']:>11} {_opt(c.get('epochs_done'), ',d'):>8} "
+                     f"{first:>10} {_pct(c.get('frac_above_95')):>6} "
+                     f"{_opt(c.get('collapses'), 'd'):>9} "
+                     f"{_opt(c.get('collapses_per_100k'), '.2f'):>9} "
+                     f"{_opt(c.get('period_mean'), ',.0f'):>7} "
+                     f"{_pct(c.get('final_test_acc')):>6}")
+    lines += [f"failed: {x['label']}: {x['error']}" for x in r["rows"] if x["error"]]
+    return "\n".join(lines) + "\n"
+
+
+def cmd_sweep_report(args: argparse.Namespace) -> int:
+    from .sweep import sweep_report
+
+    r = sweep_report(args.sweep_dir, x=args.x, y=args.y)
+    figure = args.figure or args.sweep_dir / "phase_diagram.png"
+    outs = []
+    if r["phase"] is not None and any(x["card"] for x in r["rows"]):
+        from .plots import plot_phase_diagram, save
+        outs = _figure_paths(figure, force=True)
+        fig = plot_phase_diagram(r["phase"], title=f"sweep {r['name']}: mean over runs "
+                                 "at each point")
+        figure.parent.mkdir(parents=True, exist_ok=True)
+        for o in outs:
+            save(fig, str(o))
+    if args.json:
+        _print_json({**r, "figures": [str(o) for o in outs]})
+    else:
+        sys.stdout.write(format_sweep_report(r) + (f"wrote {', '.join(map(str, outs))}\n"
+                                                   if outs else ""))
+    return 0
+
+
 # -- parser ---------------------------------------------------------------------------------
 
 
@@ -1003,6 +1074,37 @@ def build_parser() -> argparse.ArgumentParser:
                        "and its collapse, the saddle table (about 10 min on 2 cores)")
     _add_suite_flags(p, "data/report")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("sweep", help="run a grid of runs over any config fields, on this "
+                       "machine or a Ray cluster", description="Runs every run of a sweep "
+                       "file (see zgdyn.sweep) into SWEEP_DIR/runs, resumably: finished runs "
+                       "are skipped, interrupted ones resumed; a failing run is reported and "
+                       "the others go on.")
+    p.add_argument("sweep", type=Path, metavar="SWEEP.toml")
+    p.add_argument("--out", type=Path, metavar="SWEEP_DIR",
+                   help="the sweep's directory (default data/sweeps/<name>); with a Ray "
+                   "cluster, on storage every node sees")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: a process pool here (default); ray: one Ray task per run")
+    p.add_argument("--address", metavar="ADDR",
+                   help="the Ray cluster's head, HOST:PORT (default: RAY_ADDRESS, or a "
+                   "local Ray instance)")
+    _add_pool_flags(p, "the cores / [resources] num_cpus; local only",
+                    "[resources] num_cpus")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("sweep-report", help="a sweep's runs with their scorecards, and its "
+                       "phase diagram", description="One row per run: its fields, first >= "
+                       "95%%, time above 95%%, collapses per 100k epochs, mean period; and a "
+                       "figure of collapse frequency and time above 95%% over the (s, wd) "
+                       "plane (mean over the other fields).")
+    p.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR")
+    p.add_argument("--x", metavar="FIELD", help="the figure's x axis (default zipf_s)")
+    p.add_argument("--y", metavar="FIELD", help="the figure's y axis (default weight_decay)")
+    p.add_argument("--figure", type=Path, metavar="FIG.png",
+                   help="default SWEEP_DIR/phase_diagram.png (+ .pdf), rewritten each time")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_sweep_report)
 
     p = sub.add_parser("bench", help="throughput against a plain PyTorch loop, side by side")
     p.add_argument("--epochs", type=int, default=400, help="epochs per timed run")

@@ -267,18 +267,23 @@ def from_dict(d: dict[str, Any]) -> Config:
     return from_flat(flat)
 
 
+def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """The table of a TOML file; a one-line ConfigError naming `what` if it cannot be read."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path}: no such file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{what} {path}: not valid TOML ({e})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{what} {path}: cannot be read ({e})") from None
+
+
 def load_toml(path: str | Path) -> Config:
     """Read a config from a TOML file with optional [data] [model] [optim] [schedule] [record]."""
     path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            d = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path}: no such file") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path}: not valid TOML ({e})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file {path}: cannot be read ({e})") from None
+    d = read_toml(path)
     try:
         return from_dict(d)
     except TypeError as e:  # e.g. a value of the wrong shape in a section

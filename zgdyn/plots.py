@@ -385,3 +385,46 @@ def run_figure(path: str, kind: str, *, epoch_from: float | None = None,
     if missing:
         raise ZgdynError(f"epochs: {missing} have no analyzed checkpoint")
     return plot_spectrum(analysis, epochs, key=analysis["attrs"]["settings"]["key"], title=title)
+
+
+PHASE_LABELS = {"collapses_per_100k": "collapses per 100k epochs",
+                "frac_above_95": "time above 95% test accuracy"}
+
+
+def _tick(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else "" if v is None else str(v)
+
+
+def plot_phase_diagram(phase: dict[str, Any], *, title: str = "") -> Figure:
+    """One heat map per metric of a sweep's phase grid (`zgdyn.sweep.phase_grid`): the
+    metric's mean at each (x, y) point, written in its cell; grey where no run has it."""
+    from matplotlib import colormaps
+
+    metrics = [k for k in phase if k not in ("x", "y", "xs", "ys", "n")]
+    xs, ys = phase["xs"], phase["ys"]
+    fig = Figure(figsize=(1.2 + 4.2 * len(metrics), 1.4 + 0.55 * max(len(ys), 3)),
+                 layout="constrained")
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, m in zip(axes, metrics):
+        z = np.array(phase[m], dtype=float)  # (len(ys), len(xs)); None -> NaN
+        pct = m.startswith("frac")
+        cmap = colormaps["viridis" if pct else "magma"].with_extremes(bad="0.55")
+        top = 1.0 if pct or not np.isfinite(z).any() else max(float(np.nanmax(z)), 1e-9)
+        im = ax.imshow(np.ma.masked_invalid(z), origin="lower", aspect="auto", cmap=cmap,
+                       vmin=0, vmax=top)
+        for i in range(len(ys)):
+            for j in range(len(xs)):
+                v = z[i, j]
+                text = "–" if not np.isfinite(v) else f"{100 * v:.0f}%" if pct else f"{v:.2g}"
+                bright = np.isfinite(v) and im.norm(v) > 0.6
+                ax.text(j, i, text, ha="center", va="center", fontsize=9,
+                        color="black" if bright else "white")
+        ax.set_xticks(range(len(xs)), [_tick(v) for v in xs])
+        ax.set_yticks(range(len(ys)), [_tick(v) for v in ys])
+        ax.set_xlabel(phase["x"])
+        ax.set_ylabel(phase["y"] or "")
+        ax.set_title(PHASE_LABELS.get(m, m), fontsize=10)
+        fig.colorbar(im, ax=ax, shrink=0.9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig

@@ -334,14 +334,21 @@ def _run_task(index: int, path: str, config_json: str, action: str,
 _LOCAL_SEND: list[Callable[[tuple[int, int, int]], None]] = [lambda msg: None]
 
 
+# runs tasks elsewhere: backend(todo, args, receive, done) calls done(i, result) for every
+# task index in `todo`, with args(i) the arguments of `_run_task`, and passes each progress
+# message (i, epoch, end epoch) to receive
+Backend = Callable[[list[int], Callable[[int], tuple], Callable, Callable], None]
+
+
 def execute(tasks: list[Task], *, jobs: int = 1, threads: int | None = None,
             plugins: tuple[str, ...] = (), progress: bool = False,
-            desc: str = "runs") -> list[dict[str, Any]]:
+            desc: str = "runs", backend: Backend | None = None) -> list[dict[str, Any]]:
     """Run the "train" and "resume" tasks, `jobs` at a time. Returns one result per task:
     {"path", "action", "ok", "error", "seconds"}; "done" tasks are ok with 0 seconds.
 
     jobs > 1 runs each task in its own process (spawned) with `threads` torch threads
-    (default: the cores divided among the jobs); jobs = 1 runs them here, one by one.
+    (default: the cores divided among the jobs); jobs = 1 runs them here, one by one;
+    a `backend` (a cluster's scheduler, see zgdyn.sweep) runs them wherever it runs them.
     """
     import multiprocessing as mp
 
@@ -390,7 +397,11 @@ def execute(tasks: list[Task], *, jobs: int = 1, threads: int | None = None,
         return (i, str(t.spec.path), t.spec.config.to_json(), t.action, t.changes)
 
     try:
-        if jobs == 1:
+        if backend is not None:
+            for i in todo:
+                tasks[i].spec.path.parent.mkdir(parents=True, exist_ok=True)
+            backend(todo, args, receive, done)
+        elif jobs == 1:
             old_threads = torch.get_num_threads()
             torch.set_num_threads(threads)
             _LOCAL_SEND[0] = receive
