@@ -3,6 +3,7 @@
     zgdyn train --zipf-s 1.5 --epochs 100000 --out data/runs/s1.5.h5
     zgdyn train --config experiments/two_phase_s1.5.toml
     zgdyn train --resume --out data/runs/s1.5.h5 [--epochs 200000]
+    zgdyn train --zipf-s 0 1 1.5 2 --seeds 1 2 3 [--out DIR] [--ensemble-size K]
     zgdyn info data/runs/s1.5.h5 [--json]
     zgdyn verify data/runs/s1.5.h5 [--json]
     zgdyn analyze data/runs/s1.5.h5 [--key-freqs fixed|auto] [--ref-epoch E] [--json]
@@ -19,7 +20,7 @@
     zgdyn sweep SWEEP.toml [--executor local|ray] [--address ADDR] [--jobs N] [--out DIR]
     zgdyn sweep-report SWEEP_DIR [--json] [--figure FIG.png]
     zgdyn demo                        # the quick suite, about 10 minutes on 2 cores
-    zgdyn bench [--json]
+    zgdyn bench [--device cuda] [--ensemble-sizes 1 8 64] [--json]
 
 Bad input gets a one-line error on stderr and exit code 2; nothing is written.
 """
@@ -221,6 +222,8 @@ def _train_ensemble(args: argparse.Namespace, configs: list[Config], vary: tuple
                      f"the file name {args.out}")
     if args.resume and args.force:
         return _fail("--resume and --force exclude each other")
+    if args.resume and args.config is not None:
+        return _fail("--resume takes the configs stored in the runs; drop --config")
     folder = args.out or RUNS_DIR
     paths = [folder / _default_out(cfg, vary).name for cfg in configs]
     size = args.ensemble_size or len(configs)

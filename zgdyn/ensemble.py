@@ -39,8 +39,6 @@ from .train import Callback, Trainer
 SHARED = ("p", "train_frac", "hidden", "dtype", "device")  # what members must agree on
 OPTIM = ("lr", "weight_decay", "beta1", "beta2", "eps")
 MODES = ("auto", "batched", "members")
-
-
 SMALL_STEP_FLOP = 50e6  # below this much matmul work per member-epoch, batch on a CPU
 
 
