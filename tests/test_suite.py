@@ -312,3 +312,27 @@ def test_ctrl_c_stops_every_run_at_a_keyframe_and_the_suite_resumes(tmp_path, jo
         **BASE, "lr": 3e-3}, "single": {"zipf_s": [0, 2], "epochs": 200000}}).runs(tmp_path))
     assert {t.action for t in tasks if t.spec.path in files} == {"resume"}
     count("suites interrupted with Ctrl-C")
+
+
+def test_a_suite_trained_as_one_ensemble_shows_the_same_split(tiny, tmp_path):
+    """--ensemble: the runs as batched ensemble members in this process; the same split
+    as the process pool's runs, the same first grokking epochs within one evaluation."""
+    suite, _, pooled = tiny
+    result = run_suite(suite, tmp_path, analyze=False, ensemble=0)
+    assert not result["errors"]
+    assert {c["status"] for c in result["cards"]} == {"complete"}
+    rows = {(r["table"], r["s"]): r for r in result["tables"]}
+    assert rows[("two_phase", 1.0)]["phase2_mean_test"]["mean"] > 0.85
+    assert rows[("two_phase", 3.0)]["phase2_mean_test"]["mean"] < 0.10
+    first = {c["path"].split("/")[-1]: c["first_95"] for c in result["cards"]}
+    for card in pooled["cards"]:
+        name = card["path"].split("/")[-1]
+        assert abs(first[name] - card["first_95"]) <= 50, name
+    again = run_suite(suite, tmp_path, analyze=False, ensemble=2)
+    assert {r["action"] for r in again["results"]} == {"done"}
+
+
+def test_suite_ensemble_flag_bad_values_are_one_line(tmp_path, capsys):
+    assert main(["two-phase", "--switch-s", "1", "--ensemble", "-1", "--out",
+                 str(tmp_path)]) == 2
+    assert "--ensemble: must be" in capsys.readouterr().err

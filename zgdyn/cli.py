@@ -109,10 +109,16 @@ def _add_plugin_flag(p: argparse.ArgumentParser) -> None:
                    "(--hook NAME), see zgdyn.hooks (repeatable)")
 
 
-def _add_suite_flags(p: argparse.ArgumentParser, out: str) -> None:
+def _add_suite_flags(p: argparse.ArgumentParser, out: str, *, device: bool = True) -> None:
     p.add_argument("--out", type=Path, default=Path(out), metavar="DIR",
                    help=f"runs go to DIR/runs/<suite>, the report to DIR (default {out})")
     _add_pool_flags(p, "the cores", "the cores / jobs")
+    if device:  # (two-phase has it among its config flags)
+        p.add_argument("--device", metavar="DEVICE",
+                       help="every run's device: cpu | cuda | cuda:N (default: the suite's)")
+    p.add_argument("--ensemble", type=int, nargs="?", const=0, metavar="K",
+                   help="train the runs in this process as ensembles of up to K members "
+                   "(all at once without K) instead of a process pool: the way on a GPU")
 
 
 def _add_pool_flags(p: argparse.ArgumentParser, jobs: str, threads: str) -> None:
@@ -679,9 +685,12 @@ def _run_suite_cli(args: argparse.Namespace, suite: Any, *, analyze: bool = True
     jobs = args.jobs if args.jobs is not None else max(1, os.cpu_count() or 1)
     stage = (lambda name: sys.stderr.write(f"zgdyn: {name} ...\n")) \
         if not args.no_progress and not args.json else (lambda name: None)
+    if args.ensemble is not None and args.ensemble < 0:
+        raise ZgdynError(f"--ensemble: must be an integer >= 1, got {args.ensemble}")
     kw = dict(jobs=jobs, threads=args.threads, plugins=tuple(args.plugin or ()),
               progress=not args.no_progress, report_only=report_only, only=only,
-              on_stage=stage)
+              on_stage=stage, ensemble=args.ensemble,
+              device=_device(args.device) if getattr(args, "device", None) else None)
     if isinstance(suite, str):
         return reproduce(suite, args.out, seeds=seeds, **kw)
     return run_suite(suite, args.out, analyze=analyze, **kw)
@@ -1031,7 +1040,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, metavar="FILE.toml", help="base config")
     p.add_argument("--name", default="two-phase",
                    help="the runs go to OUT/runs/NAME (default two-phase)")
-    _add_suite_flags(p, "data")
+    _add_suite_flags(p, "data", device=False)
     _add_config_flags(p, skip=("switch_s", "seed"))
     p.set_defaults(func=cmd_two_phase)
 

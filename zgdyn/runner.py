@@ -138,15 +138,15 @@ class MemberResult:
 
 def train_ensemble(configs: list[Config], paths: list[str | Path], *, force: bool = False,
                    progress: bool = False, mode: str = "auto",
-                   resume: bool = False,
-                   changes: dict[str, Any] | None = None) -> list[MemberResult]:
+                   resume: bool = False, changes: dict[str, Any] | None = None,
+                   callbacks: list[list[Callback]] | None = None) -> list[MemberResult]:
     """Train `configs` as one ensemble (`zgdyn.ensemble`), member k to run file `paths[k]`.
 
-    Every file is an ordinary run file, bitwise the solo run's on a CPU. With `resume`,
-    `paths` are existing run files continued from their last keyframes (`changes` as in
-    `resume_run`) and `configs` is ignored. Existing files are refused before anything is
+    Every file is an ordinary run file (bitwise the solo run's in "members" mode). With
+    `resume`, `paths` are existing run files continued from their last keyframes
+    (`changes` as in `resume_run`) and `configs` is ignored. Existing files are refused before anything is
     written (unless `force`). A member that fails leaves and the others go on; its error is
-    in its result and its file keeps its last keyframe.
+    in its result and its file keeps its last keyframe. `callbacks[k]` hear member k.
     """
     from .ensemble import Ensemble, check_members
 
@@ -178,7 +178,8 @@ def train_ensemble(configs: list[Config], paths: list[str | Path], *, force: boo
         for cfg, trainer, path in zip(configs, trainers, paths):
             writers.append(RunWriter.create(path, cfg, trainer, force=force))
     ensemble = Ensemble(trainers=trainers, mode=mode)
-    cbs: list[list[Callback]] = [[w] for w in writers]
+    cbs: list[list[Callback]] = [[w, *(callbacks[k] if callbacks else [])]
+                                 for k, w in enumerate(writers)]
     if progress:
         bar = EnsembleProgress(trainers)
         for c in cbs:

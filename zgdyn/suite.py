@@ -40,7 +40,7 @@ import re
 import time
 import tomllib
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -340,6 +340,52 @@ _LOCAL_SEND: list[Callable[[tuple[int, int, int]], None]] = [lambda msg: None]
 Backend = Callable[[list[int], Callable[[int], tuple], Callable, Callable], None]
 
 
+def ensemble_backend(size: int | None = None, *, mode: str = "auto") -> Backend:
+    """A backend that trains the tasks here as ensembles (`zgdyn.ensemble`) of at most
+    `size` members: runs that share their shapes, fresh ones and resumed ones apart. On a
+    GPU this is the fast way through a suite."""
+
+    def run(todo: list[int], args: Callable[[int], tuple], receive: Callable,
+            done: Callable) -> None:
+        import json
+
+        from .config import from_dict
+        from .ensemble import _shared
+        from .runner import train_ensemble
+
+        groups: dict[tuple, list[tuple[int, Config, str]]] = {}
+        for i in todo:
+            _, path, config_json, action, changes = args(i)
+            cfg = from_dict(json.loads(config_json))
+            groups.setdefault((action, json.dumps(changes, sort_keys=True), _shared(cfg)),
+                              []).append((i, cfg, path))
+        for (action, changes, _), members in groups.items():
+            step = size or len(members)
+            for start in range(0, len(members), step):
+                chunk = members[start:start + step]
+                t0 = time.perf_counter()
+                try:
+                    results = train_ensemble(
+                        [c for _, c, _ in chunk], [p for _, _, p in chunk],
+                        mode=mode, resume=action == "resume",
+                        changes=json.loads(changes) if action == "resume" else None,
+                        callbacks=[[_Report(i, receive)] for i, _, _ in chunk])
+                except ZgdynError as e:
+                    for i, _, _ in chunk:
+                        done(i, {"ok": False, "error": str(e), "seconds": 0.0})
+                    continue
+                seconds = time.perf_counter() - t0
+                for (i, _, _), r in zip(chunk, results):
+                    stopped = r.error is None and r.trainer.stopped_early
+                    done(i, {"ok": r.error is None and not stopped, "seconds": seconds,
+                             "error": "stopped (resume it by running the suite again)"
+                             if stopped else r.error, "stopped": stopped})
+                if any(r.trainer.stopped_early for r in results):
+                    raise KeyboardInterrupt  # Ctrl-C: start nothing more
+
+    return run
+
+
 def execute(tasks: list[Task], *, jobs: int = 1, threads: int | None = None,
             plugins: tuple[str, ...] = (), progress: bool = False,
             desc: str = "runs", backend: Backend | None = None) -> list[dict[str, Any]]:
@@ -507,12 +553,15 @@ def _perturb_settings(sec: dict[str, Any]) -> dict[str, Any]:
 def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | None = None,
               plugins: tuple[str, ...] = (), progress: bool = False,
               report_only: bool = False, only: tuple[str, ...] | None = None,
-              analyze: bool = True,
+              analyze: bool = True, device: str | None = None,
+              ensemble: int | None = None,
               on_stage: Callable[[str], None] = lambda stage: None) -> dict[str, Any]:
     """Run (unless `report_only`; with `only`, just the runs of those tables) and analyze
     every run of `suite` under `out`/runs/<name>; return everything the report shows.
     `on_stage` hears the name of each stage as it starts. With `analyze` False, runs are
-    only scored (no Fourier analysis, no saddle table, no perturbations)."""
+    only scored (no Fourier analysis, no saddle table, no perturbations). `device` sets
+    every run's device; `ensemble` (K, or 0 for all at once) trains the runs here as
+    ensembles of up to K members instead of in a process pool."""
     from .analyze import analyze_run
     from .data import stats_table
     from .perturb import perturb_run, stored_perturb
@@ -523,14 +572,18 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | No
     t0 = time.perf_counter()
     out = Path(out)
     specs = suite.runs(out)
+    if device is not None:
+        specs = [replace(sp, config=sp.config.replace(device=device)) for sp in specs]
     tasks = plan(specs)
     for t in tasks:  # runs left out this time: reported as not run
         if t.action in ("train", "resume") and (report_only or (only is not None
                                                                  and t.spec.table not in only)):
             t.action, t.note = "skipped", f"not run: {t.note or 'no file yet'}"
     on_stage("runs")
+    backend = None if ensemble is None else ensemble_backend(ensemble or None)
     results = execute(tasks, jobs=jobs, threads=threads, plugins=plugins,
-                      progress=progress and not report_only, desc=f"{suite.name}: runs")
+                      progress=progress and not report_only, desc=f"{suite.name}: runs",
+                      backend=backend)
     t_runs = time.perf_counter() - t0
     on_stage("analysis")
     cards: dict[str, dict[str, Any]] = {}
