@@ -112,6 +112,10 @@ def test_a_finished_suite_is_skipped_and_reports_again(tiny):
     assert {(r["action"], r["seconds"]) for r in again["results"]} == {("done", 0.0)}
     assert again["tables"] == result["tables"]
     assert again["saddle"]["stored"]  # read back, not recomputed
+    assert [r["converged"] for r in again["saddle"]["rows"]] == \
+        [r["converged"] for r in result["saddle"]["rows"]]
+    from zgdyn.cli import format_saddle
+    assert format_saddle(again["saddle"]) == format_saddle(result["saddle"])
     assert [r["growth_rate"] for r in again["saddle"]["rows"]] == \
         [r["growth_rate"] for r in result["saddle"]["rows"]]
     assert again["perturb"]["rows"] == result["perturb"]["rows"]

@@ -149,7 +149,7 @@ def perturb_run(path: str | Path, *, epoch: int | None = None,
                                                                      o.weight_decay)[0])
                 v = rec["eigenvectors"][:, -1]  # flattened in the checkpoint's name order
                 v = _flat({n: x for n, x in zip(point.like, _split(v, point.like))}, names)
-            vecs[d] = (v / v.norm()).to(theta0.dtype)
+            vecs[d] = (v / v.norm()).to(theta0)  # dtype and device
         predictions.append(pred)
         trainers = []
         for d in directions:

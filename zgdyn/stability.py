@@ -225,7 +225,7 @@ def saddle_table(path: str, *, epoch: int | None = None,
               "monotone_growth": bool(np.all(np.diff([r["growth_rate"] for r in rows]) >= 0))}
     if store:
         cols = {c: np.array([r[c] for r in rows], dtype=np.float64)
-                for c in rows[0] if c not in ("converged",)}
+                for c in rows[0]}  # converged as 1.0 / 0.0
         _write(path, f"saddle/epoch{epoch}_{dtype}", {k: v for k, v in result.items()
                                                       if k != "rows"},
                {**cols, "bottom_direction": np.stack(bottom_vecs)})

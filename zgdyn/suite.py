@@ -525,6 +525,8 @@ def _stored_saddle(path: Path, epoch: int, dtype: str,
         return None
     cols = [k for k in a if k not in ("attrs", "bottom_direction")]
     rows = [{c: float(a[c][i]) for c in cols} for i in range(len(a["zipf_s"]))]
+    for row in rows:  # files written before convergence was stored: unknown, say no
+        row["converged"] = bool(row.get("converged", 0.0))
     return {**a["attrs"]["settings"], "rows": rows, "stored": True}
 
 
