@@ -159,11 +159,6 @@ def _gemm_gflops(n: int = 2048, iters: int = 10, device: str = "cpu") -> dict[st
     return out
 
 
-def useful_flops_per_epoch(p: int, hidden: tuple[int, ...], n_train: int) -> float:
-    """Forward + backward matmul FLOPs of one full-batch epoch with a gather first layer."""
-    return matmul_flops(p, hidden, n_train)
-
-
 def run_bench(*, epochs: int = 400, repeats: int = 5, p: int = 97, device: str = "cpu",
               ensemble_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 64),
               ensemble_model_epochs: int = 1600, analysis: bool = True,
@@ -187,7 +182,7 @@ def run_bench(*, epochs: int = 400, repeats: int = 5, p: int = 97, device: str =
             times["zgdyn_record"].append(_zgdyn_loop(cfg, tmp))
     ms = {k: 1e3 * statistics.median(v) / epochs for k, v in times.items()}
     n_train = int(p * p * cfg.data.train_frac)
-    flops = useful_flops_per_epoch(p, cfg.model.hidden, n_train)
+    flops = matmul_flops(p, cfg.model.hidden, n_train)
     gemm = _gemm_gflops(device=device)
     ens = (bench_ensembles(cfg, tuple(ensemble_sizes), model_epochs=ensemble_model_epochs,
                            repeats=min(repeats, 3)) if ensemble_sizes else None)
@@ -265,9 +260,10 @@ def bench_analysis(p: int = 97, hidden: tuple[int, ...] = (128, 128), n: int = 2
 def format_bench(r: dict[str, Any]) -> str:
     ms, eps = r["ms_per_epoch"], r["epochs_per_s"]
     s = r["setup"]
+    window = s.get("window", 100)  # files from before the flag: the default
     lines = [f"p = {s['p']}, hidden {s['hidden']}, {s['epochs']} epochs x {s['repeats']} "
              f"alternating repeats, evaluation every {s['eval_every']}, collapse "
-             f"detector {'window ' + str(s.get('window', 100)) if s.get('window', 100) else 'off'}, "
+             f"detector {f'window {window}' if window else 'off'}, "
              f"{r['machine']['torch_threads']} threads",
              f"{'variant':<34}{'ms/epoch':>10}{'epochs/s':>10}{'vs plain':>10}"]
     names = {"plain": "plain PyTorch loop", "zgdyn": "zgdyn",

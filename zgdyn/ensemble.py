@@ -33,8 +33,8 @@ from torch import Tensor
 
 from .config import Config, ConfigError
 from .model import matmul_flops
-from .step import FusedStep, adamw_update
-from .train import Callback, Trainer
+from .step import FusedStep, adamw_update, dense_layers
+from .train import Callback, Trainer, adam_scale_of
 
 SHARED = ("p", "train_frac", "hidden", "dtype", "device")  # what members must agree on
 OPTIM = ("lr", "weight_decay", "beta1", "beta2", "eps")
@@ -61,8 +61,7 @@ def _rows(k: int, n: int, *, dtype: torch.dtype, device: torch.device) -> Tensor
 
 def step_flop(step: FusedStep) -> float:
     """Matmul FLOPs of one full-batch epoch of `step`."""
-    return matmul_flops(step.p, tuple(s[0] for k, s in step.shapes.items()
-                                      if k.endswith(".weight"))[:-1], step.a.numel())
+    return matmul_flops(step.p, step.hidden, step.a.numel())
 
 
 def _shared(cfg: Config) -> tuple:
@@ -166,11 +165,7 @@ class EnsembleStep:
         h = torch.index_select(w1t, 0, a)
         h = h.add_(torch.index_select(w1t, 0, pb)).view(k, a.numel() // k, -1)
         h.add_(pr["fc1.bias"][:, None, :]).relu_()  # (K, m, h1)
-        acts = [h]
-        for name in self.layers[1:]:
-            h = self._linear(h, pr[f"{name}.weight"], pr[f"{name}.bias"], relu=name != "out")
-            acts.append(h)
-        return acts
+        return dense_layers(h, pr, self.layers, self._linear)
 
     @torch.no_grad()
     def logits(self, a: Tensor, b: Tensor) -> Tensor:
@@ -182,11 +177,9 @@ class EnsembleStep:
 
     def adam_scales(self) -> list[float]:
         """Every member's Adam scale, as `Trainer.adam_scale` (one sync for all)."""
-        mean_v = self.exp_avg_sq.sum(1, dtype=torch.float64) / self.exp_avg_sq.shape[1]
-        out = []
-        for st, v in zip(self.steps, mean_v.tolist()):
-            out.append(0.0 if st.t == 0 else (v / (1.0 - st.optim.beta2 ** st.t)) ** 0.5)
-        return out
+        sums = self.exp_avg_sq.sum(1, dtype=torch.float64).tolist()
+        n = self.exp_avg_sq.shape[1]
+        return [adam_scale_of(v, n, st.optim.beta2, st.t) for st, v in zip(self.steps, sums)]
 
     def _batched_loss_and_grad(self) -> Tensor:
         k, n, p = self.K, self.n, self.p

@@ -144,9 +144,10 @@ def train_ensemble(configs: list[Config], paths: list[str | Path], *, force: boo
 
     Every file is an ordinary run file (bitwise the solo run's in "members" mode). With
     `resume`, `paths` are existing run files continued from their last keyframes
-    (`changes` as in `resume_run`) and `configs` is ignored. Existing files are refused before anything is
-    written (unless `force`). A member that fails leaves and the others go on; its error is
-    in its result and its file keeps its last keyframe. `callbacks[k]` hear member k.
+    (`changes` as in `resume_run`) and `configs` is ignored. Existing files are refused
+    before anything is written (unless `force`). A member that fails leaves and the others
+    go on; its error is in its result and its file keeps its last keyframe. `callbacks[k]`
+    hear member k.
     """
     from .ensemble import Ensemble, check_members
 

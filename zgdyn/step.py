@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -47,6 +48,17 @@ def _mkldnn_linear_available() -> bool:
                                                                 "_linear_pointwise")
     except (AttributeError, RuntimeError):
         return False
+
+
+def dense_layers(h: Tensor, params: dict[str, Tensor], layers: list[str],
+                 linear: Callable[[Tensor, Tensor, Tensor | None, bool], Tensor]) -> list[Tensor]:
+    """Activations [h, ..., logits]: `h` through every layer after the first, each
+    linear(x, weight, bias, relu) with relu on all but "out" (solo or batched alike)."""
+    acts = [h]
+    for name in layers[1:]:
+        h = linear(h, params[f"{name}.weight"], params[f"{name}.bias"], name != "out")
+        acts.append(h)
+    return acts
 
 
 Hyper = float | list[float]  # a number, or one number per member of an ensemble
@@ -100,6 +112,7 @@ class FusedStep:
                  optim: OptimConfig, dtype: str = "float32", device: str = "cpu",
                  use_onednn: bool | None = None) -> None:
         self.p = p
+        self.hidden = tuple(hidden)
         self.optim = optim
         self.device = torch.device(device)
         self.dtype = DTYPES[dtype]
@@ -183,11 +196,7 @@ class FusedStep:
         w1t = pr["fc1.weight"].t().contiguous()  # (2p, h1)
         h = torch.index_select(w1t, 0, a)
         h.add_(torch.index_select(w1t, 0, pb)).add_(pr["fc1.bias"]).relu_()  # (n, h1)
-        acts = [h]
-        for name in self.layers[1:]:
-            h = self._linear(h, pr[f"{name}.weight"], pr[f"{name}.bias"], relu=name != "out")
-            acts.append(h)
-        return acts
+        return dense_layers(h, pr, self.layers, self._linear)
 
     @torch.no_grad()
     def loss_and_grad(self) -> Tensor:

@@ -178,6 +178,11 @@ class Callback:
     def on_end(self, trainer: Trainer) -> None: ...
 
 
+def adam_scale_of(sum_v: float, n: int, beta2: float, t: int) -> float:
+    """sqrt(mean v_hat) from the sum of Adam's n second moments after t steps (0 at t = 0)."""
+    return 0.0 if t == 0 else math.sqrt(sum_v / n / (1.0 - beta2 ** t))
+
+
 def _weighted_mean(values: Tensor, w: Tensor) -> float:
     return float(torch.dot(values.double(), w.double()))
 
@@ -280,10 +285,8 @@ class Trainer:
     def adam_scale(self) -> float:
         """Adam's second-moment scale: sqrt(mean v_hat), the RMS gradient it divides by."""
         st = self.step
-        if st.t == 0:
-            return 0.0
-        mean_v = float(st.exp_avg_sq.sum(dtype=torch.float64)) / st.exp_avg_sq.numel()
-        return math.sqrt(mean_v / (1.0 - self.config.optim.beta2 ** st.t))
+        return adam_scale_of(float(st.exp_avg_sq.sum(dtype=torch.float64)),
+                             st.exp_avg_sq.numel(), self.config.optim.beta2, st.t)
 
     def _should_switch(self, metrics: dict[str, float] | None) -> bool:
         sch = self.config.schedule
@@ -386,7 +389,7 @@ class Trainer:
             self._switch()
             switched = True
             self._emit(callbacks, "on_switch")
-        last = e >= self.end_epoch or (self.stop_requested and not self.window_open)
+        last = self.finished
         closed = self.window_open and (self.watch.due(e) or switched or last)
         if closed:  # a switch or the end cuts a window short
             self._close_window(callbacks)
