@@ -33,7 +33,7 @@ from torch import Tensor
 
 from .config import Config, ConfigError
 from .model import matmul_flops
-from .step import FusedStep, adamw_update, dense_layers
+from .step import FusedStep, adamw_update, column_backprop, dense_layers, padded_rows
 from .train import Callback, Trainer, adam_scale_of
 
 SHARED = ("p", "train_frac", "hidden", "dtype", "device")  # what members must agree on
@@ -117,7 +117,10 @@ class EnsembleStep:
         two_p = 2 * self.p
         self.a = (torch.stack([st.a for st in steps]) + rows * two_p).view(-1)  # (K n,)
         self.pb = (torch.stack([st.pb for st in steps]) + rows * two_p).view(-1)
-        self.flat_y = (torch.stack([st._flat_y for st in steps]) + rows * n * self.p).view(-1)
+        self.pairs = torch.stack([self.a, self.pb], 1)  # (K n, 2)
+        self.flat_yt = (torch.stack([st._flat_yt for st in steps])
+                        + rows * self.p * n).view(-1)  # the targets in the logits (K, p, n)
+        self.dh1 = padded_rows((k, n, first.hidden[0]), **kw)
         self.onehot = None
         if first._onehot is not None:  # no atomics on a GPU: the first layer's grad by bmm
             self.onehot = torch.stack([st._onehot for st in steps])  # (K, n, 2p)
@@ -146,6 +149,14 @@ class EnsembleStep:
         y = torch.bmm(x, wt) if bias is None else torch.baddbmm(bias[:, None, :], x, wt)
         return y.relu_() if relu else y
 
+    def _gemm(self, x: Tensor, w: Tensor) -> Tensor:
+        """x @ w^T member by member (as `FusedStep._gemm`): x (K, m, d), w (K, o, d)."""
+        if self.use_onednn:
+            return torch.stack([torch.ops.mkldnn._linear_pointwise(x[i], w[i], None, "none",
+                                                                   [], "")
+                                for i in range(self.K)])
+        return torch.bmm(x, w.mT)
+
     @torch.no_grad()
     def loss_and_grad(self) -> Tensor:
         """Every member's weighted CE (K,) at its theta; fills the gradient rows."""
@@ -156,16 +167,21 @@ class EnsembleStep:
     def _members_loss_and_grad(self) -> Tensor:
         return torch.stack([st.loss_and_grad() for st in self.steps])
 
-    def forward(self, a: Tensor, pb: Tensor) -> list[Tensor]:
-        """Activations [h1, ..., logits], each (K, m, d), for pairs (a, p + b) given as flat
-        (K m,) indices into the members' stacked first-layer columns (K 2p, h1)."""
+    def _first_layer(self, pairs: Tensor) -> Tensor:
+        """h1 (K, m, h1) for token pairs (K m, 2) given as indices into the members' stacked
+        first-layer rows (K 2p, h1), as `FusedStep._first_layer`."""
         k, p = self.K, self.p
         pr = self.params
-        w1t = pr["fc1.weight"].transpose(1, 2).contiguous().view(k * 2 * p, -1)  # (K 2p, h1)
-        h = torch.index_select(w1t, 0, a)
-        h = h.add_(torch.index_select(w1t, 0, pb)).view(k, a.numel() // k, -1)
-        h.add_(pr["fc1.bias"][:, None, :]).relu_()  # (K, m, h1)
-        return dense_layers(h, pr, self.layers, self._linear)
+        rows = pr["fc1.weight"].transpose(1, 2).contiguous()  # (K, 2p, h1)
+        rows[:, :p].add_(pr["fc1.bias"][:, None, :])
+        h = torch.nn.functional.embedding_bag(pairs, rows.view(k * 2 * p, -1), mode="sum")
+        return h.view(k, pairs.shape[0] // k, -1).relu_()
+
+    def forward(self, a: Tensor, pb: Tensor) -> list[Tensor]:
+        """Activations [h1, ..., logits], each (K, m, d), for pairs (a, p + b) as in
+        `_first_layer`."""
+        return dense_layers(self._first_layer(torch.stack([a, pb], 1)), self.params,
+                            self.layers, self._linear)
 
     @torch.no_grad()
     def logits(self, a: Tensor, b: Tensor) -> Tensor:
@@ -182,33 +198,17 @@ class EnsembleStep:
         return [adam_scale_of(v, n, st.optim.beta2, st.t) for st, v in zip(self.steps, sums)]
 
     def _batched_loss_and_grad(self) -> Tensor:
-        k, n, p = self.K, self.n, self.p
-        pr, gr = self.params, self.grads
-        acts = self.forward(self.a, self.pb)
-        logp = torch.log_softmax(acts[-1], dim=2)  # (K, n, p)
-        loss = -(logp.view(-1)[self.flat_y].view(k, n) * self.w).sum(1)  # (K,)
-        dz = logp.exp_().mul_(self.w[:, :, None])  # w * softmax
-        dz.view(-1).index_add_(0, self.flat_y, self.neg_w.reshape(-1))  # - w * onehot(y)
-        for i in range(len(self.layers) - 1, 0, -1):
-            name, h_in = self.layers[i], acts[i - 1]
-            w = pr[f"{name}.weight"]  # (K, d_out, d_in)
-            if self.use_onednn:  # contiguous transposes beat strided sgemm here
-                gw = self._linear(dz.transpose(1, 2).contiguous(),
-                                  h_in.transpose(1, 2).contiguous(), None, relu=False)
-            else:
-                gw = torch.bmm(dz.transpose(1, 2), h_in)
-            gr[f"{name}.weight"].copy_(gw)
-            gr[f"{name}.bias"].copy_(dz.sum(1))
-            dh = self._linear(dz, w.transpose(1, 2).contiguous(), None, relu=False)
-            dz = torch.ops.aten.threshold_backward(dh, h_in, 0)  # (K, n, d_in)
-        gr["fc1.bias"].copy_(dz.sum(1))
+        k, p = self.K, self.p
+        h1 = self._first_layer(self.pairs)
+        loss, dz = column_backprop(h1, self.params, self.grads, self.layers, self._gemm,
+                                   self.w, self.neg_w, self.flat_yt, self.dh1)
         if self.onehot is None:
             g1t = torch.zeros(k * 2 * p, dz.shape[2], dtype=self.dtype, device=self.device)
-            flat = dz.view(k * n, -1)
+            flat = dz.view(-1, dz.shape[2])
             g1t.index_add_(0, self.a, flat).index_add_(0, self.pb, flat)  # (K 2p, h1)
-            gr["fc1.weight"].copy_(g1t.view(k, 2 * p, -1).transpose(1, 2))
+            self.grads["fc1.weight"].copy_(g1t.view(k, 2 * p, -1).transpose(1, 2))
         else:
-            gr["fc1.weight"].copy_(torch.bmm(dz.transpose(1, 2), self.onehot))
+            self.grads["fc1.weight"].copy_(torch.bmm(dz.transpose(1, 2), self.onehot))
         return loss
 
     @torch.no_grad()
