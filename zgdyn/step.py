@@ -2,11 +2,12 @@
 AdamW, all on flat parameter buffers.
 
 The loss is L = Σ_i w_i CE(logits_i, y_i) with Σ w = 1. The backward is the textbook one
-(dz = w ⊙ (softmax(z) − onehot(y)), then layer by layer); the first layer's weight
-gradient is a scatter-add over the two token columns. On a CPU in float32 the GEMMs go
-through oneDNN's linear, about 2x MKL's on these thin shapes; elsewhere through addmm.
-Parameters, gradients and both Adam moments are each one contiguous buffer, so AdamW is a
-handful of vector ops. Validated against autograd and torch.optim.AdamW in the tests.
+(dz = w ⊙ (softmax(z) − onehot(y)), then layer by layer), with the dense layers on
+columns (see `column_backprop`); the first layer is an embedding-bag sum over the two
+token rows and its weight gradient a scatter-add. On a CPU in float32 the GEMMs go
+through oneDNN's linear, about 2x MKL's on these thin shapes; elsewhere through mm.
+Parameters, gradients and both Adam moments are each one contiguous buffer, so AdamW is
+one fused kernel. Validated against autograd and torch.optim.AdamW in the tests.
 
     >>> step = FusedStep(97, (128, 128), a, b, optim=OptimConfig())
     >>> step.load_params(named_params); step.set_weights(w)
@@ -93,13 +94,13 @@ def column_backprop(h1: Tensor, params: dict[str, Tensor], grads: dict[str, Tens
     for i in range(len(layers) - 1, 0, -1):
         name, h_in = layers[i], ins[i - 1]
         grads[f"{name}.weight"].copy_(gemm(dz, h_in))
-        grads[f"{name}.bias"].copy_(dz.sum(-1))
+        torch.sum(dz, -1, out=grads[f"{name}.bias"])
         dh = gemm(params[f"{name}.weight"].mT.contiguous(), dz.mT)  # (d_in, n)
         if i > 1:
             dz = torch.ops.aten.threshold_backward(dh, h_in, 0)
     dh1.copy_(dh.mT)
     dz = torch.ops.aten.threshold_backward(dh1, h1, 0)  # (n, h1) rows
-    grads["fc1.bias"].copy_(dz.sum(-2))
+    torch.sum(dz, -2, out=grads["fc1.bias"])
     return loss, dz
 
 
@@ -125,19 +126,22 @@ def adamw_update(theta: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tenso
     with numbers or per-member lists: every row is updated as a tensor of its own, so a
     member's update is bitwise the one its solo run makes.
     """
-    k = 1 if theta.dim() == 1 else theta.shape[0]
-    hyper = [x if isinstance(x, (list, tuple)) else [x] * k
-             for x in (lr, weight_decay, beta1, beta2, eps, t)]
-    groups: dict[tuple, list[int]] = {}  # members that share every hyperparameter
-    for i in range(k):
-        groups.setdefault(tuple(h[i] for h in hyper), []).append(i)
-    bufs = [[b] if b.dim() == 1 else list(b.unbind(0))
-            for b in (theta, grad, exp_avg, exp_avg_sq)]
-    for (lr_, wd, b1, b2, eps_, t_), rows in groups.items():
+    bufs = (theta, grad, exp_avg, exp_avg_sq)
+    if theta.dim() == 1:
+        groups = {(lr, weight_decay, beta1, beta2, eps, t): [[b] for b in bufs]}
+    else:
+        k = theta.shape[0]
+        hyper = [x if isinstance(x, (list, tuple)) else [x] * k
+                 for x in (lr, weight_decay, beta1, beta2, eps, t)]
+        groups = {}  # members that share every hyperparameter: their rows
+        for i in range(k):
+            rows = groups.setdefault(tuple(h[i] for h in hyper), [[], [], [], []])
+            for row, b in zip(rows, bufs):
+                row.append(b[i])
+    for (lr_, wd, b1, b2, eps_, t_), (th, g, m, v) in groups.items():
         step = torch.full((), float(t_), dtype=torch.float32, device=theta.device)
-        torch._fused_adamw_(*([b[i] for i in rows] for b in bufs), [], [step] * len(rows),
-                            lr=lr_, beta1=b1, beta2=b2, weight_decay=wd, eps=eps_,
-                            amsgrad=False, maximize=False)
+        torch._fused_adamw_(th, g, m, v, [], [step] * len(th), lr=lr_, beta1=b1, beta2=b2,
+                            weight_decay=wd, eps=eps_, amsgrad=False, maximize=False)
 
 
 class FusedStep:
