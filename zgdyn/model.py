@@ -53,11 +53,11 @@ def matmul_flops(p: int, hidden: tuple[int, ...], n: int) -> float:
 def functional_logits(params: dict[str, Tensor], a: Tensor, b: Tensor, *, p: int) -> Tensor:
     """Logits (n, p) of pairs (a, b), each (n,) int64, from named params; torch.func-friendly.
 
-    h1 = relu(W1[:, a] + W1[:, p+b] + b1); h_{l+1} = relu(W_{l+1} h_l + b_{l+1}); out = Wo h_L + bo.
+    h1 = relu(W1[:, a] + b1 + W1[:, p+b]); h_{l+1} = relu(W_{l+1} h_l + b_{l+1}); out = Wo h_L + bo.
     """
     n_hidden = sum(1 for k in params if k.startswith("fc") and k.endswith(".weight"))
     w1t = params["fc1.weight"].t()  # (2p, h1)
-    h = torch.relu(w1t[a] + w1t[p + b] + params["fc1.bias"])  # (n, h1)
+    h = torch.relu(w1t[a] + params["fc1.bias"] + w1t[p + b])  # (n, h1), as the fused step
     for i in range(2, n_hidden + 1):
         h = torch.relu(nn.functional.linear(h, params[f"fc{i}.weight"], params[f"fc{i}.bias"]))
     return nn.functional.linear(h, params["out.weight"], params["out.bias"])  # (n, p)
