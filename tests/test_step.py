@@ -37,11 +37,14 @@ def test_loss_and_grad_equal_autograd_float64(hidden):
         torch.testing.assert_close(step.grads[name], t.grad, rtol=1e-11, atol=1e-14)
 
 
+@pytest.mark.parametrize("hidden", [(24,), (24, 16), (8, 12, 10)])
 @pytest.mark.parametrize("use_onednn", [False, True])
-def test_loss_and_grad_float32_paths(use_onednn):
+def test_loss_and_grad_float32_paths(use_onednn, hidden):
+    """Every operand layout the column step hands to oneDNN (one, two and three hidden
+    layers) against float64 autograd."""
     if use_onednn and not _mkldnn_linear_available():
         pytest.skip("oneDNN linear not in this torch build")
-    step, model, (a, b, y, w) = _setup(dtype="float32", use_onednn=use_onednn)
+    step, model, (a, b, y, w) = _setup(dtype="float32", use_onednn=use_onednn, hidden=hidden)
     params = {k: v.detach().double().requires_grad_() for k, v in model.named_parameters()}
     _autograd_loss(params, a, b, y, w, 13).backward()
     step.loss_and_grad()
