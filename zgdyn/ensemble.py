@@ -33,7 +33,8 @@ from torch import Tensor
 
 from .config import Config, ConfigError
 from .model import matmul_flops
-from .step import FusedStep, adamw_update, column_backprop, dense_layers, padded_rows
+from .step import (FusedStep, adamw_update, column_backprop, dense_layers, padded_rows,
+                   param_views)
 from .train import Callback, Trainer, adam_scale_of
 
 SHARED = ("p", "train_frac", "hidden", "dtype", "device")  # what members must agree on
@@ -124,19 +125,11 @@ class EnsembleStep:
         self.onehot = None
         if first._onehot is not None:  # no atomics on a GPU: the first layer's grad by bmm
             self.onehot = torch.stack([st._onehot for st in steps])  # (K, n, 2p)
-        hyper = {name: [getattr(st.optim, name) for st in steps] for name in OPTIM}
-        self.hyper: dict[str, float | list[float]] = {
-            name: values[0] if len(set(values)) == 1 else values
-            for name, values in hyper.items()}
+        self.hyper = {name: [getattr(st.optim, name) for st in steps] for name in OPTIM}
 
     def views(self, flat: Tensor) -> dict[str, Tensor]:
         """{name: (K, *shape) view of flat (K, N)}."""
-        views, offset = {}, 0
-        for name, shape in self.shapes.items():
-            size = torch.Size(shape).numel()
-            views[name] = flat[:, offset:offset + size].view(self.K, *shape)
-            offset += size
-        return views
+        return param_views(flat, self.shapes)
 
     def _linear(self, x: Tensor, w: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
         """x @ w^T (+ bias, relu) member by member: x (K, m, d), w (K, o, d) -> (K, m, o)."""
@@ -148,14 +141,6 @@ class EnsembleStep:
         wt = w.transpose(1, 2)
         y = torch.bmm(x, wt) if bias is None else torch.baddbmm(bias[:, None, :], x, wt)
         return y.relu_() if relu else y
-
-    def _gemm(self, x: Tensor, w: Tensor) -> Tensor:
-        """x @ w^T member by member (as `FusedStep._gemm`): x (K, m, d), w (K, o, d)."""
-        if self.use_onednn:
-            return torch.stack([torch.ops.mkldnn._linear_pointwise(x[i], w[i], None, "none",
-                                                                   [], "")
-                                for i in range(self.K)])
-        return torch.bmm(x, w.mT)
 
     @torch.no_grad()
     def loss_and_grad(self) -> Tensor:
@@ -200,7 +185,7 @@ class EnsembleStep:
     def _batched_loss_and_grad(self) -> Tensor:
         k, p = self.K, self.p
         h1 = self._first_layer(self.pairs)
-        loss, dz = column_backprop(h1, self.params, self.grads, self.layers, self._gemm,
+        loss, dz = column_backprop(h1, self.params, self.grads, self.layers, self._linear,
                                    self.w, self.neg_w, self.flat_yt, self.dh1)
         if self.onehot is None:
             g1t = torch.zeros(k * 2 * p, dz.shape[2], dtype=self.dtype, device=self.device)
@@ -213,12 +198,12 @@ class EnsembleStep:
 
     @torch.no_grad()
     def adamw(self) -> None:
-        """One AdamW update of every member; numbers where members agree, else columns."""
-        steps = [st.t + 1 for st in self.steps]
-        for st, t in zip(self.steps, steps):
-            st.t = t
-        t = steps[0] if len(set(steps)) == 1 else steps
-        adamw_update(self.theta, self.grad, self.exp_avg, self.exp_avg_sq, t=t, **self.hyper)
+        """One AdamW update of every member, each with its own settings and step count
+        (`adamw_update` groups the members that agree)."""
+        for st in self.steps:
+            st.t += 1
+        adamw_update(self.theta, self.grad, self.exp_avg, self.exp_avg_sq,
+                     t=[st.t for st in self.steps], **self.hyper)
 
     def step(self) -> Tensor:
         """One epoch of every member. Returns the losses (K,) before the update."""

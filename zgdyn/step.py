@@ -63,8 +63,10 @@ def dense_layers(h: Tensor, params: dict[str, Tensor], layers: list[str],
 
 
 def column_backprop(h1: Tensor, params: dict[str, Tensor], grads: dict[str, Tensor],
-                    layers: list[str], gemm: Callable[[Tensor, Tensor], Tensor], w: Tensor,
-                    neg_w: Tensor, flat_yt: Tensor, dh1: Tensor) -> tuple[Tensor, Tensor]:
+                    layers: list[str], linear: Callable[[Tensor, Tensor, Tensor | None, bool],
+                                                        Tensor],
+                    w: Tensor, neg_w: Tensor, flat_yt: Tensor,
+                    dh1: Tensor) -> tuple[Tensor, Tensor]:
     """The weighted CE and its gradient through the dense layers, on columns; solo or
     batched alike (a leading member axis everywhere, or none).
 
@@ -72,14 +74,18 @@ def column_backprop(h1: Tensor, params: dict[str, Tensor], grads: dict[str, Tens
     gradient contracts over the pairs and a forward or input-gradient GEMM over the
     features; in rows every activation would need a transposed copy for its weight
     gradient, while in columns each GEMM's output is an operand the next one takes as it
-    is (`gemm(x, w)` = x @ w^T, x contiguous). Only the first layer's input gradient goes
-    back to rows, into `dh1`, for the scatter-add.
+    is (x @ w^T with x contiguous, by `linear(x, w, None, False)` as in `dense_layers`).
+    Only the first layer's input gradient goes back to rows, into `dh1`, for the
+    scatter-add.
 
     h1: the first layer's output (n, h1) rows; w, neg_w: pair weights and their negation
     (n,); flat_yt: the flat indices of the targets in the logits (p, n). Fills the dense
     layers' and fc1.bias's gradients; returns the loss and the first layer's output
     gradient (n, h1).
     """
+    def gemm(x: Tensor, w: Tensor) -> Tensor:
+        return linear(x, w, None, False)
+
     ins = [h1.mT]  # each dense layer's input as (d_in, n)
     for name in layers[1:]:
         h = gemm(params[f"{name}.weight"], ins[-1].mT).add_(params[f"{name}.bias"][..., None])
@@ -102,6 +108,17 @@ def column_backprop(h1: Tensor, params: dict[str, Tensor], grads: dict[str, Tens
     dz = torch.ops.aten.threshold_backward(dh1, h1, 0)  # (n, h1) rows
     torch.sum(dz, -2, out=grads["fc1.bias"])
     return loss, dz
+
+
+def param_views(flat: Tensor, shapes: dict[str, tuple[int, ...]]) -> dict[str, Tensor]:
+    """{name: view of flat (..., N)} shaped (..., *shape) like the parameters: of theta, a
+    gradient or a moment, solo (N,) or an ensemble's (K, N) rows."""
+    views, offset = {}, 0
+    for name, shape in shapes.items():
+        size = math.prod(shape)
+        views[name] = flat[..., offset:offset + size].view(*flat.shape[:-1], *shape)
+        offset += size
+    return views
 
 
 def padded_rows(shape: tuple[int, ...], **kw) -> Tensor:
@@ -182,8 +199,8 @@ class FusedStep:
         self.y = (self.a + self.pb - p) % p
         n_pairs = len(self.a)
         self._pairs = torch.stack([self.a, self.pb], 1)  # (n, 2)
-        pairs = torch.arange(n_pairs, device=self.device)
-        self._flat_yt = self.y * n_pairs + pairs  # the targets in the logits (p, n)
+        cols = torch.arange(n_pairs, device=self.device)
+        self._flat_yt = self.y * n_pairs + cols  # the targets in the logits (p, n)
         self._dh1 = padded_rows((n_pairs, hidden[0]), **kw)
         self._onehot = None
         if self.device.type != "cpu":  # index_add_ uses atomics on GPUs: use a matmul
@@ -197,12 +214,7 @@ class FusedStep:
 
     def views(self, flat: Tensor) -> dict[str, Tensor]:
         """{name: view of flat (N,)} shaped like the parameters (for theta, grad or a moment)."""
-        views, offset = {}, 0
-        for name, shape in self.shapes.items():
-            size = math.prod(shape)
-            views[name] = flat[offset:offset + size].view(shape)
-            offset += size
-        return views
+        return param_views(flat, self.shapes)
 
     def set_weights(self, w: Tensor) -> None:
         """Per-pair loss weights (n,), normalized to sum 1 by the caller."""
@@ -229,7 +241,9 @@ class FusedStep:
     # -- forward / backward ------------------------------------------------------------
 
     def _linear(self, x: Tensor, w: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
-        """x @ w.T + bias, optionally followed by relu."""
+        """x @ w.T + bias, optionally followed by relu. x should be contiguous; w may be
+        contiguous or the transpose of a contiguous tensor (oneDNN repacks w itself at no
+        visible cost, but copies a strided x)."""
         if self.use_onednn:
             return torch.ops.mkldnn._linear_pointwise(x, w, bias, "relu" if relu else "none",
                                                       [], "")
@@ -241,15 +255,8 @@ class FusedStep:
         return dense_layers(self._first_layer(torch.stack([a, pb], 1)), self.params,
                             self.layers, self._linear)
 
-    def _gemm(self, x: Tensor, w: Tensor) -> Tensor:
-        """x @ w.T for a contiguous x; w may be contiguous or the transpose of a contiguous
-        tensor (oneDNN repacks w itself at no visible cost, but copies a strided x)."""
-        if self.use_onednn:
-            return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
-        return torch.mm(x, w.t())
-
     def _first_layer(self, pairs: Tensor) -> Tensor:
-        """h1 (n, h1) for token pairs (n, 2) = (a, p + b): relu(W1[:, a] + W1[:, p + b] + b1)
+        """h1 (n, h1) for token pairs (n, 2) = (a, p + b): relu(W1[:, a] + b1 + W1[:, p + b])
         as one embedding-bag sum over the rows of W1^T, with b1 folded into the a rows."""
         rows = self.params["fc1.weight"].t().contiguous()  # (2p, h1)
         rows[:self.p].add_(self.params["fc1.bias"])
@@ -259,7 +266,7 @@ class FusedStep:
     def loss_and_grad(self) -> Tensor:
         """Weighted CE at theta; fills self.grad. Returns the loss (0-dim tensor)."""
         h1 = self._first_layer(self._pairs)  # (n, h1)
-        loss, dz = column_backprop(h1, self.params, self.grads, self.layers, self._gemm,
+        loss, dz = column_backprop(h1, self.params, self.grads, self.layers, self._linear,
                                    self.w, self._neg_w, self._flat_yt, self._dh1)
         if self._onehot is None:
             g1t = torch.zeros(2 * self.p, dz.shape[1], dtype=self.dtype, device=self.device)
