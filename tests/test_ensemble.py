@@ -141,12 +141,12 @@ def test_interrupted_ensemble_resumes_bitwise(tmp_path):
         _assert_same_records(paths[k], ref)
 
 
-def test_members_must_share_shapes_and_run_plain_adamw():
+def test_members_must_share_shapes_and_run_no_hook():
     with pytest.raises(ConfigError, match="hidden: ensemble members must share"):
         Ensemble([small_config(10), small_config(10, hidden=(16, 16))])
     with pytest.raises(ConfigError, match="p: ensemble members must share"):
         Ensemble([small_config(10), small_config(10, p=11)])
-    with pytest.raises(ConfigError, match="hook: an ensemble trains plain AdamW"):
+    with pytest.raises(ConfigError, match="hook: an ensemble trains its members. optimizers alone"):
         Ensemble([small_config(10), small_config(10, hook="anything")])
     with pytest.raises(ConfigError, match="mode: must be"):
         Ensemble([small_config(10)], mode="fast")
@@ -222,4 +222,4 @@ def test_batched_evaluations_equal_each_members_own():
         assert [r["epoch"] for r in log.rows] == list(range(0, 121, 10))
         own = m.evaluate()  # at the final parameters, one member alone
         for name, value in log.rows[-1].items():
-            assert value == pytest.approx(own[name], rel=1e-9, abs=1e-12), name
+            assert value == pytest.approx(own[name], rel=1e-9, abs=1e-12, nan_ok=True), name

@@ -33,10 +33,11 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .config import DTYPES, INITS, WEIGHTINGS, Config, ZgdynError, fields_by_section, \
-    flatten, from_flat, load_toml
+from .config import DTYPES, INITS, LOSSES, OPTIMIZERS, WEIGHTINGS, Config, ZgdynError, \
+    fields_by_section, flat_name, flatten, from_flat, load_toml
 
-CHOICES = {"weighting": WEIGHTINGS, "init": INITS, "dtype": DTYPES}
+CHOICES = {"weighting": WEIGHTINGS, "init": INITS, "dtype": DTYPES, "loss": LOSSES,
+           "optimizer": OPTIMIZERS, "switch_optimizer": OPTIMIZERS}
 RUNS_DIR = Path("data/runs")
 
 
@@ -67,25 +68,36 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
     for section, fields in fields_by_section().items():
         group = parser.add_argument_group(f"[{section}]" if section else "run")
         for f in fields:
-            if f.name in skip:
+            name = flat_name(f)
+            if name in skip:
                 continue
-            kw: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": f"cfg_{f.name}",
+            kw: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": f"cfg_{name}",
                                   "help": f"{f.metadata['help']} (default: {_default(f)})"}
             typ = str(f.type)
-            if typ.startswith("tuple[int"):
+            if typ.startswith("bool"):
+                kw.update(type=_bool, metavar="true|false")
+            elif typ.startswith("tuple[int"):
                 kw.update(type=int, nargs="+", metavar="N")
             elif typ.startswith("int"):
                 kw.update(type=int, metavar="N")
             elif typ.startswith("float"):
                 kw.update(type=float, metavar="X")
             else:
-                kw.update(choices=CHOICES.get(f.name), metavar=f.name.upper())
-            if f.name in multi:
+                kw.update(choices=CHOICES.get(name), metavar=name.upper())
+            if name in multi:
                 kw.update(nargs="+", help=kw["help"] + "; several values train an ensemble")
-            group.add_argument(_flag(f.name), **kw)
+            group.add_argument(_flag(name), **kw)
     parser.add_argument("--wd", dest="cfg_weight_decay", type=float, metavar="X",
                         default=argparse.SUPPRESS, help="alias of --weight-decay",
                         nargs="+" if "weight_decay" in multi else None)
+
+
+def _bool(text: str) -> bool:
+    """A flag's true/false value (also 1/0, yes/no)."""
+    value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+    if text.lower() not in value:
+        raise argparse.ArgumentTypeError(f"must be true or false, got {text!r}")
+    return value[text.lower()]
 
 
 def _add_device_flag(p: argparse.ArgumentParser, what: str) -> None:

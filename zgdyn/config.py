@@ -22,6 +22,9 @@ from typing import Any
 WEIGHTINGS = ("rank", "independent", "output_freq")
 INITS = ("lecun", "torch")
 DTYPES = ("float32", "float64")
+OPTIMIZERS = ("adamw", "sgd", "amsgrad", "adam_atan2")
+LOSSES = ("softmax", "stablemax")
+ADAM_FAMILY = ("adamw", "amsgrad")  # the optimizers with eps, a floor and update clipping
 HOOK_NAME = re.compile(r"([A-Za-z_][A-Za-z0-9_.-]{0,63})?")
 
 
@@ -33,8 +36,16 @@ class ConfigError(ZgdynError, ValueError):
     """An invalid configuration value; the message names the field and what is allowed."""
 
 
-def _f(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+def _f(default: Any, help: str, *, flat: str | None = None) -> Any:
+    """A field with its help text; `flat` names it in flat form (flags, suites, sweeps)
+    where its own name would be ambiguous."""
+    meta = {"help": help} if flat is None else {"help": help, "flat": flat}
+    return field(default=default, metadata=meta)
+
+
+def flat_name(f: dataclasses.Field) -> str:
+    """A leaf field's name in flat form: `optim.name` is "optimizer", the rest their own."""
+    return f.metadata.get("flat", f.name)
 
 
 def _check(ok: bool, name: str, allowed: str, value: Any) -> None:
@@ -75,6 +86,9 @@ class ModelConfig:
     init: str = _f("lecun", "initialization: lecun (reference: truncated LeCun-normal, zero "
                    "biases) | torch (nn.Linear default: Kaiming-uniform, uniform biases)")
     dtype: str = _f("float32", "parameter and compute dtype: float32 | float64")
+    loss: str = _f("softmax", "the output normalizer of the cross-entropy: softmax | stablemax "
+                   "(Prieto et al. 2025: s(x) = x + 1 for x >= 0 and 1 / (1 - x) below, in "
+                   "place of exp, so no probability rounds to exactly 1)")
 
     def __post_init__(self) -> None:
         hidden = tuple(self.hidden) if isinstance(self.hidden, (list, tuple)) else self.hidden
@@ -84,21 +98,35 @@ class ModelConfig:
                "hidden", "one or more integers >= 1", self.hidden)
         _check(self.init in INITS, "init", " | ".join(INITS), self.init)
         _check(self.dtype in DTYPES, "dtype", " | ".join(DTYPES), self.dtype)
+        _check(self.loss in LOSSES, "loss", " | ".join(LOSSES), self.loss)
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = _f(1e-3, "AdamW learning rate, > 0")
+    name: str = _f("adamw", "optimizer: adamw (torch.optim.AdamW) | sgd (heavy ball or "
+                   "Nesterov, with the same decoupled decay) | amsgrad (AdamW whose v-hat "
+                   "never decreases) | adam_atan2 (no eps: the step is atan2(m-hat, "
+                   "sqrt(v-hat)), Everett et al. 2024)", flat="optimizer")
+    lr: float = _f(1e-3, "learning rate, > 0")
     weight_decay: float = _f(1.0, "decoupled weight decay on every parameter, >= 0; "
                              "each step multiplies parameters by (1 - lr * weight_decay)")
     beta1: float = _f(0.9, "Adam first-moment decay, in [0, 1)")
     beta2: float = _f(0.999, "Adam second-moment decay, in [0, 1)")
-    eps: float = _f(1e-8, "Adam epsilon, > 0")
+    eps: float = _f(1e-8, "Adam epsilon, > 0 (adamw, amsgrad)")
+    momentum: float | None = _f(None, "sgd: momentum in [0, 1); unset = 0")
+    nesterov: bool = _f(False, "sgd: Nesterov momentum (needs momentum > 0)")
+    sqrt_v_floor: float = _f(0.0, "adamw, amsgrad: Adam's denominator becomes "
+                             "max(sqrt(v-hat), floor) + eps, so it cannot decay below the "
+                             "floor; 0 = off")
+    update_clip: bool = _f(False, "adamw, amsgrad: StableAdamW's update clipping (Wortsman "
+                           "et al. 2023): each tensor's lr is divided by max(1, RMS of "
+                           "g^2 / max(v-hat, eps^2))")
     hook: str = _f("", "a registered step hook (zgdyn.hooks): a regularizer or a change of "
-                   "optimizer applied every step; empty = plain AdamW")
+                   "optimizer applied every step; empty = the optimizer alone")
     hook_strength: float = _f(0.0, "the hook's coefficient (its meaning is the hook's)")
 
     def __post_init__(self) -> None:
+        _check(self.name in OPTIMIZERS, "name", " | ".join(OPTIMIZERS), self.name)
         _check(_is_real(self.lr) and self.lr > 0, "lr", "a number > 0", self.lr)
         _check(_is_real(self.weight_decay) and self.weight_decay >= 0,
                "weight_decay", "a number >= 0", self.weight_decay)
@@ -109,10 +137,44 @@ class OptimConfig:
             v = getattr(self, name)
             _check(_is_real(v) and 0 <= v < 1, name, "a number in [0, 1)", v)
         _check(_is_real(self.eps) and self.eps > 0, "eps", "a number > 0", self.eps)
+        if self.momentum is not None:
+            _check(_is_real(self.momentum) and 0 <= self.momentum < 1, "momentum",
+                   "a number in [0, 1)", self.momentum)
+        _check(isinstance(self.nesterov, bool), "nesterov", "true or false", self.nesterov)
+        _check(_is_real(self.sqrt_v_floor) and self.sqrt_v_floor >= 0, "sqrt_v_floor",
+               "a number >= 0", self.sqrt_v_floor)
+        _check(isinstance(self.update_clip, bool), "update_clip", "true or false",
+               self.update_clip)
         _check(isinstance(self.hook, str) and HOOK_NAME.fullmatch(self.hook) is not None,
                "hook", "empty or a name of letters, digits, '_', '-' and '.'", self.hook)
         _check(_is_real(self.hook_strength), "hook_strength", "a finite number",
                self.hook_strength)
+
+    @property
+    def momentum_or_zero(self) -> float:
+        return 0.0 if self.momentum is None else self.momentum
+
+
+_OPTIM_DEFAULTS: dict[str, Any] = {}
+
+
+def check_applies(o: OptimConfig, *names: str) -> None:
+    """ConfigError for a setting changed from its default that none of the optimizers
+    `names` uses (a phase's optimizer, and the one after a switch)."""
+    if not _OPTIM_DEFAULTS:
+        _OPTIM_DEFAULTS.update({f.name: f.default for f in dataclasses.fields(OptimConfig)})
+    uses = {"momentum": ("sgd",), "nesterov": ("sgd",), "eps": ADAM_FAMILY,
+            "beta1": ("adamw", "amsgrad", "adam_atan2"),
+            "beta2": ("adamw", "amsgrad", "adam_atan2"),
+            "sqrt_v_floor": ADAM_FAMILY, "update_clip": ADAM_FAMILY}
+    for field_name, users in uses.items():
+        value = getattr(o, field_name)
+        if value != _OPTIM_DEFAULTS[field_name] and not any(n in users for n in names):
+            raise ConfigError(f"{field_name}: applies only to optimizer "
+                              f"{' | '.join(users)}, not {' or '.join(dict.fromkeys(names))}; "
+                              f"got {value!r}")
+    if o.nesterov and not o.momentum_or_zero > 0:
+        raise ConfigError(f"nesterov: needs momentum > 0, got momentum {o.momentum!r}")
 
 
 @dataclass(frozen=True)
@@ -126,6 +188,13 @@ class ScheduleConfig:
     switch_at_epoch: int | None = _f(None, "switch at this epoch instead, >= 0")
     phase2_epochs: int | None = _f(None, "epochs to train after the switch; unset = stop at "
                                    "`epochs`")
+    reset_optimizer_at_switch: bool = _f(False, "start the optimizer afresh at the switch "
+                                         "(zero moments, step count 0) instead of carrying "
+                                         "its state across")
+    switch_optimizer: str | None = _f(None, "the optimizer after the switch (see optim.name; "
+                                      "its state starts afresh); unset = keep it")
+    switch_lr: float | None = _f(None, "the learning rate after the switch, > 0; unset = keep "
+                                 "optim.lr")
 
     def __post_init__(self) -> None:
         _check(_is_int(self.epochs) and self.epochs >= 1, "epochs", "an integer >= 1", self.epochs)
@@ -143,6 +212,18 @@ class ScheduleConfig:
         if self.phase2_epochs is not None:
             _check(_is_int(self.phase2_epochs) and self.phase2_epochs >= 1,
                    "phase2_epochs", "an integer >= 1", self.phase2_epochs)
+        _check(isinstance(self.reset_optimizer_at_switch, bool), "reset_optimizer_at_switch",
+               "true or false", self.reset_optimizer_at_switch)
+        if self.switch_optimizer is not None:
+            _check(self.switch_optimizer in OPTIMIZERS, "switch_optimizer",
+                   " | ".join(OPTIMIZERS), self.switch_optimizer)
+        if self.switch_lr is not None:
+            _check(_is_real(self.switch_lr) and self.switch_lr > 0, "switch_lr", "a number > 0",
+                   self.switch_lr)
+        phase2_only = {"reset_optimizer_at_switch": self.reset_optimizer_at_switch or None,
+                       "switch_optimizer": self.switch_optimizer, "switch_lr": self.switch_lr}
+        for name, value in phase2_only.items():
+            _check(value is None or has_switch, name, "unset unless switch_s is set", value)
         triggers = (self.switch_at_test_acc is not None) + (self.switch_at_epoch is not None)
         if has_switch:
             _check(triggers == 1, "switch_s",
@@ -168,6 +249,9 @@ class RecordConfig:
     collapse_threshold: float = _f(100.0, "a collapse is flagged when the per-step train "
                                    "loss exceeds this multiple of its minimum over the "
                                    "preceding 2,000 epochs, > 1")
+    lambda_grad: bool = _f(False, "record at every evaluation the preconditioned sharpness "
+                           "along the gradient, g P^-1 H P^-1 g / g P^-1 g (one gradient and "
+                           "one Hessian-vector product each)")
 
     def __post_init__(self) -> None:
         for name in ("eval_every", "ckpt_every", "keyframe_every"):
@@ -177,6 +261,8 @@ class RecordConfig:
                "an integer in [0, 100000]", self.window)
         _check(_is_real(self.collapse_threshold) and self.collapse_threshold > 1,
                "collapse_threshold", "a number > 1", self.collapse_threshold)
+        _check(isinstance(self.lambda_grad, bool), "lambda_grad", "true or false",
+               self.lambda_grad)
         _check(self.keyframe_every % self.ckpt_every == 0, "keyframe_every",
                f"a multiple of ckpt_every={self.ckpt_every}", self.keyframe_every)
 
@@ -197,6 +283,28 @@ class Config:
         _check(isinstance(self.device, str) and (self.device == "cpu" or self.device == "cuda"
                or (self.device.startswith("cuda:") and self.device[5:].isdigit())),
                "device", "cpu | cuda | cuda:N", self.device)
+        sch = self.schedule
+        check_applies(self.optim, *self.optimizers)
+        if sch.switch_lr is not None:
+            _check(sch.switch_lr * self.optim.weight_decay < 1, "switch_lr",
+                   "below 1 / weight_decay, so that 1 - switch_lr * weight_decay > 0",
+                   sch.switch_lr)
+
+    @property
+    def optimizers(self) -> tuple[str, ...]:
+        """The optimizer of each phase."""
+        sch = self.schedule
+        if sch.switch_s is None:
+            return (self.optim.name,)
+        return (self.optim.name, sch.switch_optimizer or self.optim.name)
+
+    def phase_optim(self, phase: int) -> OptimConfig:
+        """The optimizer settings in force in `phase` (0, or 1 after a switch)."""
+        sch = self.schedule
+        if phase == 0 or (sch.switch_optimizer is None and sch.switch_lr is None):
+            return self.optim
+        return dataclasses.replace(self.optim, name=sch.switch_optimizer or self.optim.name,
+                                   lr=self.optim.lr if sch.switch_lr is None else sch.switch_lr)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -225,25 +333,26 @@ def fields_by_section() -> dict[str | None, list[dataclasses.Field]]:
 
 
 def flatten(cfg: Config) -> dict[str, Any]:
-    """{leaf field name: value}; leaf names are unique across sections."""
+    """{flat leaf name: value}; flat names are unique across sections (see `flat_name`)."""
     flat: dict[str, Any] = {}
     for section, fields in fields_by_section().items():
         obj = cfg if section is None else getattr(cfg, section)
         for f in fields:
-            flat[f.name] = getattr(obj, f.name)
+            flat[flat_name(f)] = getattr(obj, f.name)
     return flat
 
 
 def from_flat(flat: dict[str, Any]) -> Config:
     """Build a Config from flat leaf names; unknown names are an error."""
     groups = fields_by_section()
-    known = {f.name for fs in groups.values() for f in fs}
+    known = {flat_name(f) for fs in groups.values() for f in fs}
     unknown = sorted(set(flat) - known)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown config field; allowed: {', '.join(sorted(known))}")
     kwargs: dict[str, Any] = {f.name: flat[f.name] for f in groups[None] if f.name in flat}
     for section, cls in SECTIONS.items():
-        kwargs[section] = cls(**{f.name: flat[f.name] for f in groups[section] if f.name in flat})
+        kwargs[section] = cls(**{f.name: flat[flat_name(f)] for f in groups[section]
+                                 if flat_name(f) in flat})
     return Config(**kwargs)
 
 
@@ -256,12 +365,12 @@ def from_dict(d: dict[str, Any]) -> Config:
         if key in SECTIONS:
             if not isinstance(value, dict):
                 raise ConfigError(f"{key}: must be a table, got {value!r}")
-            section_fields = {f.name for f in dataclasses.fields(SECTIONS[key])}
+            section_fields = {f.name: flat_name(f) for f in dataclasses.fields(SECTIONS[key])}
             for name, v in value.items():
                 if name not in section_fields:
                     raise ConfigError(f"{key}.{name}: unknown field; allowed in [{key}]: "
                                       f"{', '.join(sorted(section_fields))}")
-                flat[name] = v
+                flat[section_fields[name]] = v
         else:
             flat[key] = value
     return from_flat(flat)

@@ -28,17 +28,18 @@ finishes (or fails) leaves, and the others go on in smaller buffers.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from .config import Config, ConfigError
-from .model import matmul_flops
-from .step import (FusedStep, adamw_update, column_backprop, dense_layers, padded_rows,
-                   param_views)
+from .model import log_probs, matmul_flops
+from .optim import has_second_moment, update
+from .step import FusedStep, column_backprop, dense_layers, padded_rows, param_views
 from .train import Callback, Trainer, adam_scale_of
 
-SHARED = ("p", "train_frac", "hidden", "dtype", "device")  # what members must agree on
-OPTIM = ("lr", "weight_decay", "beta1", "beta2", "eps")
+SHARED = ("p", "train_frac", "hidden", "dtype", "loss", "device")  # what members share
 MODES = ("auto", "batched", "members")
 SMALL_STEP_FLOP = 50e6  # below this much matmul work per member-epoch, batch on a CPU
 
@@ -66,7 +67,8 @@ def step_flop(step: FusedStep) -> float:
 
 
 def _shared(cfg: Config) -> tuple:
-    return (cfg.data.p, cfg.data.train_frac, cfg.model.hidden, cfg.model.dtype, cfg.device)
+    return (cfg.data.p, cfg.data.train_frac, cfg.model.hidden, cfg.model.dtype,
+            cfg.model.loss, cfg.device)
 
 
 def check_members(configs: list[Config]) -> None:
@@ -82,8 +84,8 @@ def check_members(configs: list[Config]) -> None:
                                   f"got {a!r} and {b!r} (train them as separate ensembles)")
     for cfg in configs:
         if cfg.optim.hook:
-            raise ConfigError(f"hook: an ensemble trains plain AdamW, got hook "
-                              f"{cfg.optim.hook!r}; train hooked runs one by one")
+            raise ConfigError(f"hook: an ensemble trains its members' optimizers alone, got "
+                              f"hook {cfg.optim.hook!r}; train hooked runs one by one")
 
 
 class EnsembleStep:
@@ -110,9 +112,12 @@ class EnsembleStep:
         self.exp_avg_sq = _rows(k, n_params, **kw)
         self.w = _rows(k, n, **kw)
         self.neg_w = _rows(k, n, **kw)
+        self.max_exp_avg_sq = (_rows(k, n_params, **kw) if any(
+            st.max_exp_avg_sq is not None for st in steps) else None)
         for i, st in enumerate(steps):
             st.bind(self.theta[i], self.grad[i], self.exp_avg[i], self.exp_avg_sq[i],
-                    self.w[i], self.neg_w[i])
+                    self.w[i], self.neg_w[i],
+                    None if self.max_exp_avg_sq is None else self.max_exp_avg_sq[i])
         self.params, self.grads = self.views(self.theta), self.views(self.grad)
         rows = torch.arange(k, device=self.device)[:, None]
         two_p = 2 * self.p
@@ -125,7 +130,6 @@ class EnsembleStep:
         self.onehot = None
         if first._onehot is not None:  # no atomics on a GPU: the first layer's grad by bmm
             self.onehot = torch.stack([st._onehot for st in steps])  # (K, n, 2p)
-        self.hyper = {name: [getattr(st.optim, name) for st in steps] for name in OPTIM}
 
     def views(self, flat: Tensor) -> dict[str, Tensor]:
         """{name: (K, *shape) view of flat (K, N)}."""
@@ -179,14 +183,19 @@ class EnsembleStep:
     def adam_scales(self) -> list[float]:
         """Every member's Adam scale, as `Trainer.adam_scale` (one sync for all)."""
         sums = self.exp_avg_sq.sum(1, dtype=torch.float64).tolist()
+        for i, st in enumerate(self.steps):  # AMSGrad divides by its running maximum
+            if st.max_exp_avg_sq is not None:
+                sums[i] = float(st.max_exp_avg_sq.sum(dtype=torch.float64))
         n = self.exp_avg_sq.shape[1]
-        return [adam_scale_of(v, n, st.optim.beta2, st.t) for st, v in zip(self.steps, sums)]
+        return [adam_scale_of(v, n, st.optim.beta2, st.t) if has_second_moment(st.optim.name)
+                else math.nan for st, v in zip(self.steps, sums)]
 
     def _batched_loss_and_grad(self) -> Tensor:
         k, p = self.K, self.p
         h1 = self._first_layer(self.pairs)
         loss, dz = column_backprop(h1, self.params, self.grads, self.layers, self._linear,
-                                   self.w, self.neg_w, self.flat_yt, self.dh1)
+                                   self.w, self.neg_w, self.flat_yt, self.dh1,
+                                   self.steps[0].loss)
         if self.onehot is None:
             g1t = torch.zeros(k * 2 * p, dz.shape[2], dtype=self.dtype, device=self.device)
             flat = dz.view(-1, dz.shape[2])
@@ -197,18 +206,21 @@ class EnsembleStep:
         return loss
 
     @torch.no_grad()
-    def adamw(self) -> None:
-        """One AdamW update of every member, each with its own settings and step count
-        (`adamw_update` groups the members that agree)."""
+    def optimizer_step(self) -> None:
+        """One update of every member, each by its own optimizer, settings and step count
+        (`zgdyn.optim.update` groups the members that agree)."""
         for st in self.steps:
             st.t += 1
-        adamw_update(self.theta, self.grad, self.exp_avg, self.exp_avg_sq,
-                     t=[st.t for st in self.steps], **self.hyper)
+        steps = self.steps
+        update([st.theta for st in steps], [st.grad for st in steps],
+               [st.exp_avg for st in steps], [st.exp_avg_sq for st in steps],
+               [st.max_exp_avg_sq for st in steps], [st.optim for st in steps],
+               [st.t for st in steps], self.shapes)
 
     def step(self) -> Tensor:
         """One epoch of every member. Returns the losses (K,) before the update."""
         loss = self.loss_and_grad()
-        self.adamw()
+        self.optimizer_step()
         return loss
 
 
@@ -294,16 +306,17 @@ class Ensemble:
         first = members[0]
         a, b, y = first._grid
         logits = self.step.logits(a, b)  # (K, p^2, p)
-        ce = -torch.log_softmax(logits, dim=2).gather(2, y[None, :, None].expand(
-            len(members), -1, 1)).squeeze(2)  # (K, p^2)
-        correct = (logits.argmax(dim=2) == y[None, :]).to(logits.dtype)
+        ce = -log_probs(logits.view(-1, self.step.p), self.step.steps[0].loss).view(
+            logits.shape).gather(2, y[None, :, None].expand(len(members), -1, 1)).squeeze(2)
+        correct = (logits.argmax(dim=2) == y[None, :]).to(logits.dtype)  # (K, p^2)
         tr = torch.stack([m._train_idx for m in members])  # (K, n_train)
         te = torch.stack([m._test_idx for m in members])
         w = torch.stack([m.phase_weights[m.phase] for m in members]).to(ce.device)
         ce_tr, ok_tr = ce.gather(1, tr).double(), correct.gather(1, tr).double()
         cols = torch.stack([(ce_tr * w).sum(1), ce_tr.mean(1), ok_tr.mean(1), (ok_tr * w).sum(1),
                             ce.gather(1, te).double().mean(1),
-                            correct.gather(1, te).double().mean(1)], 1).tolist()
+                            correct.gather(1, te).double().mean(1),
+                            ((ce_tr == 0).double() * w).sum(1)], 1).tolist()
         scales = self.step.adam_scales()
         for m, e, row, scale in zip(members, due, cols, scales):
             m.pending_eval = {
@@ -311,7 +324,8 @@ class Ensemble:
                 "zipf_s": float(m.phase_s[m.phase]), "train_loss": row[0],
                 "train_loss_unweighted": row[1], "train_acc": row[2],
                 "train_acc_weighted": row[3], "test_loss": row[4], "test_acc": row[5],
-                "adam_scale": scale}
+                "adam_scale": scale, "saturated_mass": row[6],
+                **m.optimizer_diagnostics()}
 
 
 __all__ = ["Ensemble", "EnsembleStep", "check_members", "resolve_mode", "MODES"]

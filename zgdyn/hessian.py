@@ -30,7 +30,7 @@ import torch
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch import Tensor, nn
 
-from .model import functional_logits
+from .model import functional_logits, log_probs
 
 Operator = Callable[[Tensor], Tensor]
 LossFn = Callable[[Tensor], Tensor]
@@ -77,13 +77,14 @@ def _as_tensor(x: Tensor | np.ndarray, dtype: torch.dtype | None = None) -> Tens
 
 def weighted_loss_fn(p: int, a: Tensor | np.ndarray, b: Tensor | np.ndarray,
                      y: Tensor | np.ndarray, w: Tensor | np.ndarray, *, like: Like,
-                     coupled_wd: float = 0.0) -> LossFn:
+                     coupled_wd: float = 0.0, loss: str = "softmax") -> LossFn:
     """θ ↦ L_s(θ) = Σ_i w_i CE(f_θ(a_i, b_i), y_i) + (coupled_wd / 2) ‖θ‖².
 
     a, b, y: (m,) int pairs and labels; w: (m,) weights, e.g. ``zipf_weights(split, s)`` for
     any exponent s (used as given, not renormalized); like: the named parameters (or shapes)
     that fix the layout of θ (n,). With coupled_wd = λ the Hessian gains exactly λ·I (the
-    "coupled" view of weight decay). The returned function is torch.func-friendly.
+    "coupled" view of weight decay); loss: the normalizer, softmax or stablemax
+    (`model.log_probs`). The returned function is torch.func-friendly.
     """
     a_t, b_t, y_t = (_as_tensor(t, torch.int64) for t in (a, b, y))
     w_t = _as_tensor(w)
@@ -92,7 +93,10 @@ def weighted_loss_fn(p: int, a: Tensor | np.ndarray, b: Tensor | np.ndarray,
     def loss(theta: Tensor) -> Tensor:
         dev = theta.device
         logits = functional_logits(unflatten(theta, like), a_t.to(dev), b_t.to(dev), p=p)
-        ce = nn.functional.cross_entropy(logits, y_t.to(dev), reduction="none")  # (m,)
+        if loss == "softmax":
+            ce = nn.functional.cross_entropy(logits, y_t.to(dev), reduction="none")  # (m,)
+        else:
+            ce = -log_probs(logits, loss).gather(1, y_t.to(dev)[:, None]).squeeze(1)
         total = (ce * w_t.to(dev, theta.dtype)).sum()
         if coupled_wd:
             total = total + 0.5 * coupled_wd * torch.dot(theta, theta)

@@ -63,6 +63,20 @@ def functional_logits(params: dict[str, Tensor], a: Tensor, b: Tensor, *, p: int
     return nn.functional.linear(h, params["out.weight"], params["out.bias"])  # (n, p)
 
 
+def stablemax_s(x: Tensor) -> Tensor:
+    """StableMax's s(x) = x + 1 for x >= 0 and 1 / (1 - x) below (Prieto et al. 2025)."""
+    return torch.where(x >= 0, x + 1, 1 / (1 - x))
+
+
+def log_probs(logits: Tensor, loss: str = "softmax") -> Tensor:
+    """log q (n, p) of logits (n, p): log softmax, or log StableMax
+    q_j = s(z_j) / Σ_k s(z_k) (see `stablemax_s`)."""
+    if loss == "softmax":
+        return torch.log_softmax(logits, dim=1)
+    s = stablemax_s(logits)
+    return s.log() - s.sum(dim=1, keepdim=True).log()
+
+
 class MLP(nn.Module):
     """The task's MLP with a gather first layer; ``forward(a, b)`` returns logits (n, p)."""
 

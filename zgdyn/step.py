@@ -7,7 +7,7 @@ columns (see `column_backprop`); the first layer is an embedding-bag sum over th
 token rows and its weight gradient a scatter-add. On a CPU in float32 the GEMMs go
 through oneDNN's linear, about 2x MKL's on these thin shapes; elsewhere through mm.
 Parameters, gradients and both Adam moments are each one contiguous buffer, so AdamW is
-one fused kernel. Validated against autograd and torch.optim.AdamW in the tests.
+one fused kernel (other optimizers: `zgdyn.optim`). Validated against autograd and torch.optim.AdamW in the tests.
 
     >>> step = FusedStep(97, (128, 128), a, b, optim=OptimConfig())
     >>> step.load_params(named_params); step.set_weights(w)
@@ -25,6 +25,7 @@ from torch import Tensor
 
 from .config import OptimConfig
 from .model import DTYPES, layer_names, param_shapes
+from .optim import needs_max_moment, update
 
 
 def keep_heap_mapped() -> bool:
@@ -66,7 +67,7 @@ def column_backprop(h1: Tensor, params: dict[str, Tensor], grads: dict[str, Tens
                     layers: list[str], linear: Callable[[Tensor, Tensor, Tensor | None, bool],
                                                         Tensor],
                     w: Tensor, neg_w: Tensor, flat_yt: Tensor,
-                    dh1: Tensor) -> tuple[Tensor, Tensor]:
+                    dh1: Tensor, loss: str = "softmax") -> tuple[Tensor, Tensor]:
     """The weighted CE and its gradient through the dense layers, on columns; solo or
     batched alike (a leading member axis everywhere, or none).
 
@@ -79,9 +80,9 @@ def column_backprop(h1: Tensor, params: dict[str, Tensor], grads: dict[str, Tens
     scatter-add.
 
     h1: the first layer's output (n, h1) rows; w, neg_w: pair weights and their negation
-    (n,); flat_yt: the flat indices of the targets in the logits (p, n). Fills the dense
-    layers' and fc1.bias's gradients; returns the loss and the first layer's output
-    gradient (n, h1).
+    (n,); flat_yt: the flat indices of the targets in the logits (p, n); loss: the
+    normalizer, softmax or stablemax (see `output_grad`). Fills the dense layers' and
+    fc1.bias's gradients; returns the loss and the first layer's output gradient (n, h1).
     """
     def gemm(x: Tensor, w: Tensor) -> Tensor:
         return linear(x, w, None, False)
@@ -91,12 +92,7 @@ def column_backprop(h1: Tensor, params: dict[str, Tensor], grads: dict[str, Tens
         h = gemm(params[f"{name}.weight"], ins[-1].mT).add_(params[f"{name}.bias"][..., None])
         ins.append(h.relu_() if name != "out" else h)
     z = ins.pop()  # logits (p, n)
-    sm = torch.softmax(z, dim=-2)
-    # log p(y) = z_y - logsumexp(z) = z_y - max(z) + log(max softmax); max softmax >= 1/p
-    logp_y = z.view(-1)[flat_yt].view(w.shape) - z.amax(-2) + sm.amax(-2).log_()
-    loss = -(w * logp_y).sum(-1)
-    dz = sm.mul_(w[..., None, :])  # w * softmax
-    dz.view(-1).index_add_(0, flat_yt, neg_w.reshape(-1))  # - w * onehot(y)
+    total, dz = output_grad(z, w, neg_w, flat_yt, loss)
     for i in range(len(layers) - 1, 0, -1):
         name, h_in = layers[i], ins[i - 1]
         grads[f"{name}.weight"].copy_(gemm(dz, h_in))
@@ -107,7 +103,34 @@ def column_backprop(h1: Tensor, params: dict[str, Tensor], grads: dict[str, Tens
     dh1.copy_(dh.mT)
     dz = torch.ops.aten.threshold_backward(dh1, h1, 0)  # (n, h1) rows
     torch.sum(dz, -2, out=grads["fc1.bias"])
-    return loss, dz
+    return total, dz
+
+
+def output_grad(z: Tensor, w: Tensor, neg_w: Tensor, flat_yt: Tensor,
+                loss: str) -> tuple[Tensor, Tensor]:
+    """The weighted CE of logits z (p, n) on columns, and its gradient dz (p, n).
+
+    softmax: L = −Σ_i w_i log softmax(z_i)_y, dz = w (softmax(z) − onehot(y)).
+    stablemax (Prieto et al. 2025): q_j = s(z_j) / Σ_k s(z_k) with s(x) = x + 1 (x ≥ 0),
+    1/(1 − x) (x < 0); L = −Σ_i w_i log q_y, dz_j = w (s'(z_j)/Σ s − [j = y] s'(z_y)/s(z_y)),
+    where s' = 1 above 0 and s² below, and s'/s = 1/(1 + |x|). A leading member axis
+    (K, p, n) works alike.
+    """
+    if loss == "softmax":
+        sm = torch.softmax(z, dim=-2)
+        # log p(y) = z_y - logsumexp(z) = z_y - max(z) + log(max softmax); max softmax >= 1/p
+        logp_y = z.view(-1)[flat_yt].view(w.shape) - z.amax(-2) + sm.amax(-2).log_()
+        dz = sm.mul_(w[..., None, :])  # w * softmax
+        dz.view(-1).index_add_(0, flat_yt, neg_w.reshape(-1))  # - w * onehot(y)
+        return -(w * logp_y).sum(-1), dz
+    pos = z >= 0
+    s = torch.where(pos, z + 1, 1 / (1 - z))  # (p, n)
+    total = s.sum(-2)  # (n,)
+    z_y = z.view(-1)[flat_yt].view(w.shape)
+    logp_y = s.view(-1)[flat_yt].view(w.shape).log() - total.log()
+    dz = torch.where(pos, torch.ones_like(s), s * s).mul_((w / total)[..., None, :])
+    dz.view(-1).index_add_(0, flat_yt, (neg_w / (1 + z_y.abs())).reshape(-1))
+    return -(w * logp_y).sum(-1), dz
 
 
 def param_views(flat: Tensor, shapes: dict[str, tuple[int, ...]]) -> dict[str, Tensor]:
@@ -128,39 +151,6 @@ def padded_rows(shape: tuple[int, ...], **kw) -> Tensor:
     return torch.empty(*shape[:-1], shape[-1] + pad, **kw)[..., :shape[-1]]
 
 
-Hyper = float | list[float]  # a number, or one number per member of an ensemble
-
-
-@torch.no_grad()
-def adamw_update(theta: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, *,
-                 lr: Hyper, weight_decay: Hyper, beta1: Hyper, beta2: Hyper, eps: Hyper,
-                 t: int | list[int]) -> None:
-    """AdamW in place: torch's fused kernel, the one torch.optim.AdamW(fused=True) runs.
-
-    theta <- theta - lr wd theta - lr/(1 - b1^t) m / (sqrt(v / (1 - b2^t)) + eps), with
-    m <- b1 m + (1 - b1) g and v <- b2 v + (1 - b2) g^2, element by element in one pass
-    (about 5x the separate vector ops at p = 97). Buffers (N,) with numbers, or (K, N)
-    with numbers or per-member lists: every row is updated as a tensor of its own, so a
-    member's update is bitwise the one its solo run makes.
-    """
-    bufs = (theta, grad, exp_avg, exp_avg_sq)
-    if theta.dim() == 1:
-        groups = {(lr, weight_decay, beta1, beta2, eps, t): [[b] for b in bufs]}
-    else:
-        k = theta.shape[0]
-        hyper = [x if isinstance(x, (list, tuple)) else [x] * k
-                 for x in (lr, weight_decay, beta1, beta2, eps, t)]
-        groups = {}  # members that share every hyperparameter: their rows
-        for i in range(k):
-            rows = groups.setdefault(tuple(h[i] for h in hyper), [[], [], [], []])
-            for row, b in zip(rows, bufs):
-                row.append(b[i])
-    for (lr_, wd, b1, b2, eps_, t_), (th, g, m, v) in groups.items():
-        step = torch.full((), float(t_), dtype=torch.float32, device=theta.device)
-        torch._fused_adamw_(th, g, m, v, [], [step] * len(th), lr=lr_, beta1=b1, beta2=b2,
-                            weight_decay=wd, eps=eps_, amsgrad=False, maximize=False)
-
-
 class FusedStep:
     """Flat-buffer model state and the full-batch AdamW step over pairs (a, b).
 
@@ -170,10 +160,10 @@ class FusedStep:
 
     def __init__(self, p: int, hidden: tuple[int, ...], a: Tensor, b: Tensor, *,
                  optim: OptimConfig, dtype: str = "float32", device: str = "cpu",
-                 use_onednn: bool | None = None) -> None:
+                 use_onednn: bool | None = None, loss: str = "softmax") -> None:
         self.p = p
         self.hidden = tuple(hidden)
-        self.optim = optim
+        self.loss = loss
         self.device = torch.device(device)
         self.dtype = DTYPES[dtype]
         self.shapes = param_shapes(p, hidden)
@@ -183,8 +173,10 @@ class FusedStep:
         self.grad = torch.zeros(n, **kw)
         self.exp_avg = torch.zeros(n, **kw)
         self.exp_avg_sq = torch.zeros(n, **kw)
+        self.max_exp_avg_sq: Tensor | None = None  # AMSGrad's running maximum of v
         self.t = 0
         self.hook = None  # a zgdyn.hooks.Hook, set by the Trainer
+        self.set_optim(optim)
         self.params = self.views(self.theta)
         self.grads = self.views(self.grad)
         self.layers = layer_names(len(hidden))
@@ -216,6 +208,21 @@ class FusedStep:
         """{name: view of flat (N,)} shaped like the parameters (for theta, grad or a moment)."""
         return param_views(flat, self.shapes)
 
+    def set_optim(self, optim: OptimConfig) -> None:
+        """Take the optimizer settings `optim` from the next step on (its state as it is)."""
+        self.optim = optim
+        if needs_max_moment(optim.name) and self.max_exp_avg_sq is None:
+            self.max_exp_avg_sq = torch.zeros_like(self.exp_avg_sq)
+
+    @torch.no_grad()
+    def reset_optimizer(self) -> None:
+        """Zero the optimizer's state and its step count."""
+        self.exp_avg.zero_()
+        self.exp_avg_sq.zero_()
+        if self.max_exp_avg_sq is not None:
+            self.max_exp_avg_sq.zero_()
+        self.t = 0
+
     def set_weights(self, w: Tensor) -> None:
         """Per-pair loss weights (n,), normalized to sum 1 by the caller."""
         self.w.copy_(w)
@@ -223,11 +230,14 @@ class FusedStep:
 
     @torch.no_grad()
     def bind(self, theta: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor,
-             w: Tensor, neg_w: Tensor) -> None:
+             w: Tensor, neg_w: Tensor, max_exp_avg_sq: Tensor | None = None) -> None:
         """Move the state into the given (N,) and (n,) buffers, rows of an ensemble's
         (K, N) and (K, n) buffers say; the step then reads and writes them in place."""
-        for name, new in (("theta", theta), ("grad", grad), ("exp_avg", exp_avg),
-                          ("exp_avg_sq", exp_avg_sq), ("w", w), ("_neg_w", neg_w)):
+        pairs = [("theta", theta), ("grad", grad), ("exp_avg", exp_avg),
+                 ("exp_avg_sq", exp_avg_sq), ("w", w), ("_neg_w", neg_w)]
+        if self.max_exp_avg_sq is not None and max_exp_avg_sq is not None:
+            pairs.append(("max_exp_avg_sq", max_exp_avg_sq))
+        for name, new in pairs:
             new.copy_(getattr(self, name))
             setattr(self, name, new)
         self.params = self.views(self.theta)
@@ -267,7 +277,7 @@ class FusedStep:
         """Weighted CE at theta; fills self.grad. Returns the loss (0-dim tensor)."""
         h1 = self._first_layer(self._pairs)  # (n, h1)
         loss, dz = column_backprop(h1, self.params, self.grads, self.layers, self._linear,
-                                   self.w, self._neg_w, self._flat_yt, self._dh1)
+                                   self.w, self._neg_w, self._flat_yt, self._dh1, self.loss)
         if self._onehot is None:
             g1t = torch.zeros(2 * self.p, dz.shape[1], dtype=self.dtype, device=self.device)
             g1t.index_add_(0, self.a, dz).index_add_(0, self.pb, dz)  # (2p, h1)
@@ -278,26 +288,26 @@ class FusedStep:
 
     # -- optimizer -----------------------------------------------------------------------
 
-    @torch.no_grad()
-    def adamw(self) -> None:
-        """One AdamW update from self.grad, as torch.optim.AdamW(fused=True)."""
-        o = self.optim
+    def optimizer_step(self) -> None:
+        """One update of theta from self.grad by the optimizer `self.optim` (zgdyn.optim;
+        AdamW is torch.optim.AdamW(fused=True)'s kernel)."""
         self.t += 1
-        adamw_update(self.theta, self.grad, self.exp_avg, self.exp_avg_sq, lr=o.lr,
-                     weight_decay=o.weight_decay, beta1=o.beta1, beta2=o.beta2, eps=o.eps,
-                     t=self.t)
+        update([self.theta], [self.grad], [self.exp_avg], [self.exp_avg_sq],
+               [self.max_exp_avg_sq], [self.optim], [self.t], self.shapes)
+
+    adamw = optimizer_step  # the name step hooks written for AdamW call
 
     def step(self) -> Tensor:
-        """One full-batch epoch: gradient, the hook if any (see `zgdyn.hooks`), then AdamW.
-        Returns the loss before the update."""
+        """One full-batch epoch: gradient, the hook if any (see `zgdyn.hooks`), then the
+        optimizer. Returns the loss before the update."""
         loss = self.loss_and_grad()
         if self.hook is None:
-            self.adamw()
+            self.optimizer_step()
         else:
             with torch.no_grad():
                 self.hook.grad(self)
                 if not self.hook.update(self):
-                    self.adamw()
+                    self.optimizer_step()
         return loss
 
     @torch.no_grad()

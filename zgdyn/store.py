@@ -31,6 +31,7 @@ from .data import Split
 from .journal import JournaledFile, RunFileError, _journal_path, _try_lock, recover, \
     writer_active
 from .model import MLP, build_model, param_shapes
+from .optim import needs_max_moment
 from .train import METRICS, OPTIONAL_METRICS, Callback, Snapshot, Trainer, Window
 
 FORMAT = "zgdyn.run"
@@ -76,6 +77,13 @@ WINDOW_LOSSES = ("base_loss", "trigger_loss")
 WINDOW_FIELDS = WINDOW_INDEX + WINDOW_LOSSES
 
 
+def _moments(config: Config) -> tuple[str, ...]:
+    """The optimizer-state groups of a run's keyframes: Adam's (or SGD's) two moments, and
+    AMSGrad's running maximum of v if any phase uses it (zeros before it is in use)."""
+    extra = ("max_exp_avg_sq",) if any(needs_max_moment(o) for o in config.optimizers) else ()
+    return ("exp_avg", "exp_avg_sq", *extra)
+
+
 def _create_skeleton(path: Path, config: Config, trainer: Trainer) -> None:
     """Write a new run file with its config, split, weights and empty datasets, atomically."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -104,7 +112,7 @@ def _create_skeleton(path: Path, config: Config, trainer: Trainer) -> None:
                 _ext_dataset(kf, name, (), np.int64)
             for name, shape in shapes.items():
                 _ext_dataset(ck, name, shape, np_dtype, checksum=True)
-                for moment in ("exp_avg", "exp_avg_sq"):
+                for moment in _moments(config):
                     _ext_dataset(kf.require_group(moment), name, shape, np_dtype,
                                  checksum=True)
         with open(tmp, "rb+") as fh:
@@ -266,6 +274,11 @@ class RunWriter(_Writable, Callback):
         for moment in ("exp_avg", "exp_avg_sq"):
             for name, value in getattr(snap, moment).items():
                 _append(g[moment][name], value.cpu().numpy())
+        if "max_exp_avg_sq" in g:
+            for name, value in snap.exp_avg_sq.items():
+                held = snap.max_exp_avg_sq
+                _append(g["max_exp_avg_sq"][name], (torch.zeros_like(value) if held is None
+                                                    else held[name]).cpu().numpy())
         self.h5.attrs["epochs_done"] = trainer.epoch
         if trainer.watch is not None:
             self.h5.attrs["watch_state"] = json.dumps(trainer.watch.state())
@@ -393,13 +406,17 @@ def _snapshot(f: h5py.File, row: int, device: str) -> Snapshot:
     as_t = lambda ds, r: torch.from_numpy(np.asarray(ds[r])).to(device)
     cfg = json.loads(f.attrs["config"])
     names = list(param_shapes(cfg["data"]["p"], tuple(cfg["model"]["hidden"])))  # layer order
+    phase = int(kf["phase"][row])
+    optim = _config_of(f, Path(f.filename)).phase_optim(phase)
     return Snapshot(
         epoch=epoch,
         params={n: as_t(f["checkpoints"][n], ck_row) for n in names},
         exp_avg={n: as_t(kf["exp_avg"][n], row) for n in names},
         exp_avg_sq={n: as_t(kf["exp_avg_sq"][n], row) for n in names},
-        step=int(kf["step"][row]), phase=int(kf["phase"][row]),
+        step=int(kf["step"][row]), phase=phase,
         switch_epoch=int(kf["switch_epoch"][row]),
+        max_exp_avg_sq={n: as_t(kf["max_exp_avg_sq"][n], row) for n in names}
+        if needs_max_moment(optim.name) and "max_exp_avg_sq" in kf else None,
     )
 
 
@@ -623,8 +640,8 @@ def verify_run(path: str | Path) -> dict[str, Any]:
         n_ck = rows("checkpoints/epoch")
         n_kf = rows("keyframes/epoch")
         for name, shape in shapes.items():
-            for group, n in (("checkpoints", n_ck), ("keyframes/exp_avg", n_kf),
-                             ("keyframes/exp_avg_sq", n_kf)):
+            for group, n in (("checkpoints", n_ck),
+                             *((f"keyframes/{mo}", n_kf) for mo in _moments(cfg))):
                 ds = f"{group}/{name}"
                 got = rows(ds)
                 if got is None or n is None:

@@ -26,13 +26,16 @@ from torch import Tensor
 from .config import Config, ZgdynError
 from .data import Split, make_split, zipf_weights
 from .hooks import make_hook
-from .model import build_model
+from .model import build_model, log_probs
+from .optim import has_second_moment
 from .step import FusedStep
 
 METRICS = ("epoch", "phase", "zipf_s", "train_loss", "train_loss_unweighted", "train_acc",
-           "train_acc_weighted", "test_loss", "test_acc", "adam_scale")
+           "train_acc_weighted", "test_loss", "test_acc", "adam_scale", "sqrt_v_median",
+           "sqrt_v_p10", "saturated_mass", "lambda_grad")
 # metrics that files written by earlier zgdyn versions may lack
-OPTIONAL_METRICS = ("adam_scale",)
+OPTIONAL_METRICS = ("adam_scale", "sqrt_v_median", "sqrt_v_p10", "saturated_mass",
+                    "lambda_grad")
 
 
 class Diverged(ZgdynError):
@@ -60,6 +63,7 @@ class Snapshot:
     step: int  # Adam step count
     phase: int  # 0 before the switch, 1 after
     switch_epoch: int  # -1 if no switch has happened
+    max_exp_avg_sq: dict[str, Tensor] | None = None  # AMSGrad's running maximum of v
 
 
 LOOKBACK = 2_000  # epochs over which the collapse detector takes the loss minimum
@@ -201,7 +205,9 @@ class Trainer:
                               for s in self.phase_s]  # (n_train,) float64 each
         a, b, _ = self.split.tokens(self.split.train_idx)
         self.step = FusedStep(d.p, m.hidden, torch.as_tensor(a), torch.as_tensor(b),
-                              optim=config.optim, dtype=m.dtype, device=config.device)
+                              optim=config.optim, dtype=m.dtype, device=config.device,
+                              loss=m.loss)
+        self._train_ab = (torch.as_tensor(a), torch.as_tensor(b))
         self.step.hook = make_hook(config)
         grid = np.arange(d.p * d.p)
         ga, gb, gy = self.split.tokens(grid)
@@ -244,12 +250,22 @@ class Trainer:
         copy = lambda flat: {k: v.detach().clone() for k, v in st.views(flat).items()}
         return Snapshot(epoch=self.epoch, params=copy(st.theta), exp_avg=copy(st.exp_avg),
                         exp_avg_sq=copy(st.exp_avg_sq), step=st.t, phase=self.phase,
-                        switch_epoch=self.switch_epoch)
+                        switch_epoch=self.switch_epoch,
+                        max_exp_avg_sq=None if st.max_exp_avg_sq is None
+                        else copy(st.max_exp_avg_sq))
 
     def restore(self, snap: Snapshot) -> None:
         st = self.step
-        for flat, named in ((st.theta, snap.params), (st.exp_avg, snap.exp_avg),
-                            (st.exp_avg_sq, snap.exp_avg_sq)):
+        st.set_optim(self.config.phase_optim(snap.phase))
+        pairs = [(st.theta, snap.params), (st.exp_avg, snap.exp_avg),
+                 (st.exp_avg_sq, snap.exp_avg_sq)]
+        if st.max_exp_avg_sq is not None:
+            if snap.max_exp_avg_sq is None:
+                raise ZgdynError(f"the state at epoch {snap.epoch} lacks amsgrad's running "
+                                 "maximum of v (max_exp_avg_sq), which this run's optimizer "
+                                 "needs")
+            pairs.append((st.max_exp_avg_sq, snap.max_exp_avg_sq))
+        for flat, named in pairs:
             for k, view in st.views(flat).items():
                 view.copy_(named[k])
         st.t, self.epoch = snap.step, snap.epoch
@@ -258,14 +274,16 @@ class Trainer:
 
     # -- evaluation ----------------------------------------------------------------------
 
-    def evaluate(self) -> dict[str, float]:
-        """Metrics at the current parameters over the full p x p grid (test unweighted)."""
+    def evaluate(self, *, live_state: bool = True) -> dict[str, float]:
+        """Metrics at the current parameters over the full p x p grid (test unweighted).
+        Without `live_state` the optimizer's state is not that of these parameters, and its
+        diagnostics are NaN."""
         pending, self.pending_eval = self.pending_eval, None
         if pending is not None and pending["epoch"] == self.epoch:
             return pending  # computed for this epoch by an ensemble, batched
         a, b, y = self._grid
         logits = self.step.logits(a, b)  # (p*p, p)
-        ce = -torch.log_softmax(logits, dim=1).gather(1, y[:, None]).squeeze(1)  # (p*p,)
+        ce = -log_probs(logits, self.step.loss).gather(1, y[:, None]).squeeze(1)  # (p*p,)
         correct = (logits.argmax(dim=1) == y).to(logits.dtype)
         tr, te = self._train_idx, self._test_idx
         w = self.phase_weights[self.phase].to(ce.device)
@@ -280,13 +298,64 @@ class Trainer:
             "test_loss": float(ce[te].double().mean()),
             "test_acc": float(correct[te].double().mean()),
             "adam_scale": self.adam_scale(),
+            "saturated_mass": _weighted_mean((ce[tr] == 0).to(ce.dtype), w),
+            **(self.optimizer_diagnostics() if live_state else dict.fromkeys(
+                ("sqrt_v_median", "sqrt_v_p10", "lambda_grad"), math.nan)),
         }
 
-    def adam_scale(self) -> float:
-        """Adam's second-moment scale: sqrt(mean v_hat), the RMS gradient it divides by."""
+    def _second_moment(self) -> Tensor | None:
+        """The v the optimizer divides by (AMSGrad's maximum), or None (sgd)."""
         st = self.step
-        return adam_scale_of(float(st.exp_avg_sq.sum(dtype=torch.float64)),
-                             st.exp_avg_sq.numel(), self.config.optim.beta2, st.t)
+        if not has_second_moment(st.optim.name):
+            return None
+        return st.exp_avg_sq if st.max_exp_avg_sq is None else st.max_exp_avg_sq
+
+    def adam_scale(self) -> float:
+        """Adam's second-moment scale: sqrt(mean v_hat), the RMS gradient it divides by
+        (NaN for an optimizer without one)."""
+        v = self._second_moment()
+        if v is None:
+            return math.nan
+        return adam_scale_of(float(v.sum(dtype=torch.float64)), v.numel(),
+                             self.step.optim.beta2, self.step.t)
+
+    def optimizer_diagnostics(self) -> dict[str, float]:
+        """sqrt(v_hat)'s median and 10th percentile over the parameters, and, if
+        `record.lambda_grad`, the preconditioned sharpness along the gradient (NaN where
+        they do not apply)."""
+        v, st = self._second_moment(), self.step
+        out = {"sqrt_v_median": math.nan, "sqrt_v_p10": math.nan, "lambda_grad": math.nan}
+        if v is not None:
+            if st.t == 0:
+                out.update(sqrt_v_median=0.0, sqrt_v_p10=0.0)
+            else:
+                sqrt_v = (v.double() / (1.0 - st.optim.beta2 ** st.t)).sqrt()
+                q = torch.quantile(sqrt_v.cpu(), torch.tensor([0.5, 0.1], dtype=torch.float64))
+                out.update(sqrt_v_median=float(q[0]), sqrt_v_p10=float(q[1]))
+        if self.config.record.lambda_grad and st.t > 0:
+            out["lambda_grad"] = self.lambda_grad()
+        return out
+
+    def lambda_grad(self) -> float:
+        """λ_grad = gᵀP⁻¹HP⁻¹g / gᵀP⁻¹g at the live parameters: the curvature of the
+        weighted train loss along the next step's direction P⁻¹g, in the metric of the
+        optimizer's preconditioner P (`optim.denominator`; P = I for sgd). One gradient and
+        one Hessian-vector product (torch.func), in the run's dtype."""
+        from .hessian import gradient, make_hvp, weighted_loss_fn
+        from .optim import denominator
+
+        st = self.step
+        a, b = self._train_ab
+        y = (a + b) % st.p
+        theta = st.theta.detach().clone()
+        loss_fn = weighted_loss_fn(st.p, a, b, y, st.w, like=st.shapes, loss=st.loss)
+        g = gradient(loss_fn, theta)
+        d = denominator(st.exp_avg_sq, st.max_exp_avg_sq, st.t, st.optim)
+        u = g / d
+        gu = float(torch.dot(g.double(), u.double()))
+        if gu <= 0:
+            return math.nan
+        return float(torch.dot(u.double(), make_hvp(loss_fn, theta)(u).double())) / gu
 
     def _should_switch(self, metrics: dict[str, float] | None) -> bool:
         sch = self.config.schedule
@@ -299,6 +368,10 @@ class Trainer:
     def _switch(self) -> None:
         self.phase, self.switch_epoch = 1, self.epoch
         self.step.set_weights(self.phase_weights[1])
+        sch, old = self.config.schedule, self.step.optim
+        self.step.set_optim(self.config.phase_optim(1))
+        if sch.reset_optimizer_at_switch or self.step.optim.name != old.name:
+            self.step.reset_optimizer()
         if self.watch is not None:
             self.watch.reset_minimum()
 
@@ -308,7 +381,7 @@ class Trainer:
         self.pending_eval = None
         try:
             self.step.theta.copy_(theta)
-            metrics = self.evaluate()
+            metrics = self.evaluate(live_state=False)
         finally:
             self.step.theta.copy_(live)
         metrics["epoch"], metrics["adam_scale"] = float(epoch), adam_scale
