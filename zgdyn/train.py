@@ -27,7 +27,7 @@ from .config import Config, ZgdynError
 from .data import Split, make_split, zipf_weights
 from .hooks import make_hook
 from .model import build_model, log_probs
-from .optim import has_second_moment
+from .optim import has_second_moment, needs_max_moment
 from .step import FusedStep
 
 METRICS = ("epoch", "phase", "zipf_s", "train_loss", "train_loss_unweighted", "train_acc",
@@ -259,12 +259,14 @@ class Trainer:
         st.set_optim(self.config.phase_optim(snap.phase))
         pairs = [(st.theta, snap.params), (st.exp_avg, snap.exp_avg),
                  (st.exp_avg_sq, snap.exp_avg_sq)]
-        if st.max_exp_avg_sq is not None:
+        if needs_max_moment(st.optim.name):
             if snap.max_exp_avg_sq is None:
                 raise ZgdynError(f"the state at epoch {snap.epoch} lacks amsgrad's running "
                                  "maximum of v (max_exp_avg_sq), which this run's optimizer "
                                  "needs")
             pairs.append((st.max_exp_avg_sq, snap.max_exp_avg_sq))
+        elif st.max_exp_avg_sq is not None:  # a later phase's; unused before it
+            st.max_exp_avg_sq.zero_()
         for flat, named in pairs:
             for k, view in st.views(flat).items():
                 view.copy_(named[k])
