@@ -49,7 +49,8 @@ from .train import Callback, Trainer
 
 SECTIONS = {"single": "zipf_s", "two_phase": "switch_s"}
 TOP_KEYS = {"name", "description", "seeds", "base", "variants", "single", "two_phase",
-            "saddle", "perturb"}
+            "saddle", "perturb", "mechanism"}
+MECHANISM_KEYS = {"baseline", "onset_sharpness"}
 SADDLE_KEYS = {"exponents", "dtype", "run"}
 PERTURB_KEYS = {"zipf_s", "eps", "epochs", "directions", "dtype", "early", "seed"}
 SUITES_DIR = Path("experiments")
@@ -82,6 +83,7 @@ class Suite:
     saddle: dict[str, Any] | None
     perturb: dict[str, Any] | None
     source: str = ""
+    mechanism: dict[str, Any] | None = None  # the mechanism table: its baseline variant
 
     def runs(self, root: str | Path) -> list[RunSpec]:
         """Every run, with its config and its file under `root`/runs."""
@@ -152,9 +154,10 @@ def suite_from_dict(d: dict[str, Any], source: str = "") -> Suite:
             tables[table] = {**sec, key: _list(f"{where}: [{table}] {key}", sec[key])}
     if not tables:
         raise ConfigError(f"{where}: needs a [single] or a [two_phase] table")
-    saddle, perturb = d.get("saddle"), d.get("perturb")
+    saddle, perturb, mechanism = d.get("saddle"), d.get("perturb"), d.get("mechanism")
     for name, sec, allowed in (("saddle", saddle, SADDLE_KEYS), ("perturb", perturb,
-                                                                   PERTURB_KEYS)):
+                                                                   PERTURB_KEYS),
+                               ("mechanism", mechanism, MECHANISM_KEYS)):
         if sec is not None:
             if not isinstance(sec, dict):
                 raise ConfigError(f"{where}: [{name}] must be a table")
@@ -163,10 +166,17 @@ def suite_from_dict(d: dict[str, Any], source: str = "") -> Suite:
     if not (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name)):
         raise ConfigError(f"{where}: name: must be letters, digits, '_', '-', '.' (it names "
                           f"the runs' folder), got {name!r}")
+    if mechanism is not None:
+        first = next(iter(variants))
+        if mechanism.setdefault("baseline", first) not in variants:
+            raise ConfigError(f"{where}: [mechanism] baseline: must name a variant "
+                              f"({', '.join(variants)}), got {mechanism['baseline']!r}")
+        if not isinstance(mechanism.setdefault("onset_sharpness", True), bool):
+            raise ConfigError(f"{where}: [mechanism] onset_sharpness: must be true or false")
     suite = Suite(name=name,
                   description=str(d.get("description", "")), seeds=seeds, base=base,
                   variants=variants, tables=tables, saddle=saddle, perturb=perturb,
-                  source=source)
+                  source=source, mechanism=mechanism)
     specs = suite.runs(".")  # validates every run's config
     if perturb is not None:
         _perturb_settings(perturb)
