@@ -475,6 +475,13 @@ class Trainer:
         if keyframe:
             self._emit(callbacks, "on_keyframe")
 
+    def advance_to(self, epoch: int) -> None:
+        """Train on to `epoch` emitting nothing (the switch still happens): a replay from a
+        restored snapshot, bitwise the recorded run's on the same device and threads."""
+        while self.epoch < epoch and not self.finished:
+            self._advance(check=True)
+            self.at_epoch([])
+
     def run(self, callbacks: list[Callback] | tuple = ()) -> None:
         """Train to the end epoch (or until `stop_requested` is set), emitting events."""
         callbacks = list(callbacks)
