@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import StopAt, count
+from conftest import StopAt, count, small_config
 from zgdyn.cli import main
 from zgdyn.config import ConfigError, ZgdynError
 from zgdyn.report import MARKER, write_report
@@ -340,3 +340,19 @@ def test_suite_ensemble_flag_bad_values_are_one_line(tmp_path, capsys):
     assert main(["two-phase", "--switch-s", "1", "--ensemble", "-1", "--out",
                  str(tmp_path)]) == 2
     assert "--ensemble: must be" in capsys.readouterr().err
+
+
+def test_plan_resumes_a_run_whose_stop_after_collapses_changed(tmp_path):
+    """When a run stops is a schedule change, like its length: the file is resumed."""
+    from zgdyn.runner import train_run
+    from zgdyn.suite import RunSpec, plan
+
+    cfg = small_config(60)
+    path = tmp_path / "r.h5"
+    train_run(cfg, path)
+    later = cfg.replace(stop_after_collapses=4, epochs=80)
+    task, = plan([RunSpec("single", "default", 0.0, cfg.seed, later, path)])
+    assert task.action == "resume"
+    assert task.changes == {"epochs": 80, "stop_after_collapses": 4}
+    with pytest.raises(ZgdynError, match="holds a run with another config"):
+        plan([RunSpec("single", "default", 0.0, cfg.seed, cfg.replace(lr=2e-3), path)])

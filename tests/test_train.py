@@ -141,3 +141,50 @@ def test_cuda_trajectory_matches_cpu(small):
     cpu, gpu = Trainer(cfg), Trainer(cfg.replace(device="cuda"))
     cpu.run(), gpu.run()
     torch.testing.assert_close(gpu.step.theta.cpu(), cpu.step.theta, rtol=1e-9, atol=1e-12)
+
+
+
+KICKS = (300, 2_600, 4_900)  # epochs 2,300 apart: beyond the detector's 2,000-epoch rest
+
+
+def _register_kick():
+    """A step hook that throws the parameters off at the epochs in KICKS: planted
+    collapses, each a spike of the train loss far above its recent minimum."""
+    from zgdyn.hooks import HOOKS, Hook, register
+
+    if "test_kick" in HOOKS:
+        return
+
+    @register("test_kick")
+    class Kick(Hook):
+        def update(self, step):
+            if step.t + 1 in KICKS:
+                g = torch.Generator().manual_seed(step.t)
+                step.theta.add_(torch.randn(step.theta.shape, generator=g,
+                                            dtype=step.theta.dtype), alpha=self.strength)
+            return False
+
+
+def test_stop_after_collapses_ends_a_run_complete_after_the_nth_window(tmp_path):
+    """The detector's count survives a resume, and the run ends at the window's keyframe."""
+    from zgdyn.runner import resume_run, train_run
+    from zgdyn.store import open_run
+
+    from conftest import StopAt, small_config
+
+    _register_kick()
+    cfg = small_config(6_000, zipf_s=1.5, window=5, hook="test_kick", hook_strength=2.0,
+                       stop_after_collapses=2)
+    full = Trainer(cfg.replace(stop_after_collapses=None))
+    full.run([])
+    assert full.watch.fired == 3  # one per kick
+    path = tmp_path / "r.h5"
+    trainer = train_run(cfg, path, callbacks=[StopAt(1_000)])
+    assert trainer.stopped_early and trainer.watch.fired == 1
+    done = resume_run(path)
+    assert done.watch.fired == 2 and not done.stopped_early
+    assert done.epoch == KICKS[1] + 5  # the second window's last epoch
+    with open_run(path) as run:
+        assert run.attrs["status"] == "complete"
+        assert len(run.windows["trigger"]) == 2
+        assert run.keyframe_epochs[-1] == run.windows["end"][-1] == done.epoch

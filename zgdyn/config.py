@@ -195,6 +195,10 @@ class ScheduleConfig:
                                       "its state starts afresh); unset = keep it")
     switch_lr: float | None = _f(None, "the learning rate after the switch, > 0; unset = keep "
                                  "optim.lr")
+    stop_after_collapses: int | None = _f(None, "end the run (complete) once the collapse "
+                                          "detector has fired this many times and the last "
+                                          "window has closed, >= 1; needs record.window > 0; "
+                                          "unset = run to `epochs`")
 
     def __post_init__(self) -> None:
         _check(_is_int(self.epochs) and self.epochs >= 1, "epochs", "an integer >= 1", self.epochs)
@@ -220,6 +224,9 @@ class ScheduleConfig:
         if self.switch_lr is not None:
             _check(_is_real(self.switch_lr) and self.switch_lr > 0, "switch_lr", "a number > 0",
                    self.switch_lr)
+        if self.stop_after_collapses is not None:
+            _check(_is_int(self.stop_after_collapses) and self.stop_after_collapses >= 1,
+                   "stop_after_collapses", "an integer >= 1", self.stop_after_collapses)
         phase2_only = {"reset_optimizer_at_switch": self.reset_optimizer_at_switch or None,
                        "switch_optimizer": self.switch_optimizer, "switch_lr": self.switch_lr}
         for name, value in phase2_only.items():
@@ -285,6 +292,9 @@ class Config:
                "device", "cpu | cuda | cuda:N", self.device)
         sch = self.schedule
         check_applies(self.optim, *self.optimizers)
+        _check(sch.stop_after_collapses is None or self.record.window > 0,
+               "stop_after_collapses", "unset unless the collapse detector is on (window > 0)",
+               sch.stop_after_collapses)
         if sch.switch_lr is not None:
             _check(sch.switch_lr * self.optim.weight_decay < 1, "switch_lr",
                    "below 1 / weight_decay, so that 1 - switch_lr * weight_decay > 0",

@@ -19,7 +19,7 @@ from .train import LOOKBACK, Callback, Diverged, ProgressBar, Trainer
 
 # fields that may change when a run is resumed: how long it goes on, and where it runs;
 # after a divergence also the optimizer's settings (every change is kept in `history`)
-RESUMABLE_CHANGES = ("epochs", "phase2_epochs", "device")
+RESUMABLE_CHANGES = ("epochs", "phase2_epochs", "device", "stop_after_collapses")
 AFTER_DIVERGENCE = ("lr", "weight_decay", "beta1", "beta2", "eps")
 
 

@@ -221,8 +221,15 @@ class RunWriter(_Writable, Callback):
 
     @property
     def watch_state(self) -> dict[str, float] | None:
+        """The collapse detector's state at the last keyframe; its count of collapses is
+        the number of windows in files from before it was stored."""
         raw = self.h5.attrs.get("watch_state")
-        return None if raw is None else json.loads(raw)
+        if raw is None:
+            return None
+        state = json.loads(raw)
+        if "fired" not in state:
+            state["fired"] = len(self.h5["windows/trigger"]) if "windows" in self.h5 else 0
+        return state
 
     def set_config(self, config: Config, *, at_epoch: int) -> None:
         """Store a changed config, keeping the history of changes in attribute `history`."""

@@ -250,8 +250,9 @@ def plan(specs: list[RunSpec]) -> list[Task]:
             switch = int(run.attrs["switch_epoch"])
         a, b = flatten(stored), flatten(spec.config)
         diff = {k: b[k] for k in b if a[k] != b[k]}
-        growing = all(k in RESUMABLE_CHANGES[:2] and b[k] is not None and a[k] is not None
-                      and b[k] >= a[k] for k in diff)
+        # a run may grow (epochs, phase2_epochs) and change when it stops after collapses
+        growing = all((k in RESUMABLE_CHANGES[:2] and b[k] is not None and a[k] is not None
+                       and b[k] >= a[k]) or k == "stop_after_collapses" for k in diff)
         if diff and not growing:
             k = next(iter(diff))
             raise ZgdynError(f"{spec.path}: holds a run with another config ({k} = {a[k]!r}, "

@@ -105,14 +105,16 @@ class CollapseWatch:
         self._peak = (-1, -math.inf)
         self.open: Window | None = None
         self.filling = False  # rebuilding buffers on resume: no detection
+        self.fired = 0  # collapses detected so far
 
     def state(self) -> dict[str, float]:
         return {"resting_until": self.resting_until, "last_peak": self.last_peak,
-                "peak_epoch": self._peak[0], "peak_loss": self._peak[1]}
+                "peak_epoch": self._peak[0], "peak_loss": self._peak[1], "fired": self.fired}
 
     def load_state(self, state: dict[str, float]) -> None:
         self.resting_until, self.last_peak = int(state["resting_until"]), int(state["last_peak"])
         self._peak = (int(state["peak_epoch"]), float(state["peak_loss"]))
+        self.fired = int(state.get("fired", 0))  # files from before it was counted: 0
 
     def reset_minimum(self) -> None:
         """Forget the loss history (the loss changes meaning at a switch of weights)."""
@@ -153,6 +155,7 @@ class CollapseWatch:
                     self.open.thetas.append(self._ring[e % (self.k + 2)].clone())
                     self.open.scales.append(self._ring_scales[e % (self.k + 2)])
             self.resting_until, self._peak = t + REFRACTORY, (t, loss)
+            self.fired += 1
         while self._mins and self._mins[-1][1] >= loss:
             self._mins.pop()
         self._mins.append((t, loss))
@@ -500,8 +503,15 @@ class Trainer:
             self.at_epoch(callbacks)
 
     def end(self, callbacks: list[Callback]) -> None:
-        self.stopped_early = self.epoch < self.end_epoch
+        self.stopped_early = self.epoch < self.end_epoch and not self.collapses_done
         self._emit(callbacks, "on_end")
+
+    @property
+    def collapses_done(self) -> bool:
+        """`schedule.stop_after_collapses` collapses seen and their windows closed."""
+        n = self.config.schedule.stop_after_collapses
+        return (n is not None and self.watch is not None and self.watch.fired >= n
+                and not self.window_open)
 
     @property
     def check_each_step(self) -> bool:
@@ -511,8 +521,10 @@ class Trainer:
 
     @property
     def finished(self) -> bool:
-        """At the end epoch, or stopped on request (once no collapse window is open)."""
-        return self.epoch >= self.end_epoch or (self.stop_requested and not self.window_open)
+        """At the end epoch, past the collapses asked for, or stopped on request (once no
+        collapse window is open)."""
+        return (self.epoch >= self.end_epoch or self.collapses_done
+                or (self.stop_requested and not self.window_open))
 
 
 class MetricsLog(Callback):
