@@ -2,6 +2,7 @@
 curvature at an onset against a dense computation."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -196,3 +197,38 @@ def test_mechanism_record_stores_and_reuses_its_curvature(tmp_path, monkeypatch)
     assert first.onsets[0].lambda_max > 0
     again = mechanism_record(path, progress=lambda i, n: calls.append((i, n)))
     assert calls == [(1, 1)] and again.onsets == first.onsets
+
+
+def test_a_mechanism_suite_reports_its_table_and_verdicts(tmp_path):
+    """A tiny suite whose collapses are planted (a kick every 2,300 epochs) in a
+    baseline and a control with twice the decay rate: the period does not follow λ, so
+    the saddle's period law fails, and the report says so with its numbers."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_train import _register_kick
+    from zgdyn.report import reproduce
+    from zgdyn.suite import suite_from_dict
+
+    _register_kick()
+    suite = suite_from_dict({
+        "name": "mech", "seeds": [1],
+        "base": {"p": 13, "train_frac": 0.5, "hidden": [24, 24], "eval_every": 20,
+                 "ckpt_every": 500, "keyframe_every": 500, "window": 5, "hook": "test_kick",
+                 "hook_strength": 2.0},
+        "variants": {"baseline": {}, "wd-2": {"weight_decay": 2.0}},
+        "single": {"zipf_s": [1.5], "epochs": 5200},
+        "mechanism": {"baseline": "baseline", "onset_sharpness": False}})
+    result = reproduce(suite, tmp_path, analyze=True, threads=1)
+    mech = result["mechanism"]
+    assert [r["collapses"] for r in mech["records"]] == [3, 3]
+    assert [r["intervals"] for r in mech["records"]] == [[2300.0, 2300.0]] * 2
+    saddle = next(v for v in mech["verdicts"] if v["mechanism"] == "saddle")
+    law = saddle["predictions"][0]
+    assert law["held"] is False and law["median_error"] == pytest.approx(1.0)
+    assert all(o["lambda_max"] is None for r in mech["records"] for o in r["onsets"])
+    text = Path(result["report"]).read_text()
+    assert "## Why the Fourier solution falls: the mechanism table" in text
+    assert "| wd-2 | 1 | 3 | 2,300 |" in text
+    assert "median error 100.0% over 1 runs; beyond 15.0%: wd-2" in text
+    assert "**Conclusion** (from 2 runs of 2 controls)" in text
+    assert (tmp_path / "figures" / "mechanism.png").exists()

@@ -319,14 +319,15 @@ def _median_rel(pairs: list[tuple[float, float, str]]) -> tuple[float | None, li
 
 
 def period_predictions(records: list[RunRecord], baseline: str) -> dict[str, list[tuple]]:
-    """(measured, predicted, variant) per law: "saddle" per run (mean period), "clock" and
-    "clock_eps" per interval; runs with fewer than two collapses have no period."""
+    """(measured, predicted, variant) per law: "saddle" per run (mean period; not for a
+    control of another loss, whose landscape is another), "clock" and "clock_eps" per
+    interval; runs with fewer than two collapses have no period."""
     base = {r.seed: r for r in records if r.variant == baseline}
     out: dict[str, list[tuple]] = {"saddle": [], "clock": [], "clock_eps": []}
     for r in records:
         b = base.get(r.seed)
         if r.period_mean is not None and r.variant != baseline and b is not None \
-                and b.period_mean is not None:
+                and b.period_mean is not None and r.loss == b.loss:  # the same landscape
             out["saddle"].append((r.period_mean, b.period_mean * b.lam / r.lam, r.variant))
         for obs, pred, pe in zip(r.intervals, r.clock, r.clock_eps):
             if pred is not None:

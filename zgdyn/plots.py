@@ -330,6 +330,53 @@ def plot_perturb(result: dict[str, Any], *, title: str = "") -> Figure:
     return fig
 
 
+LAW_TITLES = {"saddle": "saddle: baseline period × λ_base / λ",
+              "clock": "Adam's clock, measured onset:\nln(√v̂ after / √v̂ onset) / ((1 − β2)/2)",
+              "clock_eps": "Adam's clock, onset at ε:\nln(√v̂ after / ε) / ((1 − β2)/2)"}
+
+
+def plot_period_laws(laws: dict[str, list[tuple[float, float, str]]], *,
+                     title: str = "") -> Figure:
+    """Measured period (or interval) against each law's prediction, one panel per law,
+    log-log with the line y = x; points coloured by control. laws: `mechanism.
+    period_predictions`, {law: [(measured, predicted, control)]}."""
+    names = [k for k in LAW_TITLES if k in laws]
+    fig = Figure(figsize=(4.2 * len(names), 4.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(names)))
+    controls = sorted({lab for pts in laws.values() for _, _, lab in pts})
+    colour = {c: f"C{i % 10}" for i, c in enumerate(controls)}
+    marker = {c: "osD^v<>"[i // 10 % 7] for i, c in enumerate(controls)}
+    for ax, name in zip(axes, names):
+        pts = [(m, p, lab) for m, p, lab in laws[name] if p is not None and p > 0 and m > 0]
+        for lab in controls:
+            mine = [(m, p) for m, p, c in pts if c == lab]
+            if mine:
+                ax.scatter([p for _, p in mine], [m for m, _ in mine], s=22,
+                           color=colour[lab], marker=marker[lab], label=lab, alpha=0.85)
+        if pts:
+            lo = min(min(m, p) for m, p, _ in pts) / 1.5
+            hi = max(max(m, p) for m, p, _ in pts) * 1.5
+            ax.plot([lo, hi], [lo, hi], color="0.3", lw=1, ls="--", label="y = x")
+            ax.set_xlim(lo, hi)
+            ax.set_ylim(lo, hi)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("predicted (epochs)")
+        ax.set_ylabel("measured (epochs)")
+        ax.set_title(LAW_TITLES[name], fontsize=9)
+    handles, labels = axes[-1].get_legend_handles_labels()
+    for ax in axes[:-1]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    if handles:
+        fig.legend(handles, labels, loc="outside right upper", fontsize=7, frameon=False)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
 def save(fig: Figure, path: str, *, dpi: int = 150) -> None:
     """Save as the path's format (png, pdf, svg)."""
     fig.savefig(path, dpi=dpi)

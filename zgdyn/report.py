@@ -153,6 +153,15 @@ def _figures(result: dict[str, Any], fig_dir: Path) -> dict[str, str]:
             result["portrait_run"] = best["path"]
     if result["perturb"] is not None:
         figs["perturb"] = plot_perturb(result["perturb"])
+    if result.get("mechanism") and result["mechanism"]["records"]:
+        from .mechanism import RunRecord, period_predictions
+        from .plots import plot_period_laws
+        mech = result["mechanism"]
+        laws = period_predictions([RunRecord.from_dict(d) for d in mech["records"]],
+                                  mech["baseline"])
+        if any(laws.values()):
+            figs["mechanism"] = plot_period_laws(laws, title="measured period against each "
+                                                 "law's prediction")
     names = {}
     for name, fig in figs.items():
         save(fig, str(fig_dir / f"{name}.png"))
@@ -289,6 +298,118 @@ def _cycle(result: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _med(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    return float(np.median(xs)) if xs else None
+
+
+def _mean_sd(xs: list[float | None], fmt: str = ",.0f") -> str:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "–"
+    if len(xs) == 1:
+        return format(xs[0], fmt)
+    return f"{format(float(np.mean(xs)), fmt)} ± {format(float(np.std(xs, ddof=1)), fmt)}"
+
+
+def mechanism_rows(mech: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per control of the mechanism table: what was measured over its seeds and
+    what each mechanism predicts for it (see `zgdyn.mechanism`)."""
+    from .mechanism import RunRecord
+
+    recs = [RunRecord.from_dict(d) for d in mech["records"]]
+    base = {r.seed: r for r in recs if r.variant == mech["baseline"]}
+    rows = []
+    for variant in mech["variants"]:
+        mine = [r for r in recs if r.variant == variant]
+        if not mine:
+            continue
+        saddle = [base[r.seed].period_mean * base[r.seed].lam / r.lam for r in mine
+                  if r.seed in base and base[r.seed].period_mean is not None
+                  and r.loss == base[r.seed].loss]
+        onsets = [(o, r) for r in mine for o in r.onsets]
+        rows.append({
+            "variant": variant, "n": len(mine), "collapses": [r.collapses for r in mine],
+            "epochs": [r.epochs_done for r in mine],
+            "period": [r.period_mean for r in mine],
+            "first_95": [r.first_95 for r in mine],
+            "onset_over_eps": _med([o.adam_scale / r.eps for o, r in onsets
+                                    if r.optimizer in ("adamw", "amsgrad")]),
+            "onset_adam_scale": _med([o.adam_scale for o, _ in onsets]),
+            "saddle": saddle,
+            "clock": [x for r in mine for x in r.clock if x is not None],
+            "clock_eps": [x for r in mine for x in r.clock_eps if x is not None],
+            "intervals": [x for r in mine for x in r.intervals],
+            "numerics": "none" if any(r.dtype == "float64" or r.loss == "stablemax"
+                                      for r in mine) else "as baseline",
+            "eos": _med([o.lambda_max / r.threshold for o, r in onsets
+                         if o.lambda_max is not None]),
+            "lambda_grad": _med([o.lambda_grad * r.lr / 2 for o, r in onsets
+                                 if o.lambda_grad is not None]),
+            "lambda_min": _med([o.lambda_min / (-2 * r.weight_decay) for o, r in onsets
+                                if o.lambda_min is not None]),
+        })
+    return rows
+
+
+def _mechanism(result: dict[str, Any], figures: dict[str, str]) -> list[str]:
+    mech = result["mechanism"]
+    rows = mechanism_rows(mech)
+    if not rows:
+        return ["No run of this suite is complete yet, so there is no mechanism table.", ""]
+    lines = [
+        "Each row is one control of the s = 1.5 run, over its seeds (mean ± std where there "
+        "are several). Measured: collapses per run, the mean period, √mean v̂ at the last "
+        "evaluation before each onset over ε, the first epoch with ≥ 95% test. Predicted: "
+        "the saddle's period (the same seed's baseline period × λ_base/λ), Adam's clock "
+        "with the onset at ε (ln(√v̂ after / ε)/((1 − β2)/2) per interval), what numerics "
+        "predicts, and at onset λ_max(P⁻¹H) / the optimizer's threshold (38/lr for Adam), "
+        "λ_grad / (2/lr) and λ_min(P⁻¹H) / (−2·wd) (medians over onsets).", "",
+        "| control | runs | collapses | mean period | √v̂/ε at onset | first ≥ 95% | saddle "
+        "predicts | clock (onset ε) predicts | numerics predicts | λ_max(P⁻¹H)/thr | "
+        "λ_grad/(2/lr) | λ_min/(−2wd) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        never = sum(x is None for x in r["first_95"])
+        first = _mean_sd(r["first_95"]) + (f" ({never} never)" if never else "")
+        lines.append(
+            f"| {r['variant']} | {r['n']} | {', '.join(map(str, r['collapses']))} | "
+            f"{_mean_sd(r['period'])} | {_num(r['onset_over_eps'], '.3g')} | {first} | "
+            f"{_mean_sd(r['saddle'])} | {_mean_sd(r['clock_eps'])} | {r['numerics']} | "
+            f"{_num(r['eos'], '.3g')} | {_num(r['lambda_grad'], '.3g')} | "
+            f"{_num(r['lambda_min'], '.3g')} |")
+    lines += ["", "**Verdicts** (a period law holds where its median relative error is within "
+              "15%; \"near ε\" is within a factor 10; \"at the threshold\" within a factor "
+              "2):", ""]
+    for v in mech["verdicts"]:
+        lines.append(f"- **{v['mechanism']}**: {v['summary']}.")
+        for p in v["predictions"]:
+            mark = "untested" if p["held"] is None else "held" if p["held"] else "failed"
+            lines.append(f"  - {p['claim']}: {mark} ({p['detail']}).")
+    if "mechanism" in figures:
+        lines += ["", f"![measured period against each law]({figures['mechanism']})"]
+    lines += ["", _mechanism_conclusion(mech), ""]
+    return lines
+
+
+def _mechanism_conclusion(mech: dict[str, Any]) -> str:
+    """One or two sentences from the verdicts: which mechanisms held and which failed."""
+    held = [v["mechanism"] for v in mech["verdicts"] if v["summary"] == "held"]
+    failed = [v["mechanism"] for v in mech["verdicts"] if v["summary"] == "failed"]
+    mixed = [f"{v['mechanism']} ({v['summary']})" for v in mech["verdicts"]
+             if v["summary"] not in ("held", "failed", "untested")]
+    parts = []
+    if held:
+        parts.append(f"every tested prediction of {' and '.join(held)} held")
+    if mixed:
+        parts.append(f"{', '.join(mixed)} held in part")
+    if failed:
+        parts.append(f"{' and '.join(failed)} failed every prediction tested")
+    n = len({r["variant"] for r in mech["records"]})
+    return (f"**Conclusion** (from {len(mech['records'])} runs of {n} controls): "
+            + ("; ".join(parts) if parts else "nothing could be tested yet") + ".")
+
+
 def format_report(result: dict[str, Any], figures: dict[str, str]) -> str:
     s = result["suite"]
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -321,6 +442,9 @@ def format_report(result: dict[str, Any], figures: dict[str, str]) -> str:
     if "single" in figures:
         lines += [f"![single phase]({figures['single']})", ""]
     lines += _cycle(result)
+    if result.get("mechanism") is not None:
+        lines += ["## Why the Fourier solution falls: the mechanism table", ""] + \
+            _mechanism(result, figures)
     lines += ["## Table 3: two phase", ""] + _table3(result) + [""]
     if "two-phase" in figures:
         lines += [f"![two phase]({figures['two-phase']})", ""]

@@ -641,6 +641,11 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | No
                 for k, v in ps.items() if k in old)
             perturb = old if same else perturb_run(str(anchor.path), epoch=anchor_epoch,
                                                    **ps)
+    mechanism = None
+    if suite.mechanism is not None:
+        on_stage("mechanism")
+        mechanism = _mechanism(suite, specs, cards, curvature=analyze and bool(
+            suite.mechanism["onset_sharpness"]), progress=progress)
     p = next(iter(specs)).config.data
     stats = stats_table(p.p, p.train_frac, [0, 1, 1.5, 2, 3], seed=specs[0].seed,
                         mode=p.weighting)
@@ -655,4 +660,32 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | No
             "tables": tables, "anchor": None if anchor is None else str(anchor.path),
             "anchor_epoch": anchor_epoch, "saddle": saddle, "perturb": perturb,
             "stats": stats, "seconds": {"runs": t_runs, "total": time.perf_counter() - t0},
-            "jobs": jobs, "threads": threads}
+            "jobs": jobs, "threads": threads, "mechanism": mechanism}
+
+
+def _mechanism(suite: Suite, specs: list[RunSpec], cards: dict[str, dict[str, Any]], *,
+               curvature: bool, progress: bool) -> dict[str, Any]:
+    """The mechanism table of the suite's complete runs: each run's record (with the
+    curvature at its onsets), the verdicts and the onset summary (`zgdyn.mechanism`)."""
+    from .mechanism import mechanism_record, onset_summary, verdicts
+
+    done = [sp for sp in specs if cards.get(str(sp.path), {}).get("status") == "complete"]
+    bar = None
+    if progress and curvature:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=sum(cards[str(sp.path)]["collapses"] for sp in done),
+                   desc=f"{suite.name}: curvature at onsets", unit="onset")
+    records = []
+    try:
+        for sp in done:
+            records.append(mechanism_record(
+                sp.path, variant=sp.variant, curvature=curvature,
+                progress=None if bar is None else lambda i, n: bar.update(1)))
+    finally:
+        if bar is not None:
+            bar.close()
+    baseline = suite.mechanism["baseline"]
+    return {"baseline": baseline, "variants": list(suite.variants),
+            "records": [r.to_dict() for r in records],
+            "verdicts": [v.to_dict() for v in verdicts(records, baseline=baseline)],
+            "onset": onset_summary(records)}
