@@ -230,5 +230,6 @@ def test_a_mechanism_suite_reports_its_table_and_verdicts(tmp_path):
     assert "## Why the Fourier solution falls: the mechanism table" in text
     assert "| wd-2 | 1 | 3 | 2,300 |" in text
     assert "median error 100.0% over 1 runs; beyond 15.0%: wd-2" in text
-    assert "**Conclusion** (from 2 runs of 2 controls)" in text
+    assert "**Conclusion.** From 2 runs of 2 controls: " in text
+    assert text.count("**Conclusion.**") >= 3  # every section ends with one
     assert (tmp_path / "figures" / "mechanism.png").exists()

@@ -659,6 +659,8 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | No
             "results": results, "errors": errors, "cards": list(cards.values()),
             "tables": tables, "anchor": None if anchor is None else str(anchor.path),
             "anchor_epoch": anchor_epoch, "saddle": saddle, "perturb": perturb,
+            "anchor_weight_decay": None if anchor is None
+            else anchor.config.optim.weight_decay,
             "stats": stats, "seconds": {"runs": t_runs, "total": time.perf_counter() - t0},
             "jobs": jobs, "threads": threads, "mechanism": mechanism}
 
