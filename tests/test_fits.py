@@ -23,7 +23,8 @@ def test_oscillation_features_of_a_known_wave():
     t = np.arange(0, 10_000.0)
     x = np.where((t % 1000) < 300, 1.0, 0.0)  # high 30% of each 1000-epoch cycle
     o = oscillation(t, x)
-    assert o.n_jumps == 9 and o.period  # the first cycle starts high: no jump == pytest.approx(1000) and o.duty == pytest.approx(0.3)
+    assert o.n_jumps == 9  # the first cycle starts high: no jump
+    assert o.period == pytest.approx(1000) and o.duty == pytest.approx(0.3)
     assert o.rise == pytest.approx(0.8)  # a one-sample jump, interpolated
     assert oscillation(t, np.exp(-t / 3000)).n_jumps == 0
 
@@ -104,3 +105,21 @@ def test_adam_clock_on_a_planted_sawtooth():
     # predicted from the level at onset: within one evaluation interval of the truth
     assert clock.period_observed == [31_000, 19_000]
     assert clock.period_predicted == pytest.approx([31_000, 19_000], abs=101)
+
+
+def test_fit_warnings_name_too_few_collapses_and_loose_parameters():
+    from zgdyn.analyze import fit_warnings
+
+    law = {"names": ["g0", "g1"], "params": [9.7e-4, 4.3e-5], "stderr": [1.5e-6, 4.5e-6]}
+    osc = {"names": ["tau", "eps"], "params": [3.2e3, 0.5], "stderr": [4.86e3, 0.01]}
+    fits = {"events": [25_401], "1d": {"between_events": None, "whole": law},
+            "2d": {"chosen": "fourier", "fits": {"fourier": osc}}}
+    warnings = fit_warnings(fits)
+    assert warnings[0].startswith("the 2-D model's period and duty cycle need at least 2 "
+                                  "collapses, this run has 1")
+    assert warnings[1] == ("2-D model (slow = fourier): tau = 3.2e+03 has a standard error "
+                           "4.86e+03 larger than itself")
+    assert len(warnings) == 2
+    fits["events"] = [25_401, 56_714]
+    osc["stderr"][0] = 100.0
+    assert fit_warnings(fits) == []

@@ -70,3 +70,22 @@ def test_events_cli_on_a_run(tmp_path, capsys):
     assert r["events"] == [] and r["eval_resolution"] == 10
     assert main(["events", str(tmp_path / "r.h5"), "--threshold", "0.5"]) == 2
     assert "threshold: must be a number > 1" in capsys.readouterr().err
+
+
+def test_a_refiring_at_the_end_of_the_rest_is_the_same_collapse():
+    """A spike whose loss rises again while the detector rests fires again at the first
+    evaluation the rest allows; that is no second collapse, and no 2,000-epoch period
+    (the demo's s = 0 run once scored "mean period 2,000")."""
+    from zgdyn.oscillator import drop_continuations
+
+    e = np.arange(0, 40_001, 100, dtype=float)
+    loss = np.full(len(e), 1e-6)
+    loss[e == 23_600] = 1e-1  # the spike's peak, then back down ...
+    loss[(e >= 25_000) & (e < 30_000)] = 1e-3  # ... and up again while the detector rests
+    loss[(e >= 36_000) & (e < 36_300)] = 1.0  # a separate collapse later
+    events = detect_events(e, loss)
+    assert [ev.epoch for ev in events][:2] == [23_600, 25_600]
+    kept = drop_continuations(events)
+    assert [ev.epoch for ev in kept] == [23_600, 36_000]
+    stats = cycle_statistics(kept, e, np.ones(len(e)))
+    assert stats.period_mean == 12_400

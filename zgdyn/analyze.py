@@ -246,6 +246,31 @@ def _trajectory(run: Run, m_name: str) -> dict[str, np.ndarray]:
             "adam_scale": None if adam is None else adam[regular]}
 
 
+MIN_EVENTS_2D = 2  # the oscillator's period needs two collapses
+
+
+def fit_warnings(fits: dict[str, Any]) -> list[str]:
+    """What makes `fit_run`'s result unreliable: fewer collapses than the 2-D model needs,
+    and every fitted parameter whose standard error exceeds the estimate itself."""
+    out = []
+    n = len(fits["events"])
+    if "2d" in fits and n < MIN_EVENTS_2D:
+        out.append(f"the 2-D model's period and duty cycle need at least {MIN_EVENTS_2D} "
+                   f"collapses, this run has {n}: its fit and the AIC comparison say nothing "
+                   "about a cycle")
+    pieces = []
+    if "1d" in fits:
+        pieces += [("1-D law", fits["1d"]["between_events"] or fits["1d"]["whole"])]
+    if "2d" in fits:
+        pieces += [(f"2-D model (slow = {k})", f) for k, f in fits["2d"]["fits"].items()]
+    for label, f in pieces:
+        for name, value, err in zip(f["names"], f["params"], f["stderr"]):
+            if err is not None and abs(err) > abs(value):
+                out.append(f"{label}: {name} = {value:.3g} has a standard error {err:.3g} "
+                           "larger than itself")
+    return out
+
+
 def fit_run(path: str, *, model: str = "both", slow: str = "best", m_name: str = "m_w",
             segment: int | None = None, threshold: float = 100.0) -> dict[str, Any]:
     """Fits (a) per-event rates, (b) the 1-D law and (c) the 2-D slow-fast model to a run's
@@ -340,6 +365,7 @@ def fit_run(path: str, *, model: str = "both", slow: str = "best", m_name: str =
         a2 = out["2d"]["fits"][out["2d"]["chosen"]]["aic"]
         out["aic"] = {"1d": a1, "2d": a2, "delta_1d_minus_2d": a1 - a2,
                       "preferred": "2d" if a2 < a1 else "1d"}
+    out["warnings"] = fit_warnings(out)
     writer = AnalysisWriter(path, FIT_GROUP)
     try:
         writer.reset({"model": model, "slow": slow, "m": m_name, "segment": segment,

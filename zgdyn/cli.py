@@ -520,8 +520,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
                      f"{', '.join(f'{x:,.0f}' for x in c['period_observed'])}")
     if "aic" in r:
         a = r["aic"]
-        lines.append(f"AIC on ln m: 1-D {a['1d']:.1f}, 2-D {a['2d']:.1f}; the data choose the "
-                     f"{a['preferred']} model (difference {a['delta_1d_minus_2d']:.1f})")
+        lines.append(f"AIC on ln m: 1-D {a['1d']:.1f}, 2-D {a['2d']:.1f}; "
+                     + (f"the {a['preferred']} model has the lower AIC (difference "
+                        f"{a['delta_1d_minus_2d']:.1f}), but see the warnings" if r["warnings"]
+                        else f"the data choose the {a['preferred']} model (difference "
+                        f"{a['delta_1d_minus_2d']:.1f})"))
+    lines += [f"warning: {w}" for w in r["warnings"]]
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 

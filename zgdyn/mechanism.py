@@ -37,7 +37,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .config import Config
-from .oscillator import cycle_statistics, detect_events
+from .oscillator import cycle_statistics, detect_events, drop_continuations
 
 CLOCK_AFTER = 500  # epochs after a collapse in which √v̂'s peak is taken
 ONSET_BEFORE = 10  # the curvature at onset is measured this many epochs before the trigger
@@ -125,7 +125,8 @@ def run_record(config: Config, metrics: dict[str, np.ndarray], *, label: str, va
     windows, as `Run.dense_metrics`); `curvature` maps a collapse epoch to the
     `onset_curvature` measured before it."""
     e = np.asarray(metrics["epoch"], np.float64)
-    events = detect_events(e, metrics["train_loss"], threshold=threshold)
+    events = drop_continuations(detect_events(e, metrics["train_loss"], threshold=threshold),
+                                grid=config.record.eval_every)
     stats = cycle_statistics(events, e, metrics["test_acc"])
     test = np.asarray(metrics["test_acc"])
     above = np.flatnonzero(test >= 0.95)

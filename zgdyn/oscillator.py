@@ -101,6 +101,21 @@ def detect_events(epochs: np.ndarray, train_loss: np.ndarray, *, threshold: floa
     return events
 
 
+def drop_continuations(events: list[Event], *, refractory: int = 2_000,
+                       grid: float = 100.0) -> list[Event]:
+    """The events without those that fire as soon as the detector's rest allows, within
+    `grid` (the evaluation interval) of `refractory` epochs after the previous event: the
+    loss was still rising, so they continue that event rather than start a new one. An
+    interval set by the refractory time is the detector's, not the run's."""
+    out: list[Event] = []
+    prev = None
+    for ev in events:
+        if prev is None or ev.epoch > prev + refractory + grid:
+            out.append(ev)
+        prev = ev.epoch
+    return out
+
+
 @dataclass(frozen=True)
 class CycleStats:
     """Durations of the build-peak-collapse-recovery cycle, in epochs."""

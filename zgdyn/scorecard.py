@@ -1,8 +1,9 @@
 """The scorecard of a run, and of a group of seeds: what the essay's tables measure.
 
 Per run (`scorecard`): first epoch with test accuracy >= 95%, the fraction of evaluations
-at or above 95%, collapses (train-loss spikes, `oscillator.detect_events`) per 100k epochs
-and their mean period; for a two-phase run also the phase-2 test accuracy (mean, standard
+at or above 95%, collapses (train-loss spikes, `oscillator.detect_events`, without the
+detector's re-firings as its rest ends, `drop_continuations`) per 100k epochs and their
+mean period; for a two-phase run also the phase-2 test accuracy (mean, standard
 deviation, minimum, fraction of evaluations below 50%), the collapses after the switch, the epochs
 from the switch to the first of them, and to the first evaluation below 50% test.
 
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .oscillator import cycle_statistics, detect_events
+from .oscillator import cycle_statistics, detect_events, drop_continuations
 from .store import Run, open_run
 
 # the fields `aggregate` averages over seeds
@@ -43,7 +44,9 @@ def run_scorecard(run: Run, *, threshold: float = 100.0) -> dict[str, Any]:
     e, test = m["epoch"], m["test_acc"]
     done = int(run.attrs["epochs_done"])
     dense = run.dense_metrics()
-    events = detect_events(dense["epoch"], dense["train_loss"], threshold=threshold)
+    events = drop_continuations(detect_events(dense["epoch"], dense["train_loss"],
+                                              threshold=threshold),
+                                grid=cfg.record.eval_every)
     cycles = cycle_statistics(events, dense["epoch"], dense["test_acc"])
     switch = int(run.attrs["switch_epoch"])
     sch = cfg.schedule
