@@ -77,12 +77,12 @@ def _gamma_inst_at_keyframes(run: Run, key: list[int] | None, top_k: int | None,
 
 def analyze_run(path: str, *, key_freqs: str = "fixed", ref_epoch: int | None = None,
                 top_k: int | None = None, force: bool = False, progress: bool = False,
-                commit_every: int = 50) -> dict[str, Any]:
+                commit_every: int = 50, desc: str = "analyze") -> dict[str, Any]:
     """Analyze every checkpoint of a run (resumably) and return the summary.
 
     key_freqs: "fixed" (from `ref_epoch`, default the best-test checkpoint) or "auto"
     (afresh at each checkpoint). top_k: take the top_k diagonal frequencies instead of
-    the spectral gap.
+    the spectral gap. progress: a tqdm bar named `desc` on stderr.
     """
     if key_freqs not in KEY_MODES:
         raise ZgdynError(f"key_freqs: must be {' | '.join(KEY_MODES)}, got {key_freqs!r}")
@@ -92,7 +92,7 @@ def analyze_run(path: str, *, key_freqs: str = "fixed", ref_epoch: int | None = 
     try:
         run = writer.reader()
         summary = _analyze(writer, run, key_freqs, ref_epoch, top_k, force, progress,
-                           commit_every)
+                           commit_every, desc)
     except BaseException:
         writer.close(commit=False)
         raise
@@ -101,7 +101,8 @@ def analyze_run(path: str, *, key_freqs: str = "fixed", ref_epoch: int | None = 
 
 
 def _analyze(writer: AnalysisWriter, run: Run, key_freqs: str, ref_epoch: int | None,
-             top_k: int | None, force: bool, progress: bool, commit_every: int) -> dict[str, Any]:
+             top_k: int | None, force: bool, progress: bool, commit_every: int,
+             desc: str = "analyze") -> dict[str, Any]:
     cfg = run.config
     p = cfg.data.p
     if not len(run.checkpoint_epochs):
@@ -126,7 +127,7 @@ def _analyze(writer: AnalysisWriter, run: Run, key_freqs: str, ref_epoch: int | 
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(all_epochs), initial=len(done), unit="ckpt",
-                   desc="analyze", disable=None)
+                   desc=desc, disable=None)
     for i, e in enumerate(todo):
         params = run.params_at(e)
         k = key if key is not None else key_freqs_of(params, p, top_k=top_k)

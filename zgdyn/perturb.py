@@ -84,12 +84,13 @@ def perturb_run(path: str | Path, *, epoch: int | None = None,
                 eps: tuple[float, ...] = (1e-4, 1e-3, 1e-2), epochs: int = 300,
                 directions: tuple[str, ...] = DIRECTIONS, seed: int = 0,
                 dtype: str = "float64", early: int = 5, lanczos_steps: int = 150,
-                store: bool = True) -> dict[str, Any]:
+                store: bool = True, progress: bool = False) -> dict[str, Any]:
     """Run the perturbation experiment at a keyframe (default: the last) of `path`.
 
     Returns {"rows": one per (s, direction, ε) with rate_early and rate_late,
     "curves": δ(t) per row (len epochs + 1), "predictions": per s, ...}; with `store`, the
     summary and curves also go to the run's ``analysis/perturb/epoch<E>`` group.
+    progress: a tqdm bar on stderr, over the exponents' epochs.
     """
     from .stability import _spectrum_record, load_point
 
@@ -116,7 +117,13 @@ def perturb_run(path: str | Path, *, epoch: int | None = None,
     rows: list[dict[str, Any]] = []
     curves: list[np.ndarray] = []
     predictions: list[dict[str, Any]] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(zipf_s) * epochs, desc="perturb", unit="epoch")
     for s in zipf_s:
+        if bar is not None:
+            bar.set_postfix(s=f"{s:g}", stage="directions")
         run_cfg = cfg.replace(zipf_s=float(s), switch_s=None, switch_at_test_acc=None,
                               switch_at_epoch=None, phase2_epochs=None, window=0,
                               epochs=epoch + epochs, dtype=dtype)
@@ -151,6 +158,8 @@ def perturb_run(path: str | Path, *, epoch: int | None = None,
                 v = _flat({n: x for n, x in zip(point.like, _split(v, point.like))}, names)
             vecs[d] = (v / v.norm()).to(theta0)  # dtype and device
         predictions.append(pred)
+        if bar is not None:
+            bar.set_postfix(s=f"{s:g}", stage="train")
         trainers = []
         for d in directions:
             for e in eps:
@@ -168,6 +177,8 @@ def perturb_run(path: str | Path, *, epoch: int | None = None,
                 base.step.step()
                 for _, _, t in trainers:
                     t.step.step()
+                if bar is not None:
+                    bar.update(1)
         base_acc = base.evaluate()["test_acc"]
         for i, (d, e, t) in enumerate(trainers):
             rows.append({"zipf_s": float(s), "direction": d, "eps": e,
@@ -176,6 +187,8 @@ def perturb_run(path: str | Path, *, epoch: int | None = None,
                          "test_acc_end": t.evaluate()["test_acc"],
                          "base_test_acc_end": base_acc})
             curves.append(dist[i])
+    if bar is not None:
+        bar.close()
     result = {"path": str(path), "epoch": epoch, "epochs": epochs, "dtype": dtype,
               "zipf_s": [float(s) for s in zipf_s],
               "lambda": lam, "early": early, "seed": seed,

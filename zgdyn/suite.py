@@ -606,7 +606,7 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | No
             continue
         try:
             if analyze:
-                analyze_run(str(spec.path), progress=False)
+                analyze_run(str(spec.path), progress=progress, desc=f"analyze {spec.label}")
             cards[str(spec.path)] = scorecard(spec.path)
         except ZgdynError as e:
             errors[str(spec.path)] = str(e)
@@ -640,7 +640,7 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | No
                 (tuple(old[k]) if isinstance(old[k], list) else old[k]) == v
                 for k, v in ps.items() if k in old)
             perturb = old if same else perturb_run(str(anchor.path), epoch=anchor_epoch,
-                                                   **ps)
+                                                   progress=progress, **ps)
     mechanism = None
     if suite.mechanism is not None:
         on_stage("mechanism")
