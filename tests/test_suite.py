@@ -356,3 +356,27 @@ def test_plan_resumes_a_run_whose_stop_after_collapses_changed(tmp_path):
     assert task.changes == {"epochs": 80, "stop_after_collapses": 4}
     with pytest.raises(ZgdynError, match="holds a run with another config"):
         plan([RunSpec("single", "default", 0.0, cfg.seed, cfg.replace(lr=2e-3), path)])
+
+
+def test_table_entries_each_with_their_own_length_and_variants(tmp_path):
+    """[[single]] entries: s = 0 runs shorter than s = 1.5, and a variant runs only where an
+    entry names it."""
+    from zgdyn.suite import suite_from_dict
+
+    suite = suite_from_dict({
+        "name": "t", "seeds": [1], "base": {"p": 7, "hidden": [8]},
+        "variants": {"default": {}, "eps-1e-6": {"eps": 1e-6}},
+        "single": [{"zipf_s": [0], "epochs": 20, "variants": ["default"]},
+                   {"zipf_s": [1.5], "epochs": 70}],
+        "two_phase": {"switch_s": [3], "switch_at_test_acc": 0.99, "epochs": 50,
+                      "phase2_epochs": 10, "variants": ["default"]}})
+    runs = {sp.path.name: sp.config for sp in suite.runs(tmp_path)}
+    assert sorted(runs) == ["eps-1e-6-single-s1.5-seed1.h5", "single-s0-seed1.h5",
+                            "single-s1.5-seed1.h5", "two-phase-s3-seed1.h5"]
+    assert runs["single-s0-seed1.h5"].schedule.epochs == 20
+    assert runs["eps-1e-6-single-s1.5-seed1.h5"].schedule.epochs == 70
+    assert runs["eps-1e-6-single-s1.5-seed1.h5"].optim.eps == 1e-6
+    with pytest.raises(ConfigError, match="variants: 'nope' is not a variant"):
+        suite_from_dict({"single": {"zipf_s": [0], "variants": ["nope"]}})
+    with pytest.raises(ConfigError, match="two entries ask for the same run single-s0-seed42"):
+        suite_from_dict({"single": [{"zipf_s": [0]}, {"zipf_s": [0, 1]}]})

@@ -79,7 +79,7 @@ class Suite:
     seeds: list[int]
     base: dict[str, Any]
     variants: dict[str, dict[str, Any]]
-    tables: dict[str, dict[str, Any]]  # "single" / "two_phase" -> their section
+    tables: dict[str, list[dict[str, Any]]]  # "single" / "two_phase" -> their entries
     saddle: dict[str, Any] | None
     perturb: dict[str, Any] | None
     source: str = ""
@@ -90,25 +90,27 @@ class Suite:
         root = Path(root)
         out: list[RunSpec] = []
         for table, key in SECTIONS.items():
-            sec = self.tables.get(table)
-            if sec is None:
-                continue
-            rest = {k: v for k, v in sec.items() if k != key}
-            for variant, changes in self.variants.items():
-                for s in sec[key]:
-                    for seed in self.seeds:
-                        flat = {**flatten(Config()), **self.base, **changes, **rest,
-                                key: float(s), "seed": seed}
-                        try:
-                            cfg = from_flat(flat)
-                        except ConfigError as e:
-                            raise ConfigError(f"suite {self.source or self.name}, [{table}]: "
-                                              f"{e}") from None
-                        prefix = "" if variant == "default" else f"{variant}-"
-                        name = f"{prefix}{table.replace('_', '-')}-s{float(s):g}-seed{seed}.h5"
-                        out.append(RunSpec(table, variant, float(s), seed, cfg,
-                                           root / "runs" / self.name / name))
+            for sec in self.tables.get(table, []):
+                rest = {k: v for k, v in sec.items() if k not in (key, "variants")}
+                for variant, changes in self.variants.items():
+                    if variant not in sec.get("variants", self.variants):
+                        continue
+                    for s in sec[key]:
+                        for seed in self.seeds:
+                            out.append(self._spec(table, key, variant, changes, rest, float(s),
+                                                  seed, root))
         return out
+
+    def _spec(self, table: str, key: str, variant: str, changes: dict[str, Any],
+              rest: dict[str, Any], s: float, seed: int, root: Path) -> RunSpec:
+        flat = {**flatten(Config()), **self.base, **changes, **rest, key: s, "seed": seed}
+        try:
+            cfg = from_flat(flat)
+        except ConfigError as e:
+            raise ConfigError(f"suite {self.source or self.name}, [{table}]: {e}") from None
+        prefix = "" if variant == "default" else f"{variant}-"
+        name = f"{prefix}{table.replace('_', '-')}-s{s:g}-seed{seed}.h5"
+        return RunSpec(table, variant, s, seed, cfg, root / "runs" / self.name / name)
 
     def anchor(self, specs: list[RunSpec]) -> RunSpec | None:
         """The run the saddle table and the perturbation experiment start from: the first
@@ -145,13 +147,23 @@ def suite_from_dict(d: dict[str, Any], source: str = "") -> Suite:
             or not all(isinstance(v, dict) for v in variants.values()):
         raise ConfigError(f"{where}: [base] must be a table of config fields and [variants] a "
                           "table of name = {{config fields}}")
-    tables = {}
+    tables: dict[str, list[dict[str, Any]]] = {}
     for table, key in SECTIONS.items():
-        if table in d:
-            sec = d[table]
+        if table not in d:
+            continue
+        entries = d[table] if isinstance(d[table], list) else [d[table]]
+        for sec in entries:
             if not isinstance(sec, dict) or key not in sec:
-                raise ConfigError(f"{where}: [{table}] must be a table with {key} = [...]")
-            tables[table] = {**sec, key: _list(f"{where}: [{table}] {key}", sec[key])}
+                raise ConfigError(f"{where}: [{table}] must be a table with {key} = [...] "
+                                  f"(or [[{table}]] tables, each with its own)")
+            if "variants" in sec:
+                names = _list(f"{where}: [{table}] variants", sec["variants"], str)
+                unknown = [v for v in names if v not in variants]
+                if unknown:
+                    raise ConfigError(f"{where}: [{table}] variants: {unknown[0]!r} is not a "
+                                      f"variant ({', '.join(variants)})")
+            tables.setdefault(table, []).append(
+                {**sec, key: _list(f"{where}: [{table}] {key}", sec[key])})
     if not tables:
         raise ConfigError(f"{where}: needs a [single] or a [two_phase] table")
     saddle, perturb, mechanism = d.get("saddle"), d.get("perturb"), d.get("mechanism")
@@ -178,6 +190,11 @@ def suite_from_dict(d: dict[str, Any], source: str = "") -> Suite:
                   variants=variants, tables=tables, saddle=saddle, perturb=perturb,
                   source=source, mechanism=mechanism)
     specs = suite.runs(".")  # validates every run's config
+    paths = [sp.path for sp in specs]
+    twice = next((p for p in paths if paths.count(p) > 1), None)
+    if twice is not None:
+        raise ConfigError(f"{where}: two entries ask for the same run {twice.name}; give each "
+                          "(table, variant, s) once")
     if perturb is not None:
         _perturb_settings(perturb)
     if saddle is not None:
