@@ -142,3 +142,18 @@ def test_refuses_to_clobber_and_non_runs(tmp_path, capsys):
 def test_bench_rejects_zero_repeats(capsys):
     assert main(["bench", "--repeats", "0"]) == 2
     assert "repeats: must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_flags_are_checked_together_after_all_are_applied(tmp_path, capsys):
+    """--lr 1 --wd 0.5 is valid (lr * wd < 1) though the default wd (1) is not with lr 1."""
+    out = tmp_path / "v.h5"
+    assert main(["train", "--lr", "1", "--wd", "0.5", "--p", "23", "--hidden", "8", "--epochs",
+                 "1", "--out", str(out), "--no-progress"]) == 0
+    line = capsys.readouterr().out
+    assert "1 epoch," in line and "never >= 95% test" in line and "at never" not in line
+    assert main(["train", "--lr", "1", "--p", "23", "--hidden", "8", "--epochs", "1", "--out",
+                 str(tmp_path / "w.h5"), "--no-progress"]) == 2
+    assert "weight_decay: must be below 1 / lr" in capsys.readouterr().err
+    # lists of values too: each member's lr meets its own wd
+    assert main(["train", "--lr", "1", "0.5", "--wd", "0.5", "--p", "7", "--hidden", "4",
+                 "--epochs", "1", "--out", str(tmp_path / "ens"), "--no-progress"]) == 0

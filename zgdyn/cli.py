@@ -173,9 +173,11 @@ def _members(base: Config, given: dict[str, Any],
     lists = {k: list(dict.fromkeys(given.pop(k))) for k in ENSEMBLE_FIELDS if k in given}
     if seeds is not None:
         lists["seed"] = list(dict.fromkeys(seeds))
-    configs = [from_flat({**flatten(base), **given})]
+    combos: list[dict[str, Any]] = [{}]
     for name, values in lists.items():
-        configs = [cfg.replace(**{name: v}) for cfg in configs for v in values]
+        combos = [{**c, name: v} for c in combos for v in values]
+    # every flag at once: a field is checked against the others' final values
+    configs = [from_flat({**flatten(base), **given, **c}) for c in combos]
     return configs, tuple(k for k, v in lists.items() if len(v) > 1)
 
 
@@ -219,11 +221,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(summary)
     else:
-        first = summary["first_epoch_test_acc_95"]
-        sys.stdout.write(
-            f"{summary['status']}: {out}, {summary['epochs_done']:,} epochs, first >= 95% test "
-            f"at {first if first is not None else 'never'}, final test acc "
-            f"{_pct(summary['final']['test_acc'])} (details: zgdyn info {out})\n")
+        sys.stdout.write(f"{_run_line(summary, out)} (details: zgdyn info {out})\n")
     return 0
 
 
@@ -265,13 +263,22 @@ def _train_ensemble(args: argparse.Namespace, configs: list[Config], vary: tuple
         _print_json(rows)
     else:
         for row in rows:
-            first = row["first_epoch_test_acc_95"]
-            sys.stdout.write(
-                f"{row['status']}: {row['path']}, {row['epochs_done']:,} epochs, first >= 95% "
-                f"test at {first if first is not None else 'never'}, final test acc "
-                f"{_pct(row['final']['test_acc'])}"
-                + (f"; error: {row['error']}" if row["error"] else "") + "\n")
+            sys.stdout.write(_run_line(row, row["path"])
+                             + (f"; error: {row['error']}" if row["error"] else "") + "\n")
     return 1 if any(r.error for r in results) else 0
+
+
+def _epochs(n: int) -> str:
+    return f"{n:,} epoch" + ("" if n == 1 else "s")
+
+
+def _run_line(summary: dict[str, Any], path: Any) -> str:
+    """One line on a trained run: status, length, grokking, final test accuracy."""
+    first = summary["first_epoch_test_acc_95"]
+    grok = (f"first >= 95% test at epoch {first:,}" if first is not None
+            else "never >= 95% test")
+    return (f"{summary['status']}: {path}, {_epochs(summary['epochs_done'])}, {grok}, final "
+            f"test acc {_pct(summary['final']['test_acc'])}")
 
 
 def _load_plugins(args: argparse.Namespace) -> None:
