@@ -3,6 +3,7 @@ that shows the essay's two-phase split in seconds: after grokking, a switch to s
 holds (phase-2 test accuracy near 100%) and a switch to s = 3 collapses (near 5%)."""
 
 import json
+from pathlib import Path
 import os
 
 import numpy as np
@@ -269,14 +270,24 @@ def test_only_one_table_runs_and_the_report_says_what_is_missing(tmp_path):
 
 @pytest.mark.slow
 def test_demo_shows_the_phenomenon(tmp_path, capsys):
-    """The main job at full size (about 7 minutes on 2 cores): grokking, the two-phase split
-    the essay reports, and a saddle whose predicted growth rises with s."""
+    """The main job at full size (about 9 minutes on 2 cores): grokking, a full s = 1.5
+    cycle and no collapse with eps = 1e-6, the two-phase split the essay reports, and a
+    saddle whose predicted growth rises with s."""
+    from zgdyn.conclusions import full_cycle
+    from zgdyn.store import open_run
+
     assert main(["demo", "--out", str(tmp_path), "--no-progress", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    rows = {(r["table"], r["s"]): r for r in result["tables"]}
-    assert 7_000 <= rows[("single", 0.0)]["first_95"]["mean"] <= 28_000  # essay: 14,000
-    assert rows[("two_phase", 1.0)]["phase2_mean_test"]["mean"] > 0.85  # essay: 94.8%
-    assert rows[("two_phase", 3.0)]["phase2_mean_test"]["mean"] < 0.10  # essay: 0.3%
+    rows = {(r["table"], r["variant"], r["s"]): r for r in result["tables"]}
+    assert 7_000 <= rows[("single", "default", 0.0)]["first_95"]["mean"] <= 28_000  # 14,000
+    assert rows[("two_phase", "default", 1.0)]["phase2_mean_test"]["mean"] > 0.85  # 94.8%
+    assert rows[("two_phase", "default", 3.0)]["phase2_mean_test"]["mean"] < 0.10  # 0.3%
+    cards = {Path(c["path"]).name: c for c in result["cards"]}
+    cycle_run = cards["single-s1.5-seed42.h5"]
+    with open_run(cycle_run["path"]) as run:
+        cycle = full_cycle(run.metrics, cycle_run["collapse_epochs"])
+    assert cycle["complete"], cycle  # >= 90%, a collapse, back to >= 95%
+    assert cards["eps-1e-6-single-s1.5-seed42.h5"]["collapses"] == 0
     growth = [r["growth_rate"] for r in result["saddle"]["rows"]]
     assert growth == sorted(growth) and growth[-1] > 0.1
     assert (tmp_path / "REPORT.md").exists() and (tmp_path / "figures" / "portrait.png").exists()

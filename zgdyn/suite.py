@@ -506,7 +506,10 @@ def _run_pool(tasks: list[Task], todo: list[int], jobs: int, threads: int,
         tasks[i].spec.path.parent.mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
                              initargs=(q, threads, list(plugins))) as pool:
-        futures: dict[Future, int] = {pool.submit(_run_task, *args(i)): i for i in todo}
+        # the longest first, so the pool's last run to finish is a short one
+        order = sorted(todo, key=lambda i: -(expected_epochs(tasks[i].spec.config)
+                                             - tasks[i].start_epoch))
+        futures: dict[Future, int] = {pool.submit(_run_task, *args(i)): i for i in order}
         pending = set(futures)
         try:
             while pending:
