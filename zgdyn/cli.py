@@ -290,6 +290,31 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
 
 
+def _optimizer_text(o: dict[str, Any], sch: dict[str, Any]) -> str:
+    """An optimizer's name and the settings it uses, from a config's optim section (files
+    from before `name` existed are AdamW)."""
+    name = o.get("name", "adamw")
+    text = f"{name} lr {o['lr']:g}, weight decay {o['weight_decay']:g}"
+    if name == "sgd":
+        mu = o.get("momentum") or 0.0
+        text += f", momentum {mu:g}" + (" (Nesterov)" if o.get("nesterov") else "")
+    else:
+        text += f", betas ({o['beta1']}, {o['beta2']})"
+        if name != "adam_atan2":
+            text += f", eps {o['eps']:g}"
+        if o.get("sqrt_v_floor"):
+            text += f", sqrt(v-hat) floor {o['sqrt_v_floor']:g}"
+        if o.get("update_clip"):
+            text += ", update clipping"
+    if sch.get("switch_optimizer") or sch.get("switch_lr"):
+        text += (f"; after the switch {sch.get('switch_optimizer') or name}"
+                 + (f" lr {sch['switch_lr']:g}" if sch.get("switch_lr") else ""))
+    if sch.get("reset_optimizer_at_switch"):
+        text += "; its state reset at the switch"
+    return text + (f", hook {o['hook']} (strength {o['hook_strength']:g})" if o.get("hook")
+                   else "")
+
+
 def _format_info(s: dict[str, Any]) -> str:
     c = s["config"]
     d, m, o, sch = c["data"], c["model"], c["optim"], c["schedule"]
@@ -304,10 +329,9 @@ def _format_info(s: dict[str, Any]) -> str:
            (f" -> s = {sch['switch_s']} (switch not reached)" if sch["switch_s"] is not None
             else "")),
         f"model          MLP 2p -> {' -> '.join(map(str, m['hidden']))} -> p, {s['n_params']:,} "
-        f"parameters, {m['init']} init, {m['dtype']}",
-        f"optimizer      AdamW lr {o['lr']:g}, weight decay {o['weight_decay']:g}, "
-        f"betas ({o['beta1']}, {o['beta2']}), eps {o['eps']:g}"
-        + (f", hook {o['hook']} (strength {o['hook_strength']:g})" if o.get("hook") else ""),
+        f"parameters, {m['init']} init, {m['dtype']}"
+        + (f", {m['loss']} loss" if m.get("loss", "softmax") != "softmax" else ""),
+        f"optimizer      {_optimizer_text(o, sch)}",
         f"epochs done    {s['epochs_done']:,} of {sch['epochs']:,}"
         + (f" (+{sch['phase2_epochs']:,} after the switch)" if sch["phase2_epochs"] else ""),
         f"records        {s['n_evals']:,} evaluations, {s['n_checkpoints']:,} checkpoints, "
