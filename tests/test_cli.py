@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -157,3 +158,40 @@ def test_flags_are_checked_together_after_all_are_applied(tmp_path, capsys):
     # lists of values too: each member's lr meets its own wd
     assert main(["train", "--lr", "1", "0.5", "--wd", "0.5", "--p", "7", "--hidden", "4",
                  "--epochs", "1", "--out", str(tmp_path / "ens"), "--no-progress"]) == 0
+
+
+def test_every_flag_of_every_command_has_help():
+    import argparse
+
+    from zgdyn.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = []
+    for name, p in sub.choices.items():
+        for a in p._actions:
+            if isinstance(a, argparse._HelpAction) or a.help == argparse.SUPPRESS:
+                continue
+            if not a.help:
+                missing.append(f"{name} {'/'.join(a.option_strings) or a.dest}")
+    assert missing == []
+
+
+def test_one_name_per_concept_with_the_old_spellings_kept(tmp_path, capsys):
+    """--figure for a figure's path and --collapse-threshold for the detector everywhere;
+    plot's --out and --epochs, perturb's --plot and --threshold still work, unlisted."""
+    from zgdyn.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["plot", "r.h5", "--figure", "f.png"], ["plot", "r.h5", "--out", "f.png"]):
+        assert parser.parse_args(argv).figure == Path("f.png")
+    assert parser.parse_args(["plot", "r.h5", "--figure", "f.png", "--epochs", "5"]).epochs \
+        == parser.parse_args(["plot", "r.h5", "--figure", "f.png", "--checkpoints", "5"]).epochs
+    for cmd in ("events", "fit", "scorecard"):
+        new = parser.parse_args([cmd, "r.h5", "--collapse-threshold", "50"])
+        old = parser.parse_args([cmd, "r.h5", "--threshold", "50"])
+        assert new.threshold == old.threshold == 50.0
+    assert parser.parse_args(["perturb", "r.h5", "--plot", "p.png"]).figure == Path("p.png")
+    for cmd in ("plot", "perturb", "events"):
+        text = parser._subparsers._group_actions[0].choices[cmd].format_help()
+        assert "--threshold " not in text and "--plot " not in text and "--out " not in text

@@ -133,13 +133,41 @@ def _add_suite_flags(p: argparse.ArgumentParser, out: str, *, device: bool = Tru
                    "(all at once without K) instead of a process pool: the way on a GPU")
 
 
+def _json_flag(p: argparse.ArgumentParser, what: str = "the result") -> None:
+    p.add_argument("--json", action="store_true", help=f"print {what} as JSON on stdout")
+
+
+def _progress_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars or stage lines on stderr")
+
+
+def _figure_flag(p: argparse.ArgumentParser, *, required: bool = False, what: str,
+                 old: str | None = None) -> None:
+    """--figure FIG.png (a .png gets a .pdf beside it); `old` is an earlier spelling, kept
+    working but not shown (a required one is checked by the command, which sees both)."""
+    p.add_argument("--figure", type=Path, metavar="FIG.png",
+                   help=f"{what}{' (required)' if required else ''}; a .png also gets a "
+                   ".pdf beside it")
+    if old is not None:
+        p.add_argument(old, dest="figure", type=Path, help=argparse.SUPPRESS)
+
+
+def _threshold_flag(p: argparse.ArgumentParser) -> None:
+    """--collapse-threshold, as train's config field; --threshold is its old spelling."""
+    p.add_argument("--collapse-threshold", dest="threshold", type=float, default=100.0,
+                   metavar="X", help="a collapse is an evaluation whose train loss exceeds X "
+                   "times its recent minimum, as the trainer's detector (default 100)")
+    p.add_argument("--threshold", dest="threshold", type=float, help=argparse.SUPPRESS)
+
+
 def _add_pool_flags(p: argparse.ArgumentParser, jobs: str, threads: str) -> None:
     p.add_argument("--jobs", type=int, metavar="N",
                    help=f"runs at a time, each in its own process (default: {jobs})")
     p.add_argument("--threads", type=int, metavar="N",
                    help=f"torch threads per run (default: {threads})")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--json", action="store_true")
+    _progress_flag(p)
+    _json_flag(p)
     _add_plugin_flag(p)
 
 
@@ -436,15 +464,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from .plots import run_figure, save
 
-    outs = [args.out] + ([args.out.with_suffix(".pdf")] if args.out.suffix == ".png" else [])
-    if args.out.suffix not in (".png", ".pdf", ".svg"):
-        raise ZgdynError(f"--out: must end in .png, .pdf or .svg, got {args.out.name!r}")
-    existing = [str(o) for o in outs if o.exists()]
-    if existing and not args.force:
-        raise ZgdynError(f"{', '.join(existing)}: already exists; pass --force to replace it")
+    if args.figure is None:
+        raise ZgdynError("plot: --figure FIG.png is required (where the figure goes)")
+    outs = _figure_paths(args.figure, args.force)
     fig = run_figure(str(args.run), args.kind, epoch_from=args.epoch_from,
                      epoch_to=args.epoch_to, epochs=args.epochs)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.figure.parent.mkdir(parents=True, exist_ok=True)
     for o in outs:
         save(fig, str(o))
     sys.stdout.write(f"wrote {', '.join(str(o) for o in outs)}\n")
@@ -785,15 +810,16 @@ def cmd_perturb(args: argparse.Namespace) -> int:
     from .perturb import perturb_run
 
     outs = []
-    if args.plot is not None:
-        outs = _figure_paths(args.plot, args.force)
+    if args.figure is not None:
+        outs = _figure_paths(args.figure, args.force)
     r = perturb_run(str(args.run), epoch=args.epoch, zipf_s=tuple(args.zipf_s),
                     eps=tuple(args.eps), epochs=args.epochs, directions=tuple(args.directions),
-                    seed=args.seed, dtype=args.dtype, early=args.early)
+                    seed=args.seed, dtype=args.dtype, early=args.early,
+                    progress=not args.no_progress and not args.json)
     if outs:
         from .plots import plot_perturb, save
         fig = plot_perturb(r)
-        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        args.figure.parent.mkdir(parents=True, exist_ok=True)
         for o in outs:
             save(fig, str(o))
     if args.json:
@@ -807,7 +833,7 @@ def cmd_perturb(args: argparse.Namespace) -> int:
 def _figure_paths(out: Path, force: bool) -> list[Path]:
     """The files a figure goes to (a .png gets a .pdf beside it); refuses to overwrite."""
     if out.suffix not in (".png", ".pdf", ".svg"):
-        raise ZgdynError(f"figure {out.name!r}: must end in .png, .pdf or .svg")
+        raise ZgdynError(f"--figure {out.name!r}: must end in .png, .pdf or .svg")
     outs = [out] + ([out.with_suffix(".pdf")] if out.suffix == ".png" else [])
     existing = [str(o) for o in outs if o.exists()]
     if existing and not force:
@@ -936,8 +962,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "--phase2-epochs, --device)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    _progress_flag(p)
+    _json_flag(p, "the run summary")
     p.add_argument("--seeds", type=int, nargs="+", metavar="N",
                    help="train one member per seed (an ensemble; with lists of --zipf-s, "
                    "--weighting, --lr or --weight-decay, one per combination), each to its "
@@ -954,14 +980,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("info", help="summarize a run file")
-    p.add_argument("run", type=Path, metavar="RUN.h5")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("run", type=Path, metavar="RUN.h5", help="the run file")
+    _json_flag(p)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("analyze", help="Fourier measures, memorization m and gamma(m) over "
                        "every checkpoint", description="Analyze every checkpoint of a run and "
                        "write the results to its analysis/trajectory group (resumable).")
-    p.add_argument("run", type=Path, metavar="RUN.h5")
+    p.add_argument("run", type=Path, metavar="RUN.h5", help="the run file")
     p.add_argument("--key-freqs", choices=("fixed", "auto"), default="fixed",
                    help="fixed: from --ref-epoch (default: the best-test checkpoint); auto: "
                    "chosen afresh at each checkpoint")
@@ -971,29 +997,31 @@ def build_parser() -> argparse.ArgumentParser:
                    "instead of the spectral gap")
     p.add_argument("--force", action="store_true",
                    help="recompute an analysis made with other settings")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--json", action="store_true")
+    _progress_flag(p)
+    _json_flag(p)
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("verify", help="check a run file's integrity (exit 1 if damaged)")
-    p.add_argument("run", type=Path, metavar="RUN.h5")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("run", type=Path, metavar="RUN.h5", help="the run file")
+    _json_flag(p)
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("events", help="collapse events and cycle statistics from the metrics")
-    p.add_argument("run", type=Path, metavar="RUN.h5")
-    p.add_argument("--threshold", type=float, default=100.0,
-                   help="train loss / its recent minimum that marks a collapse (default 100)")
-    p.add_argument("--lookback", type=int, default=2000, metavar="EPOCHS")
-    p.add_argument("--refractory", type=int, default=2000, metavar="EPOCHS")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("run", type=Path, metavar="RUN.h5", help="the run file")
+    _threshold_flag(p)
+    p.add_argument("--lookback", type=int, default=2000, metavar="EPOCHS",
+                   help="the recent minimum is taken over this many epochs (default 2000)")
+    p.add_argument("--refractory", type=int, default=2000, metavar="EPOCHS",
+                   help="after a collapse the detector rests this many epochs (default 2000)")
+    _json_flag(p)
     p.set_defaults(func=cmd_events)
 
     p = sub.add_parser("fit", help="fit the collapse rates, the 1-D law and a 2-D slow-fast "
                        "oscillator to an analyzed run", description="Needs zgdyn analyze "
                        "first. Stores the results in the run file's analysis/fit group.")
-    p.add_argument("run", type=Path, metavar="RUN.h5")
-    p.add_argument("--model", choices=("1d", "2d", "both"), default="both")
+    p.add_argument("run", type=Path, metavar="RUN.h5", help="the run file")
+    p.add_argument("--model", choices=("1d", "2d", "both"), default="both",
+                   help="the 1-D law, the 2-D slow-fast model, or both (default)")
     p.add_argument("--slow", choices=("fourier", "adam", "best"), default="best",
                    help="the 2-D model's slow variable: Fourier energy, Adam's second-moment "
                    "scale, or both fitted and the lower AIC kept (default)")
@@ -1001,78 +1029,90 @@ def build_parser() -> argparse.ArgumentParser:
                    help="memorization amplitude: weight space (default) or function space")
     p.add_argument("--segment", type=int, metavar="N",
                    help="shooting segment in checkpoints (default: about a 16th of the period)")
-    p.add_argument("--threshold", type=float, default=100.0,
-                   help="collapse threshold, as in zgdyn events (default 100)")
-    p.add_argument("--json", action="store_true")
+    _threshold_flag(p)
+    _json_flag(p)
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("replay", help="recompute a stretch of a run at any resolution, "
                        "bitwise", description="Restart from the keyframe at or before --from "
                        "and write epochs --from..--to every --every epochs to a new run file.")
-    p.add_argument("run", type=Path, metavar="RUN.h5")
-    p.add_argument("--from", dest="epoch_from", type=int, required=True, metavar="E1")
-    p.add_argument("--to", dest="epoch_to", type=int, required=True, metavar="E2")
-    p.add_argument("--every", type=int, default=1, metavar="N")
-    p.add_argument("--out", type=Path, required=True, metavar="WINDOW.h5")
+    p.add_argument("run", type=Path, metavar="RUN.h5", help="the run file")
+    p.add_argument("--from", dest="epoch_from", type=int, required=True, metavar="E1",
+                   help="first epoch of the stretch")
+    p.add_argument("--to", dest="epoch_to", type=int, required=True, metavar="E2",
+                   help="last epoch of the stretch (at most the run's last keyframe)")
+    p.add_argument("--every", type=int, default=1, metavar="N",
+                   help="record every N epochs (default 1: every epoch)")
+    p.add_argument("--out", type=Path, required=True, metavar="WINDOW.h5",
+                   help="the new run file the stretch goes to")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--json", action="store_true")
+    _progress_flag(p)
+    _json_flag(p)
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("hessian", help="extreme Hessian eigenpairs of L_s at a checkpoint")
-    p.add_argument("run", type=Path, metavar="RUN.h5")
+    p.add_argument("run", type=Path, metavar="RUN.h5", help="the run file")
     p.add_argument("--epoch", type=int, metavar="E", help="checkpoint (default: the last)")
     p.add_argument("--zipf-s", type=float, metavar="S",
                    help="exponent of the loss (default: the run's, after any switch)")
     p.add_argument("--k", type=int, default=10, help="eigenpairs at each end (default 10)")
-    p.add_argument("--which", choices=("top", "bottom", "both"), default="both")
+    p.add_argument("--which", choices=("top", "bottom", "both"), default="both",
+                   help="the largest, the smallest (most negative) or both ends (default)")
     p.add_argument("--preconditioned", action="store_true",
                    help="spectrum of D^-1/2 H D^-1/2 with Adam's D (needs a keyframe epoch)")
     p.add_argument("--coupled-wd", type=float, default=0.0, metavar="WD",
                    help="add (WD/2)|θ|² to the loss: the coupled view of weight decay")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float64",
+                   help="precision of the Hessian-vector products (default float64)")
     _add_device_flag(p, "where the Hessian-vector products run")
-    p.add_argument("--json", action="store_true")
+    _json_flag(p)
     p.set_defaults(func=cmd_hessian)
 
     p = sub.add_parser("saddle", help="the saddle-point test: curvature of L_s for several s "
                        "at one keyframe")
-    p.add_argument("run", type=Path, metavar="RUN.h5")
+    p.add_argument("run", type=Path, metavar="RUN.h5", help="the run file")
     p.add_argument("--epoch", type=int, metavar="E", help="keyframe (default: the last)")
-    p.add_argument("--zipf-s", type=float, nargs="+", default=[0.0, 1.0, 1.5, 2.0, 3.0])
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    p.add_argument("--zipf-s", type=float, nargs="+", default=[0.0, 1.0, 1.5, 2.0, 3.0],
+                   metavar="S", help="exponents of the loss, one row each (default 0 1 1.5 2 "
+                   "3)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float64",
+                   help="precision of the Hessian-vector products (default float64)")
     _add_device_flag(p, "where the Hessian-vector products run")
-    p.add_argument("--json", action="store_true")
+    _json_flag(p)
     p.set_defaults(func=cmd_saddle)
 
     from .plots import KINDS
     p = sub.add_parser("plot", help="draw a figure of a run (PNG + PDF)")
-    p.add_argument("run", type=Path, metavar="RUN.h5")
-    p.add_argument("--kind", choices=KINDS, default="dynamics")
-    p.add_argument("--out", type=Path, required=True, metavar="FIG.png",
-                   help="figure file; a .png also gets a .pdf beside it")
+    p.add_argument("run", type=Path, metavar="RUN.h5", help="the run file")
+    p.add_argument("--kind", choices=KINDS, default="dynamics",
+                   help="the figure: " + ", ".join(KINDS) + " (default dynamics)")
+    _figure_flag(p, required=True, what="the figure file", old="--out")
     p.add_argument("--from", dest="epoch_from", type=float, metavar="E", help="first epoch")
     p.add_argument("--to", dest="epoch_to", type=float, metavar="E", help="last epoch")
-    p.add_argument("--epochs", type=int, nargs="+", metavar="E",
-                   help="checkpoints to compare (spectrum; default: first, peak, last)")
+    p.add_argument("--checkpoints", dest="epochs", type=int, nargs="+", metavar="E",
+                   help="the checkpoints' epochs to compare (spectrum; default: first, peak, "
+                   "last)")
+    p.add_argument("--epochs", dest="epochs", type=int, nargs="+", help=argparse.SUPPRESS)
     p.add_argument("--force", action="store_true", help="replace existing figure files")
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("stats", help="statistics of the Zipf weight distribution")
-    p.add_argument("--p", type=int, default=97)
-    p.add_argument("--train-frac", type=float, default=0.3)
-    p.add_argument("--zipf-s", type=float, nargs="+", default=[0.0, 1.0, 1.5, 2.0, 3.0])
-    p.add_argument("--weighting", choices=WEIGHTINGS, default="rank")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--p", type=int, default=97, help="the modulus (default 97)")
+    p.add_argument("--train-frac", type=float, default=0.3,
+                   help="fraction of the pairs in the training set (default 0.3)")
+    p.add_argument("--zipf-s", type=float, nargs="+", default=[0.0, 1.0, 1.5, 2.0, 3.0],
+                   metavar="S", help="Zipf exponents, a row each (default 0 1 1.5 2 3)")
+    p.add_argument("--weighting", choices=WEIGHTINGS, default="rank",
+                   help="Zipf weighting mode (default rank)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the split (default 42)")
+    _json_flag(p)
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("scorecard", help="the scorecard of run files: first >= 95%%, time "
                        "above 95%%, collapses per 100k epochs, phase-2 accuracy")
-    p.add_argument("runs", type=Path, nargs="+", metavar="RUN.h5")
-    p.add_argument("--threshold", type=float, default=100.0,
-                   help="collapse threshold, as in zgdyn events (default 100)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUN.h5", help="run files")
+    _threshold_flag(p)
+    _json_flag(p)
     p.set_defaults(func=cmd_scorecard)
 
     p = sub.add_parser("two-phase", help="two-phase runs (uniform until 99%% test, then Zipf "
@@ -1083,7 +1123,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "collapse and to test < 50%%, as mean ± std over seeds.")
     p.add_argument("--switch-s", type=float, nargs="+", required=True, metavar="S",
                    help="Zipf exponents after the switch")
-    p.add_argument("--seeds", type=int, nargs="+", default=[42], metavar="N")
+    p.add_argument("--seeds", type=int, nargs="+", default=[42], metavar="N",
+                   help="one run per seed and exponent (default 42)")
     p.add_argument("--config", type=Path, metavar="FILE.toml", help="base config")
     p.add_argument("--name", default="two-phase",
                    help="the runs go to OUT/runs/NAME (default two-phase)")
@@ -1096,21 +1137,28 @@ def build_parser() -> argparse.ArgumentParser:
                        "preconditioned Hessian direction and a random direction by eps*|theta|"
                        ", train under Zipf s beside an unperturbed copy, and compare the "
                        "measured growth rates with the predicted ones.")
-    p.add_argument("run", type=Path, metavar="RUN.h5")
+    p.add_argument("run", type=Path, metavar="RUN.h5", help="the run file")
     p.add_argument("--epoch", type=int, metavar="E", help="keyframe (default: the last)")
-    p.add_argument("--zipf-s", type=float, nargs="+", default=[1.5, 3.0], metavar="S")
+    p.add_argument("--zipf-s", type=float, nargs="+", default=[1.5, 3.0], metavar="S",
+                   help="exponents to train the copies under (default 1.5 3; add 0 for the "
+                   "uniform control)")
     p.add_argument("--eps", type=float, nargs="+", default=[1e-6, 1e-4], metavar="X",
                    help="sizes, relative to |theta| (default 1e-6 1e-4)")
-    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--epochs", type=int, default=200,
+                   help="epochs each copy trains (default 200)")
     p.add_argument("--directions", nargs="+", default=["theta_m", "hessian", "random"],
-                   choices=("theta_m", "hessian", "random"))
+                   choices=("theta_m", "hessian", "random"),
+                   help="theta_m, the most negative preconditioned Hessian direction, a "
+                   "random one (default all three)")
     p.add_argument("--early", type=int, default=5, metavar="N",
                    help="epochs of the early rate (default 5)")
     p.add_argument("--seed", type=int, default=0, help="of the random direction")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float64")
-    p.add_argument("--plot", type=Path, metavar="FIG.png", help="also draw the distances")
-    p.add_argument("--force", action="store_true", help="replace an existing --plot")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float64",
+                   help="precision of the Hessian-vector products (default float64)")
+    _figure_flag(p, what="also draw the distances", old="--plot")
+    _progress_flag(p)
+    p.add_argument("--force", action="store_true", help="replace an existing --figure")
+    _json_flag(p)
     p.set_defaults(func=cmd_perturb)
 
     p = sub.add_parser("reproduce", help="run a suite (the essay's tables) and write "
@@ -1139,7 +1187,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "file (see zgdyn.sweep) into SWEEP_DIR/runs, resumably: finished runs "
                        "are skipped, interrupted ones resumed; a failing run is reported and "
                        "the others go on.")
-    p.add_argument("sweep", type=Path, metavar="SWEEP.toml")
+    p.add_argument("sweep", type=Path, metavar="SWEEP.toml", help="the sweep file")
     p.add_argument("--out", type=Path, metavar="SWEEP_DIR",
                    help="the sweep's directory (default data/sweeps/<name>); with a Ray "
                    "cluster, on storage every node sees")
@@ -1157,18 +1205,18 @@ def build_parser() -> argparse.ArgumentParser:
                        "95%%, time above 95%%, collapses per 100k epochs, mean period; and a "
                        "figure of collapse frequency and time above 95%% over the (s, wd) "
                        "plane (mean over the other fields).")
-    p.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR")
+    p.add_argument("sweep_dir", type=Path, metavar="SWEEP_DIR", help="the sweep's directory")
     p.add_argument("--x", metavar="FIELD", help="the figure's x axis (default zipf_s)")
     p.add_argument("--y", metavar="FIELD", help="the figure's y axis (default weight_decay)")
     p.add_argument("--figure", type=Path, metavar="FIG.png",
                    help="default SWEEP_DIR/phase_diagram.png (+ .pdf), rewritten each time")
-    p.add_argument("--json", action="store_true")
+    _json_flag(p)
     p.set_defaults(func=cmd_sweep_report)
 
     p = sub.add_parser("bench", help="throughput against a plain PyTorch loop, side by side")
     p.add_argument("--epochs", type=int, default=400, help="epochs per timed run")
     p.add_argument("--repeats", type=int, default=5, help="alternating repeats per variant")
-    p.add_argument("--p", type=int, default=97)
+    p.add_argument("--p", type=int, default=97, help="the modulus (default 97)")
     p.add_argument("--ensemble-sizes", type=int, nargs="*", default=[1, 2, 4, 8, 16, 64],
                    metavar="K", help="ensemble sizes to measure (none: skip; default 1 2 4 8 "
                    "16 64)")
@@ -1179,7 +1227,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the runs' collapse-detector window (0: off; default 100, as train)")
     _add_device_flag(p, "where the training variants run")
     p.add_argument("--out", type=Path, help="JSON file (default: data/bench/bench.json)")
-    p.add_argument("--json", action="store_true")
+    _json_flag(p)
     p.set_defaults(func=cmd_bench)
     return parser
 
