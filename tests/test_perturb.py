@@ -85,6 +85,11 @@ def test_theta_m_direction_lies_in_the_memorization_subspace(grokked):
         torch.testing.assert_close(twice[name], pm[name], rtol=1e-12, atol=1e-12)
     assert r["predictions"][0]["m_w"] == pytest.approx(
         float(torch.cat([t.flatten() for t in pm.values()]).norm()), rel=1e-9)
+    # the direction itself: a unit vector entirely inside the memorization subspace
+    assert r["rows"][0]["overlap_theta_m"] == pytest.approx(1.0, rel=1e-9)
+    other = perturb_run(str(grokked), zipf_s=(1.0,), eps=(1e-4,), epochs=4, early=1,
+                        directions=("random",), store=False)
+    assert other["rows"][0]["overlap_theta_m"] < 0.9  # a random one is not
 
 
 def test_perturb_cli(grokked, tmp_path, capsys):

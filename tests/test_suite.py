@@ -101,8 +101,9 @@ def test_report_lists_the_essays_numbers_beside_ours(tiny):
     for fig in ("grokking", "two-phase", "perturb"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 10_000
         assert f"figures/{fig}.png" in text
-    card = next(c for c in result["cards"] if c["switch_s"] == 3.0)
-    assert f"{100 * card['phase2_frac_below_50']:.1f}%" in text or "±" in text
+    from zgdyn.report_sections import _ms
+    row = next(r for r in result["tables"] if r["table"] == "two_phase" and r["s"] == 3.0)
+    assert f"| {_ms(row['phase2_frac_below_50'], pct=True)} |" in text  # over both seeds
 
 
 def test_a_finished_suite_is_skipped_and_reports_again(tiny):

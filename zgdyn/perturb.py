@@ -141,6 +141,7 @@ def perturb_run(path: str | Path, *, epoch: int | None = None,
                 "hessian_rate": None, "mu_min": None, "theta_norm": theta_norm,
                 "m_w": float(theta_m.norm())}
         vecs: dict[str, torch.Tensor] = {}
+        overlap: dict[str, float] = {}  # |P_M v| of each unit direction v
         for d in directions:
             if d == "theta_m":
                 v = theta_m
@@ -157,6 +158,7 @@ def perturb_run(path: str | Path, *, epoch: int | None = None,
                 v = rec["eigenvectors"][:, -1]  # flattened in the checkpoint's name order
                 v = _flat({n: x for n, x in zip(point.like, _split(v, point.like))}, names)
             vecs[d] = (v / v.norm()).to(theta0)  # dtype and device
+            overlap[d] = float(_flat(project(base.step.views(vecs[d])), names).norm())
         predictions.append(pred)
         if bar is not None:
             bar.set_postfix(s=f"{s:g}", stage="train")
@@ -182,6 +184,7 @@ def perturb_run(path: str | Path, *, epoch: int | None = None,
         base_acc = base.evaluate()["test_acc"]
         for i, (d, e, t) in enumerate(trainers):
             rows.append({"zipf_s": float(s), "direction": d, "eps": e,
+                         "overlap_theta_m": overlap[d],
                          **rates(dist[i], early), "start": dist[i, 0],
                          "end": dist[i, -1], "growth_factor": dist[i, -1] / dist[i, 0],
                          "test_acc_end": t.evaluate()["test_acc"],
