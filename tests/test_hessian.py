@@ -64,6 +64,19 @@ def test_loss_uses_zipf_weights(s):
         assert abs(direct.item() - ce.mean().item()) > 1e-6
 
 
+def test_loss_stablemax_is_the_dense_formula():
+    pr = _problem(p=11, hidden=(6,), s=1.5)
+    a, b, y = (torch.as_tensor(t) for t in (pr["a"], pr["b"], pr["y"]))
+    z = functional_logits(pr["like"], a, b, p=11)
+    sz = torch.where(z >= 0, z + 1, 1 / (1 - z))  # Prieto et al.'s s(x), written out
+    direct = -(torch.log(sz.gather(1, y[:, None]).squeeze(1) / sz.sum(1)) * torch.as_tensor(pr["w"])).sum()
+    lf = weighted_loss_fn(11, pr["a"], pr["b"], pr["y"], pr["w"], like=pr["like"], loss="stablemax")
+    assert lf(pr["theta"]).item() == pytest.approx(direct.item(), rel=1e-13)
+    assert abs(direct.item() - pr["loss"](pr["theta"]).item()) > 1e-3  # softmax differs
+    with pytest.raises(ValueError, match="softmax"):
+        weighted_loss_fn(11, pr["a"], pr["b"], pr["y"], pr["w"], like=pr["like"], loss="sparsemax")(pr["theta"])
+
+
 def test_gradient_matches_autograd(prob):
     params = {k: v.clone().requires_grad_() for k, v in prob["like"].items()}
     prob["loss"](flatten_params(params)).backward()

@@ -239,7 +239,6 @@ def test_sqrt_v_quantiles_and_lambda_grad_against_dense_computations():
     g = torch.func.grad(loss_fn)(theta).numpy()
     u = g / (sqrt_v + cfg.optim.eps)
     assert last["lambda_grad"] == pytest.approx(u @ h @ u / (g @ u), rel=1e-9)
-    assert last["lambda_grad"] > 0
 
 
 def test_saturated_mass_counts_the_pairs_whose_float32_loss_is_zero():

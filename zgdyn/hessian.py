@@ -90,7 +90,7 @@ def weighted_loss_fn(p: int, a: Tensor | np.ndarray, b: Tensor | np.ndarray,
     w_t = _as_tensor(w)
     like = dict(like)
 
-    def loss(theta: Tensor) -> Tensor:
+    def loss_fn(theta: Tensor) -> Tensor:
         dev = theta.device
         logits = functional_logits(unflatten(theta, like), a_t.to(dev), b_t.to(dev), p=p)
         if loss == "softmax":
@@ -102,7 +102,7 @@ def weighted_loss_fn(p: int, a: Tensor | np.ndarray, b: Tensor | np.ndarray,
             total = total + 0.5 * coupled_wd * torch.dot(theta, theta)
         return total
 
-    return loss
+    return loss_fn
 
 
 def gradient(loss_fn: LossFn, theta: Tensor) -> Tensor:

@@ -73,6 +73,8 @@ def log_probs(logits: Tensor, loss: str = "softmax") -> Tensor:
     q_j = s(z_j) / Σ_k s(z_k) (see `stablemax_s`)."""
     if loss == "softmax":
         return torch.log_softmax(logits, dim=1)
+    if loss != "stablemax":
+        raise ValueError(f"loss {loss!r}: expected 'softmax' or 'stablemax'")
     s = stablemax_s(logits)
     return s.log() - s.sum(dim=1, keepdim=True).log()
 
