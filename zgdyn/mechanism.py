@@ -267,7 +267,7 @@ def mechanism_record(path: str | Path, *, variant: str = "", curvature: bool = T
                       status=status, threshold=threshold, curvature=have)
 
 
-_SETTINGS = {"before": ONSET_BEFORE, "steps": 60, "tol": 1e-3, "dtype": "float64"}
+_SETTINGS = {"before": ONSET_BEFORE, "steps": 60, "tol": 1e-3, "dtype": "float64", "version": 2}
 
 
 # -- the verdicts --------------------------------------------------------------------------
