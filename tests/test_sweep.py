@@ -125,9 +125,9 @@ def test_a_sweep_killed_midway_resumes_to_the_same_bits(local, tmp_path):
     out, _ = local
     toml = _toml(tmp_path / "tiny.toml", TINY)
     sweep_dir = tmp_path / "sweep"
-    # SIGKILL at the 20th fsync: inside a commit of the second run (a run of this sweep
-    # makes 13 fsyncs)
-    env = {**os.environ, "ZGDYN_TEST_KILL": "fsync:20"}
+    # SIGKILL at the 27th fsync: inside a commit of the second run (a run of this sweep
+    # makes 19 fsyncs: its new file, then three in each of six commits)
+    env = {**os.environ, "ZGDYN_TEST_KILL": "fsync:27"}
     proc = subprocess.run([sys.executable, "-c", CHILD, "sweep", str(toml), "--out",
                            str(sweep_dir), "--jobs", "1", "--no-progress"], env=env,
                           capture_output=True, text=True, timeout=120)
