@@ -194,14 +194,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             return _fail("--resume needs --out RUN.h5, the run to continue")
         if args.config is not None:
             return _fail("--resume takes the config stored in the run; drop --config")
-        if args.force:
-            return _fail("--resume and --force exclude each other")
-        resume_run(args.out, changes=given, progress=not args.no_progress)
+        resume_run(args.out, changes=given, force_disk=args.force,
+                   progress=not args.no_progress)
         out = args.out
     else:
         cfg = configs[0]
         out = args.out or _default_out(cfg)
-        train_run(cfg, out, force=args.force, progress=not args.no_progress)
+        train_run(cfg, out, force=args.force, force_disk=args.force,
+                  progress=not args.no_progress)
     with open_run(out) as run:
         summary = run.summary()
     if args.json:
@@ -887,7 +887,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue --out from its last keyframe (may change --epochs, "
                    "--phase2-epochs, --device)")
-    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing --out; and start (or --resume) even where the "
+                   "disk estimate says the run will not fit (never past the memory estimate)")
     p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")

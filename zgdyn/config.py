@@ -59,6 +59,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(_is_int(self.p) and self.p >= 2, "p", "an integer >= 2", self.p)
+        _check(self.p < 2**31, "p", "below 2^31 (and small enough to fit in memory)", self.p)
         _check(_is_real(self.train_frac) and 0 < self.train_frac < 1,
                "train_frac", "a number in (0, 1)", self.train_frac)
         n_train = int(self.p * self.p * self.train_frac)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from .budget import check_runs
 from .config import Config, ConfigError, ZgdynError, flatten
 from .store import RunFileError, RunWriter
 from .train import LOOKBACK, Callback, Diverged, ProgressBar, Trainer
@@ -73,27 +74,33 @@ def _close_failed(writer: RunWriter, error: BaseException) -> None:
 
 
 def train_run(config: Config, path: str | Path, *, force: bool = False,
-              progress: bool = False, callbacks: list[Callback] | tuple = ()) -> Trainer:
+              force_disk: bool = False, progress: bool = False,
+              callbacks: list[Callback] | tuple = ()) -> Trainer:
     """Train `config` from scratch, recording to a new run file at `path`.
 
-    Refuses an existing file unless `force`. Returns the finished Trainer.
+    Refuses an existing file unless `force`, and a run this machine cannot hold
+    (`budget.check_runs`; its disk estimate yields to `force_disk`). Returns the finished
+    Trainer.
     """
+    check_runs([config], Path(path).parent, force_disk=force_disk)
     trainer = Trainer(config)
     writer = RunWriter.create(path, config, trainer, force=force)
     return _drive(trainer, writer, list(callbacks), progress)
 
 
 def resume_run(path: str | Path, *, changes: dict[str, Any] | None = None,
-               progress: bool = False, callbacks: list[Callback] | tuple = ()) -> Trainer:
+               force_disk: bool = False, progress: bool = False,
+               callbacks: list[Callback] | tuple = ()) -> Trainer:
     """Continue the run in `path` from its last keyframe, bitwise as if never stopped.
 
     `changes` may set only epochs, phase2_epochs and device (to extend a run, say).
     """
-    trainer, writer = _open_resume(path, changes)
+    trainer, writer = _open_resume(path, changes, force_disk)
     return _drive(trainer, writer, list(callbacks), progress)
 
 
-def _open_resume(path: str | Path, changes: dict[str, Any] | None) -> tuple[Trainer, RunWriter]:
+def _open_resume(path: str | Path, changes: dict[str, Any] | None,
+                 force_disk: bool = False) -> tuple[Trainer, RunWriter]:
     """The Trainer at the last keyframe of `path`, and the writer that goes on with it."""
     writer = RunWriter.resume(path)
     try:
@@ -108,6 +115,8 @@ def _open_resume(path: str | Path, changes: dict[str, Any] | None) -> tuple[Trai
                                   + ("" if writer.status == "diverged" else
                                      " (and the optimizer's settings after a divergence)"))
         config = stored.replace(**changes) if changes else stored
+        check_runs([config], Path(path).parent, force_disk=force_disk,
+                   start_epochs=[max(0, int(writer.h5.attrs["epochs_done"]))])
         snapshot = writer.last_snapshot(config.device)
         if config != stored:
             writer.set_config(config, at_epoch=snapshot.epoch if snapshot else 0)
@@ -174,6 +183,7 @@ def train_ensemble(configs: list[Config], paths: list[str | Path], *, force: boo
             if path.exists() and not force:
                 raise RunFileError(f"{path}: already exists; pass --force to replace it, or "
                                    "--resume to continue it")
+        check_runs(configs, paths[0].parent, force_disk=force)
         trainers = [Trainer(cfg) for cfg in configs]
         writers = []
         for cfg, trainer, path in zip(configs, trainers, paths):
