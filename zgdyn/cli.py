@@ -519,7 +519,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from .store import open_run
 
     replay_run(args.run, args.out, epoch_from=args.epoch_from, epoch_to=args.epoch_to,
-               every=args.every, force=args.force, progress=not args.no_progress)
+               every=args.every, force=args.force, force_disk=args.force,
+               progress=not args.no_progress)
     with open_run(args.out) as run:
         s = run.summary()
     if args.json:
@@ -968,8 +969,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="epoch_from", type=int, required=True, metavar="E1")
     p.add_argument("--to", dest="epoch_to", type=int, required=True, metavar="E2")
     p.add_argument("--every", type=int, default=1, metavar="N")
-    p.add_argument("--out", type=Path, required=True, metavar="WINDOW.h5")
-    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--out", type=Path, required=True, metavar="WINDOW.h5",
+                   help="the window's run file; an interrupted replay of the same window "
+                   "there is resumed")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing --out, even past the disk estimate")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_replay)
