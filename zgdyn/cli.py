@@ -805,13 +805,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import SWEEPS_DIR, load_sweep, run_sweep
+    from .sweep import MAX_RUNS, SWEEPS_DIR, load_sweep, run_sweep
 
     _load_plugins(args)
-    sweep = load_sweep(args.sweep)
+    sweep = load_sweep(args.sweep, max_runs=None if args.force else MAX_RUNS)
     result = run_sweep(sweep, args.out or SWEEPS_DIR / sweep.name, executor=args.executor,
                        address=args.address, jobs=args.jobs, threads=args.threads,
-                       plugins=tuple(args.plugin or ()), progress=not args.no_progress)
+                       plugins=tuple(args.plugin or ()), progress=not args.no_progress,
+                       force_disk=args.force)
     if args.json:
         _print_json(result)
     else:
@@ -1109,6 +1110,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "local Ray instance)")
     _add_pool_flags(p, "the cores / [resources] num_cpus; local only",
                     "[resources] num_cpus")
+    p.add_argument("--force", action="store_true",
+                   help="plan a sweep of more than 10,000 runs, and start runs even where "
+                   "the disk estimate says they will not fit")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("sweep-report", help="a sweep's runs with their scorecards, and its "
