@@ -277,6 +277,8 @@ def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
         raise ConfigError(f"{what} {path}: no such file") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{what} {path}: not valid TOML ({e})") from None
+    except RecursionError:
+        raise ConfigError(f"{what} {path}: nested too deeply to read") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{what} {path}: cannot be read ({e})") from None
 
