@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from conftest import count
 from zgdyn.cli import main
 from zgdyn.store import open_run
 
@@ -186,6 +187,7 @@ def test_hostile_input_is_one_line_and_changes_nothing(a_run, tmp_path, monkeypa
     assert a_run.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["DIR"]
     assert not (a_run.parent / "r.h5-journal").exists()
+    count("hostile command lines refused")
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA device is here")
@@ -195,6 +197,7 @@ def test_device_cuda_without_a_gpu_is_one_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no CUDA device is available here" in err
     assert list(tmp_path.iterdir()) == []
+    count("hostile command lines refused")
 
 
 def test_deeply_nested_toml_is_one_line(tmp_path, capsys):
@@ -203,6 +206,7 @@ def test_deeply_nested_toml_is_one_line(tmp_path, capsys):
     code, _, err = run_cli(capsys, "train", "--config", toml, "--out", tmp_path / "r.h5")
     assert code == 2 and err.count("\n") == 1 and "nested too deeply" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["deep.toml"]
+    count("hostile command lines refused")
 
 
 def test_a_250_byte_file_name_trains_and_resumes(tmp_path, capsys):
@@ -213,6 +217,7 @@ def test_a_250_byte_file_name_trains_and_resumes(tmp_path, capsys):
     code, out, _ = run_cli(capsys, "verify", path)
     assert code == 0 and ": ok" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+    count("hostile command lines refused")
 
 
 def test_read_only_storage_is_one_line(a_run, tmp_path, capsys):
@@ -236,5 +241,6 @@ def test_read_only_storage_is_one_line(a_run, tmp_path, capsys):
         assert sorted(p.name for p in ro.iterdir()) == ["r.h5"]
         assert run_cli(capsys, "info", run)[0] == 0
         assert run_cli(capsys, "verify", run)[0] == 0
+        count("commands on read-only storage refused", 4)
     finally:
         umount(ro)

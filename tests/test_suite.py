@@ -354,3 +354,4 @@ def test_variant_names_cannot_escape_the_output_directory(tmp_path, capsys, name
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "[variants] name" in err
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["s.toml"]
+    count("bad sweeps and suites refused")

@@ -292,7 +292,7 @@ def test_sweeps_that_would_run_the_wrong_thing_are_refused(tmp_path):
     for (table, message), (code, err, files) in zip(BAD_SWEEPS, refusals(cases, tmp_path / "r")):
         assert code == 2 and err.count("\n") == 1 and message in err, (table["name"], code, err)
         assert files == []
-        count("bad sweeps refused")
+        count("bad sweeps and suites refused")
 
 
 def test_labels_tell_every_float_apart():
@@ -315,3 +315,4 @@ def test_a_malformed_sweep_json_is_one_line(tmp_path, capsys, text):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "sweep.json" in err and "Traceback" not in err, err
     assert sorted(p.name for p in out.iterdir()) == ["sweep.json"]
+    count("bad sweeps and suites refused")

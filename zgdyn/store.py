@@ -555,6 +555,7 @@ class Run:
         except BaseException:
             self.close()
             raise
+        self._file_bytes = self._size  # as of the commit it opened at
         unlock(self._fd)
 
     def _open_h5(self) -> None:
@@ -766,7 +767,7 @@ class Run:
             "frac_evals_test_acc_95": float(len(above) / len(test)) if len(test) else None,
             "final": {k: last.get(k) for k in ("epoch", "train_loss", "train_acc", "test_loss",
                                                "test_acc")},
-            "file_bytes": self._size if self._owns else self.path.stat().st_size,
+            "file_bytes": self._file_bytes if self._owns else self.path.stat().st_size,
             "created": a["created"], "zgdyn_version": a["zgdyn_version"],
             "torch_version": a["torch_version"], "threads": int(a["threads"]),
         }
