@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import count
 from zgdyn.cli import main
 from zgdyn.store import open_run
 
@@ -195,3 +196,104 @@ def test_one_name_per_concept_with_the_old_spellings_kept(tmp_path, capsys):
     for cmd in ("plot", "perturb", "events"):
         text = parser._subparsers._group_actions[0].choices[cmd].format_help()
         assert "--threshold " not in text and "--plot " not in text and "--out " not in text
+
+
+@pytest.fixture(scope="module")
+def a_run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("hostile") / "r.h5"
+    assert main(["train", *SMALL, "--epochs", "40", "--out", str(path)]) == 0
+    return path
+
+
+HOSTILE = [
+    (["train", "--threads", "0", "--epochs", "5"], "--threads: must be an integer >= 1, got 0"),
+    (["train", "--threads", "-3", "--epochs", "5"], "--threads: must be an integer >= 1"),
+    (["train", "--plugin", "", "--epochs", "5"], "--plugin '': must be a module's dotted name"),
+    (["train", "--plugin", "..x", "--epochs", "5"], "--plugin '..x': must be a module's"),
+    (["info", "/"], "/: is a directory, not a run file"),
+    (["stats", "--seed", "-1"], "seed: must be an integer in [0, 2^32)"),
+    (["analyze", "RUN", "--ref-epoch", "999999999999999999999", "--no-progress"],
+     "no checkpoint at epoch 999999999999999999999"),
+    (["hessian", "RUN", "--coupled-wd", "nan"], "--coupled-wd: must be a finite number"),
+    (["hessian", "RUN", "--zipf-s", "inf"], "--zipf-s: must be a finite number"),
+    (["saddle", "RUN", "--zipf-s", "0", "nan"], "--zipf-s: must be a finite number"),
+    (["events", "RUN", "--threshold", "inf"], "threshold: must be a number > 1"),
+    (["scorecard", "RUN", "--threshold", "nan"], "threshold: must be a number > 1"),
+    (["perturb", "RUN", "--seed", "-1", "--epochs", "5"], "seed: must be an integer in"),
+    (["plot", "RUN", "--from", "100", "--to", "5", "--out", "FIG"], "--from/--to: need from"),
+    (["train", "--out", "DIR", "--force", "--epochs", "5"], "is a directory"),
+]
+
+
+@pytest.mark.parametrize("args,message", HOSTILE, ids=[" ".join(a) for a, _ in HOSTILE])
+def test_hostile_input_is_one_line_and_changes_nothing(a_run, tmp_path, monkeypatch, capsys,
+                                                       args, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "DIR").mkdir()
+    args = [str(a_run) if a == "RUN" else str(tmp_path / "f.png") if a == "FIG" else a
+            for a in args]
+    before = a_run.read_bytes()
+    code = _exit_code(args)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert message in err
+    assert a_run.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["DIR"]
+    assert not (a_run.parent / "r.h5-journal").exists()
+    count("hostile command lines refused")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA device is here")
+def test_device_cuda_without_a_gpu_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--device", "cuda", "--epochs", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no CUDA device is available here" in err
+    assert list(tmp_path.iterdir()) == []
+    count("hostile command lines refused")
+
+
+def test_deeply_nested_toml_is_one_line(tmp_path, capsys):
+    toml = tmp_path / "deep.toml"
+    toml.write_text("[data]\np = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    code, _, err = run_cli(capsys, "train", "--config", toml, "--out", tmp_path / "r.h5")
+    assert code == 2 and err.count("\n") == 1 and "nested too deeply" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep.toml"]
+    count("hostile command lines refused")
+
+
+def test_a_250_byte_file_name_trains_and_resumes(tmp_path, capsys):
+    """Its temporary file and its journal have names of their own, under 255 bytes."""
+    path = tmp_path / ("n" * 247 + ".h5")
+    assert run_cli(capsys, "train", *SMALL, "--epochs", 40, "--out", path)[0] == 0
+    assert run_cli(capsys, "train", "--resume", "--out", path, "--epochs", 80)[0] == 0
+    code, out, _ = run_cli(capsys, "verify", path)
+    assert code == 0 and ": ok" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+    count("hostile command lines refused")
+
+
+def test_read_only_storage_is_one_line(a_run, tmp_path, capsys):
+    """A run on a read-only file system: analyze, plot into it and train into it are refused
+    in one line; info and verify still read it."""
+    from conftest import mount_tmpfs, remount, umount
+    ro = tmp_path / "ro"
+    mount_tmpfs(ro, "4m")
+    try:
+        run = ro / "r.h5"
+        run.write_bytes(a_run.read_bytes())
+        remount(ro, "ro")
+        for args, message in (
+                (["analyze", run, "--no-progress"], "Read-only file system"),
+                (["plot", run, "--out", ro / "f.png"], "Read-only file system"),
+                (["train", *SMALL, "--epochs", 5, "--out", ro / "new.h5"], "Read-only file"),
+                (["train", "--resume", "--out", run, "--epochs", 80], "Read-only file system")):
+            code, _, err = run_cli(capsys, *args)
+            assert code == 2 and err.count("\n") == 1 and message in err, (args, err)
+        assert run.read_bytes() == a_run.read_bytes()
+        assert sorted(p.name for p in ro.iterdir()) == ["r.h5"]
+        assert run_cli(capsys, "info", run)[0] == 0
+        assert run_cli(capsys, "verify", run)[0] == 0
+        count("commands on read-only storage refused", 4)
+    finally:
+        umount(ro)

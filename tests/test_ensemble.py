@@ -166,15 +166,15 @@ def test_cli_trains_the_product_as_ensembles_of_a_given_size(tmp_path, capsys):
     assert rc == 0
     files = sorted(p.name for p in out.iterdir())
     assert len(files) == 12
-    assert "p13-rank-s1.5-wd0.5-seed3.h5" in files
-    with open_run(out / "p13-rank-s1.5-wd0.5-seed3.h5") as run:
+    assert "p13-rank-s1.5-frac0.5-h24x24-wd0.5-seed3.h5" in files
+    with open_run(out / "p13-rank-s1.5-frac0.5-h24x24-wd0.5-seed3.h5") as run:
         cfg = run.config
         assert (cfg.data.zipf_s, cfg.optim.weight_decay, cfg.seed) == (1.5, 0.5, 3)
         assert run.attrs["status"] == "complete"
     # the same member trained alone, bitwise
     solo = tmp_path / "solo.h5"
     train_run(cfg, solo)
-    _assert_same_records(out / "p13-rank-s1.5-wd0.5-seed3.h5", solo)
+    _assert_same_records(out / "p13-rank-s1.5-frac0.5-h24x24-wd0.5-seed3.h5", solo)
     assert capsys.readouterr().out.count("complete:") == 12
 
 
@@ -194,12 +194,12 @@ def test_cli_ensemble_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys,
 def test_cli_ensemble_refuses_existing_files_before_writing_any(tmp_path, capsys):
     out = tmp_path / "runs"
     out.mkdir()
-    taken = out / "p13-rank-s1.5-seed1.h5"
+    taken = out / "p13-rank-s1.5-frac0.5-h24x24-seed1.h5"
     taken.write_bytes(b"precious")
     assert main(_cli_args(out, "--zipf-s", "0", "1.5", "--seeds", "1")) == 2
     assert "already exists" in capsys.readouterr().err
     assert taken.read_bytes() == b"precious"
-    assert sorted(p.name for p in out.iterdir()) == ["p13-rank-s1.5-seed1.h5"]
+    assert sorted(p.name for p in out.iterdir()) == ["p13-rank-s1.5-frac0.5-h24x24-seed1.h5"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

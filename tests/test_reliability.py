@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import KILL_PREAMBLE, count, small_config
+from conftest import KILL_PREAMBLE, count, remount, small_config
 from zgdyn.cli import main
 from zgdyn.config import ConfigError
 from zgdyn.runner import resume_run, train_run
 from zgdyn.store import RunFileError, open_run, verify_run
-from zgdyn.train import Diverged
+from zgdyn.train import Callback, Diverged
 
 # A child process that runs the CLI, optionally killing itself (see KILL_PREAMBLE).
 CHILD = KILL_PREAMBLE + """
@@ -58,13 +58,18 @@ def _check_survivor(path, reference):
         assert done < 0 or run.keyframe_epochs[-1] == done
         n = len(m["epoch"])
         np.testing.assert_array_equal(m["test_loss"], ref_metrics["test_loss"][:n])
+    _resumes_to(path, final)
+    return True
+
+
+def _resumes_to(path, final):
+    """zgdyn train --resume completes the run bitwise at `final`'s parameters."""
     res = _cli("train", "--resume", "--out", path)
     assert res.returncode == 0, res.stderr
     with open_run(path) as run:
         assert run.summary()["status"] == "complete"
         for k, v in run.params_at(EPOCHS).items():
             assert torch.equal(v, final[k])
-    return True
 
 
 KILL_POINTS = [("fsync", n) for n in (1, 2, 3, 8, 21, 40)] + \
@@ -271,3 +276,481 @@ def test_a_reader_held_open_across_commits_still_reads(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
+
+
+# -- a real full disk -----------------------------------------------------------------------
+
+DENSE = [*FLAGS[:FLAGS.index("--ckpt-every")], "--ckpt-every", "1", "--keyframe-every", "60",
+         "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def dense_reference(tmp_path_factory):
+    """The run that fills the small disks, trained where there is room."""
+    path = tmp_path_factory.mktemp("dense") / "ref.h5"
+    res = _cli("train", *DENSE, "--epochs", EPOCHS, "--out", path)
+    assert res.returncode == 0, res.stderr
+    with open_run(path) as run:
+        return path, run.params_at(EPOCHS), run.metrics
+
+
+@pytest.mark.parametrize("size", ["1m", "2m", "3m"])
+def test_a_full_disk_stops_the_run_and_keeps_its_last_commit(tmpfs, dense_reference, size):
+    """On a real small file system: the run stops with one line when the disk fills (the
+    journal's write comes back short), the file keeps its last commit, and once there is
+    room again --resume ends bitwise on the uninterrupted run."""
+    disk = tmpfs("disk", size)
+    path = disk / "r.h5"
+    ref_path, final, ref_metrics = dense_reference
+    res = _cli("train", *DENSE, "--epochs", EPOCHS, "--out", path, "--force")  # past the estimate
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert res.stderr.count("\n") == 1 and "No space left on device" in res.stderr
+    assert "keeps everything up to its last commit" in res.stderr
+    journal_left = (disk / "r.h5-journal").exists()
+    r = verify_run(path)
+    assert r["ok"] and not r["rolled_back"] and not journal_left, r
+    with open_run(path) as run:
+        done = run.summary()["epochs_done"]
+        n = len(run.metrics["epoch"])
+        assert 0 < done < EPOCHS and run.keyframe_epochs[-1] == done
+        np.testing.assert_array_equal(run.metrics["test_loss"], ref_metrics["test_loss"][:n])
+    remount(disk, "size=64m")
+    _resumes_to(path, final)
+    count("full disks (tmpfs), run kept and resumed")
+
+
+def test_analyze_on_a_nearly_full_disk_keeps_the_run(tmpfs, dense_reference):
+    """`zgdyn analyze` of a finished run on a nearly full disk: one line, and the run file
+    still verifies and holds every record it had."""
+    ref_path, final, ref_metrics = dense_reference
+    disk = tmpfs("disk", f"{ref_path.stat().st_size // 1024 + 96}k")
+    path = disk / "r.h5"
+    path.write_bytes(ref_path.read_bytes())
+    res = _cli("analyze", path, "--no-progress")
+    assert res.returncode == 2 and "No space left on device" in res.stderr, res.stderr
+    assert res.stderr.count("\n") == 1
+    journal_left = (disk / "r.h5-journal").exists()
+    r = verify_run(path)
+    assert r["ok"] and not r["rolled_back"] and not journal_left, r
+    with open_run(path) as run:
+        np.testing.assert_array_equal(run.metrics["test_loss"], ref_metrics["test_loss"])
+        for k, v in run.params_at(EPOCHS).items():
+            assert torch.equal(v, final[k])
+    count("full disks (tmpfs), run kept and resumed")
+
+
+# -- commits that shrink the file, and tampered journals ------------------------------------
+
+# rewrite an analysis group with a smaller one: HDF5 gives the freed tail back (a truncate)
+SHRINK = KILL_PREAMBLE + """
+import numpy as np
+from zgdyn.store import AnalysisWriter
+w = AnalysisWriter(sys.argv[1], "saddle/x")
+w.reset({"n": 1})
+w.put("bottom_direction", np.zeros((1, 4000)))
+w.close(commit=True)
+"""
+
+
+def _analysed(tmp_path, good_run):
+    """A run with a large analysis group, the last one in the file (its tail)."""
+    from zgdyn.store import AnalysisWriter
+    big = np.random.default_rng(0).normal(size=(5, 4000))
+    w = AnalysisWriter(good_run, "saddle/x")
+    w.reset({"n": 5})
+    w.put("bottom_direction", big)
+    w.close(commit=True)
+    return big
+
+
+@pytest.mark.parametrize("kill", ["ftruncate+:1", "unlink:1"])  # after the truncate
+def test_sigkill_in_a_commit_that_shrinks_the_file(tmp_path, good_run, kill):
+    """The pages a truncate cuts off are journaled too: rolled back, the file is byte for byte
+    what it was, and the analysis it held reads back whole."""
+    big = _analysed(tmp_path, good_run)
+    before = good_run.read_bytes()
+    res = subprocess.run([sys.executable, "-c", SHRINK, str(good_run)], capture_output=True,
+                         env={**os.environ, "ZGDYN_TEST_KILL": kill})
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    assert (tmp_path / "r.h5-journal").exists()
+    assert good_run.stat().st_size < len(before)  # killed with the file cut short
+    r = verify_run(good_run)
+    assert r["ok"] and r["rolled_back"], r
+    assert good_run.read_bytes() == before
+    with open_run(good_run) as run:
+        np.testing.assert_array_equal(run.analysis("saddle/x")["bottom_direction"], big)
+    count("SIGKILL inside a commit that shrinks the file, rolled back")
+
+
+def _torn_commit(tmp_path, good_run):
+    """A run file left mid-commit (pages cut off) with its complete journal."""
+    _analysed(tmp_path, good_run)
+    res = subprocess.run([sys.executable, "-c", SHRINK, str(good_run)], capture_output=True,
+                         env={**os.environ, "ZGDYN_TEST_KILL": "ftruncate+:1"})
+    assert res.returncode == -signal.SIGKILL
+    return tmp_path / "r.h5-journal"
+
+
+@pytest.mark.parametrize("where", ["header", "body", "last byte"])
+def test_a_flipped_bit_in_a_complete_journal_stops_without_deleting(tmp_path, good_run,
+                                                                     capsys, where):
+    journal = _torn_commit(tmp_path, good_run)
+    blob = bytearray(journal.read_bytes())
+    at = {"header": 20, "body": len(blob) // 2, "last byte": len(blob) - 1}[where]
+    blob[at] ^= 0x10
+    journal.write_bytes(bytes(blob))
+    torn = good_run.read_bytes()
+    for cmd in (["info", good_run], ["verify", good_run], ["train", "--resume", "--out",
+                                                           good_run]):
+        code = main([str(a) for a in cmd])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1, err
+        assert str(journal) in err and f"of {good_run}" in err and "damaged" in err
+    assert journal.read_bytes() == bytes(blob) and good_run.read_bytes() == torn
+    count("tampered journals refused, nothing deleted")
+
+
+def test_a_crafted_journal_outside_the_file_is_refused(tmp_path, good_run, capsys):
+    """Journals with valid checksums whose sizes or offsets lie outside the file they would
+    roll back: truncating it to nothing, growing it to a sparse terabyte, writing past it."""
+    from zgdyn.journal import Journal
+    size = good_run.stat().st_size
+    page = good_run.read_bytes()[:4096]
+    crafted = {
+        "to nothing": Journal(0, size, [], []),
+        "to a terabyte": Journal(1 << 40, size, [], []),
+        "a record past the old size": Journal(size, size, [(size + 4096, page)], []),
+        "a page that is neither old nor new": Journal(size, size, [(0, b"x" * 4096)],
+                                                      [(0, 4096, 12345)]),
+    }
+    before = good_run.read_bytes()
+    for what, j in crafted.items():
+        head, body = j.encode()
+        journal = tmp_path / "r.h5-journal"
+        journal.write_bytes(head + body)
+        for cmd in (["info", good_run], ["verify", good_run]):
+            code = main([str(a) for a in cmd])
+            err = capsys.readouterr().err
+            assert code == 2 and err.count("\n") == 1 and "does not describe" in err, (what, err)
+        assert good_run.read_bytes() == before and journal.exists(), what
+        count("tampered journals refused, nothing deleted")
+
+
+def test_a_journal_path_that_is_not_a_file_is_never_followed(tmp_path, good_run, capsys):
+    """A symlink planted at RUN.h5-journal, before training and while it trains: refused in one
+    line, its target untouched, the run file at its last commit."""
+    target = tmp_path / "precious"
+    target.write_bytes(b"keep me")
+    link = tmp_path / "r.h5-journal"
+    link.symlink_to(target)
+    code = main(["train", "--resume", "--out", str(good_run), "--epochs", "200"])
+    err = capsys.readouterr().err
+    assert code == 2 and "symbolic link" in err and err.count("\n") == 1
+    assert target.read_bytes() == b"keep me" and link.is_symlink()
+    link.unlink()
+    path = tmp_path / "t.h5"
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, "train", *FLAGS, "--epochs", "20000",
+                             "--out", str(path)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (path.exists() and verify_run(path)["checked"]["keyframes"] >= 2) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    while True:  # between two commits (during one, the journal itself is there)
+        try:
+            (tmp_path / "t.h5-journal").symlink_to(target)
+            break
+        except FileExistsError:
+            time.sleep(0.001)
+    assert proc.wait(timeout=60) == 2
+    err = proc.stderr.read()
+    assert ("symbolic link" in err or "using the journal's name" in err) \
+        and err.count("\n") == 1, err
+    assert target.read_bytes() == b"keep me"
+    (tmp_path / "t.h5-journal").unlink()
+    r = verify_run(path)
+    assert r["ok"] and not r["rolled_back"]
+    count("journal paths planted as symlinks, refused")
+
+
+# -- racing creators, and resuming before the first periodic keyframe ------------------------
+
+# a racer: for each trial folder, says it is ready, waits for "go", then trains into
+# FOLDER/r.h5 and leaves its exit code and its stderr there
+RACER = """
+import contextlib, io, os, sys, time, torch
+torch.set_num_threads(1)
+from zgdyn.cli import main
+seed, folders, args = sys.argv[1], sys.argv[2].split(","), sys.argv[3:]
+for d in folders:
+    open(os.path.join(d, "ready" + seed), "w").close()
+    while not os.path.exists(os.path.join(d, "go")):
+        time.sleep(0.0005)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(args + ["--seed", seed, "--out", os.path.join(d, "r.h5")])
+    with open(os.path.join(d, "result" + seed), "w") as fh:
+        fh.write(f"{rc}\\n{err.getvalue()}")
+"""
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["new", "--force"])
+def test_racing_creators_on_one_out_exactly_one_wins(tmp_path, force):
+    """Three trainings started at the same moment on one --out (with different seeds), four
+    times over: each time exactly one trains into it, the others are refused in one line
+    before they train, and the file holds the winner's run, whole."""
+    seeds = ("1", "2", "3")
+    folders = [tmp_path / f"t{trial}" for trial in range(4)]
+    for d in folders:
+        d.mkdir()
+        if force:
+            train_run(small_config(epochs=20), d / "r.h5")
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, seed, ",".join(map(str, folders)),
+                               "train", *FLAGS, "--epochs", "200",
+                               *(["--force"] if force else [])]) for seed in seeds]
+    try:
+        for d in folders:
+            deadline = time.monotonic() + 60
+            while not all((d / f"ready{s}").exists() for s in seeds) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.005)
+            (d / "go").touch()
+            while not all((d / f"result{s}").exists() for s in seeds) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.01)
+            results = {s: (d / f"result{s}").read_text().split("\n", 1) for s in seeds}
+            winners = [s for s, (rc, _) in results.items() if rc == "0"]
+            assert len(winners) == 1, (d, results)
+            for rc, err in results.values():
+                if rc != "0":
+                    assert rc == "2" and err.count("\n") == 1, err
+                    assert "already exists" in err or "being written by another" in err \
+                        or "replaced by another process" in err, err
+            r = verify_run(d / "r.h5")
+            assert r["ok"], r
+            with open_run(d / "r.h5") as run:
+                assert str(run.config.seed) == winners[0]
+                assert run.summary()["status"] == "complete"
+                assert run.summary()["epochs_done"] == 200
+            assert sorted(p.name for p in d.iterdir() if p.name.startswith((".", "r.h5"))) \
+                == ["r.h5"]  # no temporary file, no journal left
+            count("racing creators, exactly one won")
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+class _Crash(Callback):
+    """Dies (the second Ctrl-C: stop at once, nothing since the last commit kept)."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_eval(self, trainer, metrics):
+        if trainer.epoch >= self.epoch:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("how", ["in process", "SIGKILL"])
+def test_resuming_from_the_epoch_0_keyframe_records_epoch_0_once(tmp_path, how):
+    """A crash before the first periodic keyframe leaves the epoch-0 keyframe; the resumed
+    run records every epoch once, exactly as an uninterrupted run does."""
+    cfg = small_config(epochs=300)
+    ref, path = tmp_path / "ref.h5", tmp_path / "r.h5"
+    train_run(cfg, ref)
+    if how == "in process":
+        with pytest.raises(KeyboardInterrupt):
+            train_run(cfg, path, callbacks=[_Crash(50)])
+    else:
+        flags = ["--p", "13", "--train-frac", "0.5", "--hidden", "24", "24", "--epochs", "300",
+                 "--eval-every", "10", "--ckpt-every", "20", "--keyframe-every", "100",
+                 "--no-progress", "--out", str(path)]
+        res = _cli("train", *flags, env={**os.environ, "ZGDYN_TEST_KILL": "evaluate:6"})
+        assert res.returncode == -signal.SIGKILL
+    with open_run(path) as run:
+        assert list(run.keyframe_epochs) == [0]
+    resume_run(path)
+    with open_run(ref) as a, open_run(path) as b:
+        for attr in ("checkpoint_epochs", "keyframe_epochs"):
+            np.testing.assert_array_equal(getattr(b, attr), getattr(a, attr))
+        for k in a.metrics:
+            np.testing.assert_array_equal(b.metrics[k], a.metrics[k])
+        for k, v in a.params_at(300).items():
+            assert torch.equal(b.params_at(300)[k], v)
+    assert verify_run(path)["ok"]
+    count("resumed before the first periodic keyframe, bitwise")
+
+
+# -- an interrupted replay resumes as a replay ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def replayed(tmp_path_factory):
+    """A run of 300 epochs and its uninterrupted replay of epochs 100..200, every epoch."""
+    d = tmp_path_factory.mktemp("replay")
+    assert main(["train", *FLAGS, "--epochs", "300", "--out", str(d / "run.h5")]) == 0
+    assert main([str(a) for a in ("replay", d / "run.h5", "--from", 100, "--to", 200,
+                                  "--out", d / "w.h5", "--no-progress")]) == 0
+    return d
+
+
+@pytest.mark.parametrize("how", [["replay"], ["train", "--resume"]])
+def test_an_interrupted_replay_resumes_as_a_replay(replayed, tmp_path, capsys, how):
+    """SIGKILL a replay before its first keyframe after the start; asked again (the same
+    replay, or train --resume), it goes on as the replay: the same window, bitwise."""
+    d, out = replayed, tmp_path / "w.h5"
+    args = ["replay", d / "run.h5", "--from", 100, "--to", 200, "--out", out, "--no-progress"]
+    res = _cli(*args, env={**os.environ, "ZGDYN_TEST_KILL": "evaluate:60"})
+    assert res.returncode == -signal.SIGKILL
+    again = args if how == ["replay"] else [*how, "--out", out, "--no-progress"]
+    assert main([str(a) for a in again]) == 0, capsys.readouterr().err
+    with open_run(d / "w.h5") as ref, open_run(out) as run:
+        np.testing.assert_array_equal(run.checkpoint_epochs, ref.checkpoint_epochs)
+        assert run.checkpoint_epochs[0] == 60 and run.checkpoint_epochs[-1] == 200
+        np.testing.assert_array_equal(run.metrics["epoch"], ref.metrics["epoch"])
+        for e in (60, 150, 200):
+            for k, v in ref.params_at(e).items():
+                assert torch.equal(run.params_at(e)[k], v)
+    assert verify_run(out)["ok"]
+    assert main([str(a) for a in ("replay", d / "run.h5", "--from", 100, "--to", 300,
+                                  "--out", out)]) == 2
+    assert "not an interrupted replay" in capsys.readouterr().err
+    count("interrupted replays resumed as replays")
+
+
+# -- readers while a writer commits in a loop --------------------------------------------------
+
+
+def test_readers_see_one_committed_state_while_it_trains(tmp_path):
+    """verify and open_run, round after round while the writer commits (a keyframe every 10
+    epochs, hundreds of commits a second): every verify finds the file intact, every summary
+    agrees with the keyframes it lists."""
+    path = tmp_path / "r.h5"
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, "train", "--p", "7", "--hidden", "8",
+                             "--epochs", "1000000", "--eval-every", "10", "--ckpt-every", "10",
+                             "--keyframe-every", "10", "--window", "0", "--no-progress",
+                             "--out", str(path), "--force"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (path.exists() and verify_run(path)["checked"]["keyframes"]) \
+                and time.monotonic() < deadline:
+            time.sleep(0.02)
+        rounds, seen, stop = 0, set(), time.monotonic() + 8
+        while time.monotonic() < stop or rounds < 20:
+            r = verify_run(path)
+            assert r["ok"], (rounds, r["problems"])
+            with open_run(path) as run:
+                s = run.summary()
+                assert s["epochs_done"] == run.keyframe_epochs[-1], rounds
+                assert s["n_evals"] == s["n_checkpoints"] == s["epochs_done"] // 10 + 1
+                run.params_at(int(run.keyframe_epochs[-1]))
+            seen.add(s["epochs_done"])
+            rounds += 1
+        assert len(seen) > rounds // 2  # the writer went on committing meanwhile
+        assert proc.poll() is None
+        count("verify and open_run rounds while a writer commits", rounds)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    assert verify_run(path)["ok"]
+
+
+# -- killed parents of process pools -----------------------------------------------------------
+
+LONG_BASE = {"p": 7, "hidden": [8], "epochs": 300000, "eval_every": 50, "ckpt_every": 1000,
+             "keyframe_every": 1000, "window": 0}
+
+
+def _pool_workers(parent: int) -> list[int]:
+    """The pids of `parent`'s multiprocessing workers (not its resource tracker)."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
+            cmd = open(f"/proc/{d}/cmdline", "rb").read()
+        except OSError:
+            continue
+        if int(stat[1]) == parent and b"spawn_main" in cmd:
+            pids.append(int(d))
+    return pids
+
+
+def _epochs_done(path) -> int:
+    with open_run(path) as run:
+        return run.summary()["epochs_done"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("command,sig", [
+    ("sweep", signal.SIGKILL), ("sweep", signal.SIGTERM),
+    ("reproduce", signal.SIGKILL), ("reproduce", signal.SIGTERM)],
+    ids=["sweep-SIGKILL", "sweep-SIGTERM", "reproduce-SIGKILL", "reproduce-SIGTERM"])
+def test_workers_die_with_their_parent(tmp_path, command, sig):
+    """Kill the parent of a 2-job pool: its workers stop at a keyframe (the run files marked
+    interrupted), release their locks and exit, so that the next run can go on at once."""
+    from zgdyn.journal import writer_active
+    from zgdyn.store import RunWriter
+    out = tmp_path / "out"
+    if command == "sweep":
+        spec = tmp_path / "s.toml"
+        spec.write_text('name = "orphans"\n[base]\n' + "".join(
+            f"{k} = {json.dumps(v)}\n" for k, v in LONG_BASE.items())
+            + "[grid]\nzipf_s = [0, 1.5]\n")
+        args = ["sweep", spec, "--out", out]
+        runs = [out / "runs" / f"zipf_s={s}.h5" for s in ("0", "1.5")]
+    else:
+        spec = tmp_path / "suite.toml"
+        spec.write_text('name = "orphans"\n[base]\n' + "".join(
+            f"{k} = {json.dumps(v)}\n" for k, v in LONG_BASE.items() if k != "epochs")
+            + "[single]\nzipf_s = [0, 1.5]\nepochs = 300000\n")
+        args = ["reproduce", "--suite", spec, "--out", out]
+        runs = [out / "runs" / "orphans" / f"single-s{s}-seed42.h5" for s in ("0", "1.5")]
+    err = open(tmp_path / "stderr", "w+")  # not a pipe: orphaned workers would hold it open
+    parent = subprocess.Popen([sys.executable, "-c", CHILD, *map(str, args), "--jobs", "2",
+                               "--no-progress"], stdout=subprocess.DEVNULL, stderr=err,
+                              start_new_session=True)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            workers = _pool_workers(parent.pid)
+            if len(workers) == 2 and all(p.exists() and _epochs_done(p) >= 1000 for p in runs):
+                break
+            time.sleep(0.1)
+        assert len(workers) == 2, workers
+        os.kill(parent.pid, sig)
+        code = parent.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(w) for w in workers), "workers outlived their parent"
+        # SIGTERM is Ctrl-C: the parent waits for its workers' keyframes and exits 130
+        assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 130), \
+            (tmp_path / "stderr").read_text()
+        for path in runs:
+            assert not writer_active(path)
+            with open_run(path) as run:
+                s = run.summary()
+                assert s["status"] == "interrupted" and 1000 <= s["epochs_done"] < 300000
+            assert verify_run(path)["ok"]
+            RunWriter.resume(path).close()  # the next run can take it at once
+        count("parents killed, their workers stopped at a keyframe")
+    finally:
+        for pid in [parent.pid, *workers]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        parent.wait()
+        err.close()

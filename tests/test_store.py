@@ -1,3 +1,4 @@
+import errno
 import os
 import signal
 import subprocess
@@ -130,11 +131,13 @@ def test_interrupted_commit_rolls_back(tmp_path, small, monkeypatch):
     calls = {"n": 0}
     real_pwrite = os.pwrite
 
-    def dying_pwrite(fd, data, offset):
+    def dying_pwrite(fd, data, offset):  # the process dies: nothing more reaches the file
         calls["n"] += 1
-        if calls["n"] == 2:
-            real_pwrite(fd, data[: len(data) // 2], offset)
+        if calls["n"] == 2:  # torn as the kernel tears a write: between 4 KiB pages
+            real_pwrite(fd, data[: max(4096, len(data) // 2 // 4096 * 4096)], offset)
             raise SystemExit("killed mid-commit")
+        if calls["n"] > 2:
+            raise OSError(errno.EIO, "the process is gone")
         return real_pwrite(fd, data, offset)
 
     monkeypatch.setattr(os, "pwrite", dying_pwrite)
@@ -151,10 +154,11 @@ def test_interrupted_commit_rolls_back(tmp_path, small, monkeypatch):
 
 
 def test_torn_journal_is_discarded(tmp_path, small):
+    """A journal whose header was never written: its commit died before touching the file."""
     path = tmp_path / "r.h5"
     train_run(small(epochs=20), path)
     committed = path.read_bytes()
-    (tmp_path / "r.h5-journal").write_bytes(b"ZGDYNJNL" + b"\0" * 30)  # no end marker
+    (tmp_path / "r.h5-journal").write_bytes(b"\0" * 64 + b"part of a body")
     with open_run(path) as run:
         assert run.summary()["epochs_done"] == 20
     assert not (tmp_path / "r.h5-journal").exists()

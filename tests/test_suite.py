@@ -158,11 +158,11 @@ def test_longer_epochs_extend_a_finished_run(tmp_path):
     d = {**TINY, "two_phase": None, "saddle": None, "perturb": None, "seeds": [1]}
     d = {k: v for k, v in d.items() if v is not None}
     short = suite_from_dict({**d, "single": {"zipf_s": [0], "epochs": 200}})
-    run_suite(short, tmp_path, analyze=False)
+    run_suite(short, tmp_path, analyze=False, threads=1)
     longer = suite_from_dict({**d, "single": {"zipf_s": [0], "epochs": 400}})
     (task,) = plan(longer.runs(tmp_path))
     assert task.action == "resume" and task.changes == {"epochs": 400}
-    run_suite(longer, tmp_path, analyze=False)
+    run_suite(longer, tmp_path, analyze=False, threads=1)
     with open_run(task.spec.path) as run:
         assert int(run.attrs["epochs_done"]) == 400
 
@@ -171,7 +171,7 @@ def test_a_failing_run_is_reported_and_the_others_finish(tmp_path):
     d = {"name": "mixed", "seeds": [1], "base": {**BASE, "epochs": 100},
          "variants": {"ok": {}, "bad": {"hook": "not_registered"}},
          "single": {"zipf_s": [0, 1]}}
-    result = run_suite(suite_from_dict(d), tmp_path, analyze=False)
+    result = run_suite(suite_from_dict(d), tmp_path, analyze=False, threads=1)
     failed = {os.path.basename(p) for p in result["errors"]}
     assert failed == {"bad-single-s0-seed1.h5", "bad-single-s1-seed1.h5"}
     assert all("not registered" in e for e in result["errors"].values())
@@ -216,7 +216,7 @@ def test_cli_two_phase_table_and_errors(tmp_path, capsys):
             "--train-frac", "0.8", "--hidden", "48", "48", "--lr", "3e-3", "--epochs", "6000",
             "--phase2-epochs", "600", "--eval-every", "50", "--ckpt-every", "50",
             "--keyframe-every", "500", "--out", str(tmp_path), "--jobs", "1",
-            "--no-progress"]
+            "--threads", "1", "--no-progress"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "to test < 50%" in out and "94.80%" in out  # the essay's value beside ours
@@ -258,7 +258,7 @@ def test_only_one_table_runs_and_the_report_says_what_is_missing(tmp_path):
          "single": {"zipf_s": [0]},
          "two_phase": {"switch_s": [3], "switch_at_epoch": 100, "phase2_epochs": 100}}
     suite = suite_from_dict(d)
-    result = run_suite(suite, tmp_path, only=("two_phase",), analyze=False)
+    result = run_suite(suite, tmp_path, only=("two_phase",), analyze=False, threads=1)
     actions = {os.path.basename(r["path"]): r["action"] for r in result["results"]}
     assert actions == {"single-s0-seed1.h5": "skipped", "two-phase-s3-seed1.h5": "train"}
     assert not result["errors"] and len(result["cards"]) == 1
@@ -392,3 +392,18 @@ def test_table_entries_each_with_their_own_length_and_variants(tmp_path):
         suite_from_dict({"single": {"zipf_s": [0], "variants": ["nope"]}})
     with pytest.raises(ConfigError, match="two entries ask for the same run single-s0-seed42"):
         suite_from_dict({"single": [{"zipf_s": [0]}, {"zipf_s": [0, 1]}]})
+
+
+@pytest.mark.parametrize("name", ["../../../../ESCAPED", "a/b", ".hidden", ""])
+def test_variant_names_cannot_escape_the_output_directory(tmp_path, capsys, name):
+    """A variant names run files: one that is a path is refused before anything is written."""
+    suite = tmp_path / "s.toml"
+    suite.write_text(f'name = "v"\n[variants]\n"{name}" = {{ lr = 3e-3 }}\n'
+                     '[single]\nzipf_s = [0]\nepochs = 10\n')
+    out = tmp_path / "a" / "b" / "c" / "d" / "out"
+    assert main(["reproduce", "--suite", str(suite), "--out", str(out), "--jobs", "1",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "[variants] name" in err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["s.toml"]
+    count("bad sweeps and suites refused")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import KILL_PREAMBLE
+from conftest import KILL_PREAMBLE, count, refusals
 from zgdyn.cli import main
 from zgdyn.config import ConfigError, ZgdynError, flatten
 from zgdyn.runner import train_run
@@ -125,9 +125,9 @@ def test_a_sweep_killed_midway_resumes_to_the_same_bits(local, tmp_path):
     out, _ = local
     toml = _toml(tmp_path / "tiny.toml", TINY)
     sweep_dir = tmp_path / "sweep"
-    # SIGKILL at the 20th fsync: inside a commit of the second run (a run of this sweep
-    # makes 13 fsyncs)
-    env = {**os.environ, "ZGDYN_TEST_KILL": "fsync:20"}
+    # SIGKILL at the 27th fsync: inside a commit of the second run (a run of this sweep
+    # makes 19 fsyncs: its new file, then three in each of six commits)
+    env = {**os.environ, "ZGDYN_TEST_KILL": "fsync:27"}
     proc = subprocess.run([sys.executable, "-c", CHILD, "sweep", str(toml), "--out",
                            str(sweep_dir), "--jobs", "1", "--no-progress"], env=env,
                           capture_output=True, text=True, timeout=120)
@@ -269,3 +269,50 @@ def test_the_shipped_sweeps_are_valid():
     pd = load_sweep(files[0].parent / "sweep_phase_diagram.toml")
     assert pd.grid == {"zipf_s": [0, 0.5, 1, 1.25, 1.5, 2], "weight_decay": [0.3, 1, 3]}
     assert len(pd.runs()) == 18 and pd.runs()[0].config.data.p == 97
+
+
+BAD_SWEEPS = [
+    ({"name": "empty"}, "varies nothing"),
+    ({"name": "e", "base": {"epochs": 10}}, "varies nothing"),
+    ({"name": "e", "grid": {}}, "varies nothing"),
+    ({"name": "m", "grid": {"zipf_s": list(range(100)), "lr": [i * 1e-4 for i in
+                                                              range(1, 101)],
+                            "seed": list(range(100))}},
+     "1,000,000 runs (100 x 100 x 100 grid values x 1 points), more than 10,000; pass --force"),
+    ({"name": "c", "grid": {"zipf_s": [0]}, "resources": {"num_cpus": 1e300}},
+     "num_cpus: must be a number >= 1 and <= 1024"),
+]
+
+
+def test_sweeps_that_would_run_the_wrong_thing_are_refused(tmp_path):
+    """An empty sweep (it would start one full default run), a million-run grid (planned
+    without a word), an absurd resource request: one line each, nothing written."""
+    cases = [["sweep", str(_toml(tmp_path / f"s{k}.toml", table)), "--out", "out", "--jobs",
+              "1", "--no-progress"] for k, (table, _) in enumerate(BAD_SWEEPS)]
+    for (table, message), (code, err, files) in zip(BAD_SWEEPS, refusals(cases, tmp_path / "r")):
+        assert code == 2 and err.count("\n") == 1 and message in err, (table["name"], code, err)
+        assert files == []
+        count("bad sweeps and suites refused")
+
+
+def test_labels_tell_every_float_apart():
+    sweep = sweep_from_dict({**TINY, "grid": {"zipf_s": [0.1234567, 0.1234568, 1.5, 1e-5]}})
+    assert [r.label for r in sweep.runs()] == ["zipf_s=0.1234567", "zipf_s=0.1234568",
+                                               "zipf_s=1.5", "zipf_s=1e-05"]
+
+
+@pytest.mark.parametrize("text", ['{"format": "zgdyn.sweep", "name": "tiny"}',
+                                  '{"format": "zgdyn.sweep", "name": "tiny", "axes": [], '
+                                  '"runs": [{"label": "x", "fields": {}, "path": "../../x"}]}',
+                                  "[" * 100_000 + "]" * 100_000])
+def test_a_malformed_sweep_json_is_one_line(tmp_path, capsys, text):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sweep.json").write_text(text)
+    for args in (["sweep-report", str(out)],
+                 ["sweep", str(_toml(tmp_path / "s.toml", TINY)), "--out", str(out)]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "sweep.json" in err and "Traceback" not in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["sweep.json"]
+    count("bad sweeps and suites refused")

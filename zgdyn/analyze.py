@@ -192,11 +192,10 @@ def _analyze(writer: AnalysisWriter, run: Run, key_freqs: str, ref_epoch: int | 
 def run_events(path: str, *, threshold: float = 100.0, lookback: int = 2_000,
                refractory: int = 2_000) -> dict[str, Any]:
     """Collapse events and cycle statistics of a run (Fourier energy if it was analyzed)."""
-    from .oscillator import cycle_statistics, detect_events
+    from .oscillator import check_threshold, cycle_statistics, detect_events
     from .store import open_run
 
-    if not threshold > 1:
-        raise ZgdynError(f"threshold: must be a number > 1, got {threshold}")
+    check_threshold(threshold)
     if lookback < 1 or refractory < 1:
         raise ZgdynError(f"lookback and refractory: must be integers >= 1, got {lookback}, "
                          f"{refractory}")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -107,12 +108,28 @@ def _add_device_flag(p: argparse.ArgumentParser, what: str) -> None:
 
 def _device(name: str) -> str:
     """A checked torch device name: one line and exit 2 for anything else or a missing GPU."""
-    import torch
+    from .budget import check_device
 
     Config(device=name)  # the same rule as a run's device field
-    if name != "cpu" and not torch.cuda.is_available():
-        raise ZgdynError(f"--device {name}: no CUDA device is available here; use cpu")
+    check_device(name)
     return name
+
+
+def _threads(n: int | None) -> None:
+    """Set torch's CPU threads from --threads (None: leave them)."""
+    if n is None:
+        return
+    if n < 1:
+        raise ZgdynError(f"--threads: must be an integer >= 1, got {n}")
+    import torch
+    torch.set_num_threads(n)
+
+
+def _finite(flag: str, values: Any, low: float = 0.0) -> None:
+    """Refuse values of `flag` that are not finite numbers >= `low`."""
+    for v in values if isinstance(values, (list, tuple)) else [values]:
+        if v is not None and not (math.isfinite(v) and v >= low):
+            raise ZgdynError(f"{flag}: must be a finite number >= {low:g}, got {v}")
 
 
 def _add_plugin_flag(p: argparse.ArgumentParser) -> None:
@@ -180,18 +197,45 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
             for k, v in vars(args).items() if k.startswith("cfg_")}
 
 
-def _default_out(cfg: Config, vary: tuple[str, ...] = ()) -> Path:
-    """data/runs/p<p>-<weighting>-s<s>[-to-s<s2>][-lr<lr>][-wd<wd>]-seed<seed>.h5, with lr
-    and wd named when they are in `vary`."""
+# how a field is named in a default file name; fields not listed keep their own name
+NAME_ALIASES = {"train_frac": "frac", "hidden": "h", "weight_decay": "wd",
+                "switch_at_test_acc": "at-acc", "switch_at_epoch": "at-epoch"}
+MAX_NAME = 200
+
+
+def _name_text(v: Any) -> str:
+    from .sweep import number_text
+
+    if isinstance(v, (list, tuple)):
+        return "x".join(map(_name_text, v))
+    if isinstance(v, float):
+        return number_text(v)
+    return str(v) if isinstance(v, int) else f"-{v}"
+
+
+def _default_out(cfg: Config) -> Path:
+    """data/runs/p<p>-<weighting>-s<s>[-to-s<s2>][-<field><value>...]-seed<seed>.h5: every
+    field that shapes the trajectory and differs from the default is in the name (floats
+    exactly: 0.1234567 and 0.1234568 differ), so two different runs never share a name.
+    Left out: how long a run goes and where (epochs, phase2_epochs, device: a resume may
+    change them) and what it records ([record]), which leave the trajectory as it is."""
+    from .runner import RESUMABLE_CHANGES
+
     d, sch = cfg.data, cfg.schedule
-    name = f"p{d.p}-{d.weighting}-s{d.zipf_s:g}"
+    name = f"p{d.p}-{d.weighting}-s{_name_text(float(d.zipf_s))}"
     if sch.switch_s is not None:
-        name += f"-to-s{sch.switch_s:g}"
-    if "lr" in vary:
-        name += f"-lr{cfg.optim.lr:g}"
-    if "weight_decay" in vary:
-        name += f"-wd{cfg.optim.weight_decay:g}"
-    return RUNS_DIR / f"{name}-seed{cfg.seed}.h5"
+        name += f"-to-s{_name_text(float(sch.switch_s))}"
+    skip = {"p", "weighting", "zipf_s", "switch_s", "seed", *RESUMABLE_CHANGES,
+            *(f.name for f in fields_by_section()["record"])}
+    defaults = flatten(Config())
+    for k, v in flatten(cfg).items():
+        if k not in skip and v != defaults[k]:
+            name += f"-{NAME_ALIASES.get(k, k)}{_name_text(v)}"
+    name += f"-seed{cfg.seed}.h5"
+    if len(name) > MAX_NAME:
+        raise ZgdynError(f"the default file name of this run would have {len(name)} "
+                         f"characters, more than {MAX_NAME}; give --out")
+    return RUNS_DIR / name
 
 
 def _members(base: Config, given: dict[str, Any],
@@ -220,15 +264,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .runner import resume_run, train_run
     from .store import open_run
 
-    if args.threads is not None:
-        import torch
-        torch.set_num_threads(args.threads)
+    _threads(args.threads)
     _load_plugins(args)
     given = _given(args)
     base = load_toml(args.config) if args.config and not args.resume else Config()
-    configs, vary = _members(base, given, args.seeds)
+    configs, _ = _members(base, given, args.seeds)
     if len(configs) > 1 or args.seeds is not None:
-        return _train_ensemble(args, configs, vary, given)
+        return _train_ensemble(args, configs, given)
     given.update({k: v for k, v in flatten(configs[0]).items() if k in ENSEMBLE_FIELDS
                   and k in _given(args)})
     if args.resume:
@@ -236,14 +278,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             return _fail("--resume needs --out RUN.h5, the run to continue")
         if args.config is not None:
             return _fail("--resume takes the config stored in the run; drop --config")
-        if args.force:
-            return _fail("--resume and --force exclude each other")
-        resume_run(args.out, changes=given, progress=not args.no_progress)
+        resume_run(args.out, changes=given, force_disk=args.force,
+                   progress=not args.no_progress)
         out = args.out
     else:
         cfg = configs[0]
         out = args.out or _default_out(cfg)
-        train_run(cfg, out, force=args.force, progress=not args.no_progress)
+        train_run(cfg, out, force=args.force, force_disk=args.force,
+                  progress=not args.no_progress)
     with open_run(out) as run:
         summary = run.summary()
     if args.json:
@@ -253,7 +295,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_ensemble(args: argparse.Namespace, configs: list[Config], vary: tuple[str, ...],
+def _train_ensemble(args: argparse.Namespace, configs: list[Config],
                     given: dict[str, Any]) -> int:
     """zgdyn train with lists of values: the members as ensembles of --ensemble-size."""
     from .runner import train_ensemble
@@ -269,7 +311,7 @@ def _train_ensemble(args: argparse.Namespace, configs: list[Config], vary: tuple
     if args.resume and args.config is not None:
         return _fail("--resume takes the configs stored in the runs; drop --config")
     folder = args.out or RUNS_DIR
-    paths = [folder / _default_out(cfg, vary).name for cfg in configs]
+    paths = [folder / _default_out(cfg).name for cfg in configs]
     size = args.ensemble_size or len(configs)
     if args.resume:
         missing = [str(p) for p in paths if not p.exists()]
@@ -404,6 +446,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from .data import stats_table
 
     DataConfig(p=args.p, train_frac=args.train_frac, weighting=args.weighting)  # validates
+    Config(seed=args.seed)  # validates
     for s in args.zipf_s:
         DataConfig(zipf_s=s)  # validates
     rows = stats_table(args.p, args.train_frac, args.zipf_s, seed=args.seed,
@@ -462,16 +505,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .plots import run_figure, save
+    from .plots import run_figure
 
     if args.figure is None:
         raise ZgdynError("plot: --figure FIG.png is required (where the figure goes)")
     outs = _figure_paths(args.figure, args.force)
     fig = run_figure(str(args.run), args.kind, epoch_from=args.epoch_from,
                      epoch_to=args.epoch_to, epochs=args.epochs)
-    args.figure.parent.mkdir(parents=True, exist_ok=True)
-    for o in outs:
-        save(fig, str(o))
+    _save_figure(fig, outs)
     sys.stdout.write(f"wrote {', '.join(str(o) for o in outs)}\n")
     return 0
 
@@ -591,7 +632,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from .store import open_run
 
     replay_run(args.run, args.out, epoch_from=args.epoch_from, epoch_to=args.epoch_to,
-               every=args.every, force=args.force, progress=not args.no_progress)
+               every=args.every, force=args.force, force_disk=args.force,
+               progress=not args.no_progress)
     with open_run(args.out) as run:
         s = run.summary()
     if args.json:
@@ -610,6 +652,10 @@ def _fmt(x: float) -> str:
 def cmd_hessian(args: argparse.Namespace) -> int:
     from .stability import hessian_at
 
+    _finite("--zipf-s", args.zipf_s)
+    _finite("--coupled-wd", args.coupled_wd)
+    if args.k < 1:
+        raise ZgdynError(f"--k: must be an integer >= 1, got {args.k}")
     r = hessian_at(str(args.run), epoch=args.epoch, zipf_s=args.zipf_s, k=args.k,
                    device=_device(args.device),
                    which=args.which, preconditioned=args.preconditioned, dtype=args.dtype,
@@ -657,6 +703,7 @@ def format_saddle(r: dict[str, Any]) -> str:
 def cmd_saddle(args: argparse.Namespace) -> int:
     from .stability import saddle_table
 
+    _finite("--zipf-s", args.zipf_s)
     r = saddle_table(str(args.run), epoch=args.epoch, exponents=tuple(args.zipf_s),
                      device=_device(args.device),
                      dtype=args.dtype)
@@ -817,17 +864,28 @@ def cmd_perturb(args: argparse.Namespace) -> int:
                     seed=args.seed, dtype=args.dtype, early=args.early,
                     progress=not args.no_progress and not args.json)
     if outs:
-        from .plots import plot_perturb, save
-        fig = plot_perturb(r)
-        args.figure.parent.mkdir(parents=True, exist_ok=True)
-        for o in outs:
-            save(fig, str(o))
+        from .plots import plot_perturb
+        _save_figure(plot_perturb(r), outs)
     if args.json:
         _print_json({k: v for k, v in r.items() if k != "curves"})
     else:
         sys.stdout.write(format_perturb(r) + (f"wrote {', '.join(map(str, outs))}\n"
                                               if outs else ""))
     return 0
+
+
+def _save_figure(fig: Any, outs: list[Path]) -> None:
+    """Write a figure to each of `outs` (their folder made); one line if that fails."""
+    from .plots import save
+
+    target = outs[0].parent
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        for target in outs:
+            save(fig, str(target))
+    except OSError as e:
+        raise ZgdynError(f"{target}: the figure cannot be written ({e.strerror or e})") \
+            from None
 
 
 def _figure_paths(out: Path, force: bool) -> list[Path]:
@@ -877,13 +935,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import SWEEPS_DIR, load_sweep, run_sweep
+    from .sweep import MAX_RUNS, SWEEPS_DIR, load_sweep, run_sweep
 
     _load_plugins(args)
-    sweep = load_sweep(args.sweep)
+    sweep = load_sweep(args.sweep, max_runs=None if args.force else MAX_RUNS)
     result = run_sweep(sweep, args.out or SWEEPS_DIR / sweep.name, executor=args.executor,
                        address=args.address, jobs=args.jobs, threads=args.threads,
-                       plugins=tuple(args.plugin or ()), progress=not args.no_progress)
+                       plugins=tuple(args.plugin or ()), progress=not args.no_progress,
+                       force_disk=args.force)
     if args.json:
         _print_json(result)
     else:
@@ -926,13 +985,10 @@ def cmd_sweep_report(args: argparse.Namespace) -> int:
     figure = args.figure or args.sweep_dir / "phase_diagram.png"
     outs = []
     if r["phase"] is not None and any(x["card"] for x in r["rows"]):
-        from .plots import plot_phase_diagram, save
+        from .plots import plot_phase_diagram
         outs = _figure_paths(figure, force=True)
-        fig = plot_phase_diagram(r["phase"], title=f"sweep {r['name']}: mean over runs "
-                                 "at each point")
-        figure.parent.mkdir(parents=True, exist_ok=True)
-        for o in outs:
-            save(fig, str(o))
+        _save_figure(plot_phase_diagram(r["phase"], title=f"sweep {r['name']}: mean over "
+                                        "runs at each point"), outs)
     if args.json:
         _print_json({**r, "figures": [str(o) for o in outs]})
     else:
@@ -960,7 +1016,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue --out from its last keyframe (may change --epochs, "
                    "--phase2-epochs, --device)")
-    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing --out; and start (or --resume) even where the "
+                   "disk estimate says the run will not fit (never past the memory estimate)")
     p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
     _progress_flag(p)
     _json_flag(p, "the run summary")
@@ -1044,8 +1102,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--every", type=int, default=1, metavar="N",
                    help="record every N epochs (default 1: every epoch)")
     p.add_argument("--out", type=Path, required=True, metavar="WINDOW.h5",
-                   help="the new run file the stretch goes to")
-    p.add_argument("--force", action="store_true", help="replace an existing --out")
+                   help="the window's run file; an interrupted replay of the same window "
+                   "there is resumed")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing --out, even past the disk estimate")
     _progress_flag(p)
     _json_flag(p)
     p.set_defaults(func=cmd_replay)
@@ -1198,6 +1258,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "local Ray instance)")
     _add_pool_flags(p, "the cores / [resources] num_cpus; local only",
                     "[resources] num_cpus")
+    p.add_argument("--force", action="store_true",
+                   help="plan a sweep of more than 10,000 runs, and start runs even where "
+                   "the disk estimate says they will not fit")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("sweep-report", help="a sweep's runs with their scorecards, and its "
@@ -1238,6 +1301,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ZgdynError as e:
         return _fail(str(e))
+    except OSError as e:  # the environment (a full or read-only disk, permissions), in a line
+        where = f"{e.filename}: " if e.filename else ""
+        return _fail(f"{where}{e.strerror or e}")
     except KeyboardInterrupt:
         sys.stderr.write("zgdyn: interrupted\n")
         return 130

@@ -70,6 +70,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(_is_int(self.p) and self.p >= 2, "p", "an integer >= 2", self.p)
+        _check(self.p < 2**31, "p", "below 2^31 (and small enough to fit in memory)", self.p)
         _check(_is_real(self.train_frac) and 0 < self.train_frac < 1,
                "train_frac", "a number in (0, 1)", self.train_frac)
         n_train = int(self.p * self.p * self.train_frac)
@@ -395,6 +396,8 @@ def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
         raise ConfigError(f"{what} {path}: no such file") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{what} {path}: not valid TOML ({e})") from None
+    except RecursionError:
+        raise ConfigError(f"{what} {path}: nested too deeply to read") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{what} {path}: cannot be read ({e})") from None
 

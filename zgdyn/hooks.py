@@ -30,6 +30,7 @@ and scores it like the baseline.
 from __future__ import annotations
 
 import importlib
+import re
 from typing import TYPE_CHECKING
 
 from .config import Config, ZgdynError
@@ -70,13 +71,22 @@ def register(name: str):  # noqa: ANN201 (a decorator)
     return deco
 
 
+MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
 def load_plugins(modules: list[str] | tuple[str, ...]) -> None:
     """Import the named modules, which register their hooks on import."""
     for name in modules:
+        if not MODULE_NAME.fullmatch(name):
+            raise ZgdynError(f"--plugin {name!r}: must be a module's dotted name, such as "
+                             "mypackage.myhooks")
         try:
             importlib.import_module(name)
         except ImportError as e:
             raise ZgdynError(f"--plugin {name}: cannot be imported ({e})") from None
+        except Exception as e:  # the module itself failed: one line, not its traceback
+            raise ZgdynError(f"--plugin {name}: importing it failed ({type(e).__name__}: "
+                             f"{e})") from None
 
 
 def make_hook(config: Config) -> Hook | None:

@@ -12,10 +12,13 @@ evaluations. The fits (a)-(c) and Adam's clock below build on these events.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
+from .config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,12 @@ def _around(t: np.ndarray, v: np.ndarray | None, start: float, stop: float,
             float(v[win].min()) if win.any() else None)
 
 
+def check_threshold(threshold: float) -> None:
+    """A collapse threshold is a finite number > 1 (a ConfigError, so a ValueError, if not)."""
+    if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold > 1):
+        raise ConfigError(f"threshold: must be a number > 1 (and finite), got {threshold}")
+
+
 def detect_events(epochs: np.ndarray, train_loss: np.ndarray, *, threshold: float = 100.0,
                   lookback: int = 2_000, refractory: int = 2_000,
                   test_acc: np.ndarray | None = None,
@@ -65,8 +74,7 @@ def detect_events(epochs: np.ndarray, train_loss: np.ndarray, *, threshold: floa
 
     fourier: optional (epochs (m,), Fourier energy (m,)) from `zgdyn analyze`.
     """
-    if threshold <= 1:
-        raise ValueError(f"threshold: must be > 1, got {threshold}")
+    check_threshold(threshold)
     t = np.asarray(epochs, dtype=np.float64)
     loss = np.maximum(np.asarray(train_loss, dtype=np.float64), 1e-300)
     events: list[Event] = []

@@ -61,8 +61,10 @@ def rates(dist: np.ndarray, early: int) -> dict[str, float | None]:
 
 
 def check_settings(zipf_s: tuple[float, ...], eps: tuple[float, ...], epochs: int,
-                   directions: tuple[str, ...], early: int, dtype: str) -> None:
+                   directions: tuple[str, ...], early: int, dtype: str, seed: int = 0) -> None:
     """Raise a one-line ZgdynError for settings `perturb_run` cannot use."""
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63):
+        raise ZgdynError(f"seed: must be an integer in [0, 2^63), got {seed!r}")
     bad = [d for d in directions if d not in DIRECTIONS]
     if bad or not directions:
         raise ZgdynError(f"directions: must be among {', '.join(DIRECTIONS)}, got "
@@ -94,7 +96,7 @@ def perturb_run(path: str | Path, *, epoch: int | None = None,
     """
     from .stability import _spectrum_record, load_point
 
-    check_settings(zipf_s, eps, epochs, directions, early, dtype)
+    check_settings(zipf_s, eps, epochs, directions, early, dtype, seed)
     with open_run(path) as run:
         if epoch is None:
             if not len(run.keyframe_epochs):

@@ -9,6 +9,7 @@ pyplot's global state is never touched.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -390,6 +391,11 @@ def run_figure(path: str, kind: str, *, epoch_from: float | None = None,
 
     if kind not in KINDS:
         raise ZgdynError(f"kind: must be {' | '.join(KINDS)}, got {kind!r}")
+    for name, e in (("from", epoch_from), ("to", epoch_to)):
+        if e is not None and not (math.isfinite(e) and e >= 0):
+            raise ZgdynError(f"--{name}: must be an epoch >= 0, got {e}")
+    if epoch_from is not None and epoch_to is not None and epoch_from >= epoch_to:
+        raise ZgdynError(f"--from/--to: need from < to, got {epoch_from:g}, {epoch_to:g}")
     from .analyze import sorted_trajectory
 
     with open_run(path) as run:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from .budget import check_runs
 from .config import Config, ConfigError, ZgdynError, flatten
 from .store import RunFileError, RunWriter
 from .train import LOOKBACK, Callback, Diverged, ProgressBar, Trainer
@@ -73,27 +75,33 @@ def _close_failed(writer: RunWriter, error: BaseException) -> None:
 
 
 def train_run(config: Config, path: str | Path, *, force: bool = False,
-              progress: bool = False, callbacks: list[Callback] | tuple = ()) -> Trainer:
+              force_disk: bool = False, progress: bool = False,
+              callbacks: list[Callback] | tuple = ()) -> Trainer:
     """Train `config` from scratch, recording to a new run file at `path`.
 
-    Refuses an existing file unless `force`. Returns the finished Trainer.
+    Refuses an existing file unless `force`, and a run this machine cannot hold
+    (`budget.check_runs`; its disk estimate yields to `force_disk`). Returns the finished
+    Trainer.
     """
+    check_runs([config], Path(path).parent, force_disk=force_disk)
     trainer = Trainer(config)
     writer = RunWriter.create(path, config, trainer, force=force)
     return _drive(trainer, writer, list(callbacks), progress)
 
 
 def resume_run(path: str | Path, *, changes: dict[str, Any] | None = None,
-               progress: bool = False, callbacks: list[Callback] | tuple = ()) -> Trainer:
+               force_disk: bool = False, progress: bool = False,
+               callbacks: list[Callback] | tuple = ()) -> Trainer:
     """Continue the run in `path` from its last keyframe, bitwise as if never stopped.
 
     `changes` may set only epochs, phase2_epochs and device (to extend a run, say).
     """
-    trainer, writer = _open_resume(path, changes)
+    trainer, writer = _open_resume(path, changes, force_disk)
     return _drive(trainer, writer, list(callbacks), progress)
 
 
-def _open_resume(path: str | Path, changes: dict[str, Any] | None) -> tuple[Trainer, RunWriter]:
+def _open_resume(path: str | Path, changes: dict[str, Any] | None,
+                 force_disk: bool = False) -> tuple[Trainer, RunWriter]:
     """The Trainer at the last keyframe of `path`, and the writer that goes on with it."""
     writer = RunWriter.resume(path)
     try:
@@ -108,6 +116,8 @@ def _open_resume(path: str | Path, changes: dict[str, Any] | None) -> tuple[Trai
                                   + ("" if writer.status == "diverged" else
                                      " (and the optimizer's settings after a divergence)"))
         config = stored.replace(**changes) if changes else stored
+        check_runs([config], Path(path).parent, force_disk=force_disk,
+                   start_epochs=[max(0, int(writer.h5.attrs["epochs_done"]))])
         snapshot = writer.last_snapshot(config.device)
         if config != stored:
             writer.set_config(config, at_epoch=snapshot.epoch if snapshot else 0)
@@ -174,6 +184,7 @@ def train_ensemble(configs: list[Config], paths: list[str | Path], *, force: boo
             if path.exists() and not force:
                 raise RunFileError(f"{path}: already exists; pass --force to replace it, or "
                                    "--resume to continue it")
+        check_runs(configs, paths[0].parent, force_disk=force)
         trainers = [Trainer(cfg) for cfg in configs]
         writers = []
         for cfg, trainer, path in zip(configs, trainers, paths):
@@ -237,12 +248,16 @@ class EnsembleProgress(Callback):
 
 
 def replay_run(path: str | Path, out: str | Path, *, epoch_from: int, epoch_to: int,
-               every: int = 1, force: bool = False, progress: bool = False) -> Trainer:
+               every: int = 1, force: bool = False, force_disk: bool = False,
+               progress: bool = False) -> Trainer:
     """Recompute epochs [epoch_from, epoch_to] of a run at resolution `every` into a new file.
 
     Restarts from the last keyframe at or before epoch_from; the trajectory is bitwise the
     original's on the same device and thread count. The window file is an ordinary run file
-    whose first record is that keyframe.
+    whose first record (and first keyframe, committed before it trains) is that keyframe;
+    its attribute `replay` names the source and the window. An interrupted replay resumes
+    when asked again for the same window (or with `resume_run`); another file at `out` is
+    refused unless `force`.
     """
     from .store import open_run
 
@@ -261,6 +276,15 @@ def replay_run(path: str | Path, out: str | Path, *, epoch_from: int, epoch_to: 
                                "no recorded state reproduces it")
         snap = run.snapshot_at(int(starts[-1]))
         switch = int(run.attrs["switch_epoch"])
+        source = {"source": str(Path(path).resolve()), "source_created": run.attrs["created"],
+                  "from": epoch_from, "to": epoch_to, "every": every}
+    out = Path(out)
+    if out.exists() and not force:
+        if _replay_of(out) == source:  # this replay, interrupted: go on with it
+            return resume_run(out, force_disk=force_disk, progress=progress)
+        raise RunFileError(f"{out}: already exists and is not an interrupted replay of epochs "
+                           f"{epoch_from}..{epoch_to} every {every} of {path}; pass --force "
+                           "to replace it, or another --out")
     span = max(1, -(-(epoch_to - snap.epoch) // every))  # in steps of `every`, rounded up
     # dense already: no collapse windows
     changes: dict[str, Any] = {"eval_every": every, "ckpt_every": every, "window": 0,
@@ -275,11 +299,30 @@ def replay_run(path: str | Path, out: str | Path, *, epoch_from: int, epoch_to: 
         changes.update(switch_at_test_acc=None, switch_at_epoch=switch,
                        phase2_epochs=epoch_to - switch, epochs=max(sch.epochs, switch))
     window = cfg.replace(**changes)
+    check_runs([window], out.parent, start_epochs=[snap.epoch], force_disk=force_disk)
     trainer = Trainer(window, snap)
     writer = RunWriter.create(out, window, trainer, force=force)
-    writer.on_eval(trainer, trainer.evaluate())  # the starting keyframe is the first record
-    writer.on_checkpoint(trainer)
+    try:
+        writer.mark("running", replay=json.dumps(source))
+        writer.on_eval(trainer, trainer.evaluate())  # the starting keyframe is the first record
+        writer.on_checkpoint(trainer)
+        writer.on_keyframe(trainer)  # commits: a resume starts here, not at epoch 0
+    except BaseException as e:
+        _close_failed(writer, e)
+        raise
     return _drive(trainer, writer, [], progress)
+
+
+def _replay_of(path: Path) -> dict[str, Any] | None:
+    """The `replay` attribute of the run file at `path` (None if it is not a replay)."""
+    from .store import open_run
+
+    try:
+        with open_run(path) as run:
+            raw = run.attrs.get("replay")
+        return None if raw is None else json.loads(raw)
+    except (ZgdynError, ValueError):
+        return None
 
 
 __all__ = ["train_run", "resume_run", "replay_run", "train_ensemble", "MemberResult",

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .oscillator import cycle_statistics, detect_events, drop_continuations
+from .oscillator import check_threshold, cycle_statistics, detect_events, drop_continuations
 from .store import Run, open_run
 
 # the fields `aggregate` averages over seeds
@@ -85,6 +85,7 @@ def run_scorecard(run: Run, *, threshold: float = 100.0) -> dict[str, Any]:
 
 def scorecard(path: str | Path, *, threshold: float = 100.0) -> dict[str, Any]:
     """The scorecard of the run file at `path`."""
+    check_threshold(threshold)  # before the file is opened
     with open_run(path) as run:
         return run_scorecard(run, threshold=threshold)
 

@@ -14,8 +14,11 @@ any moment leaves a file that opens, holding everything up to its last keyframe.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import os
+import secrets
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,14 +31,21 @@ from torch import Tensor
 from . import __version__
 from .config import Config, from_dict
 from .data import Split
-from .journal import JournaledFile, RunFileError, _journal_path, _try_lock, recover, \
-    writer_active
+from .integrity import ATTRS_CRC, HDF5_ERRORS, attrs_checksum, check_attrs, check_layout, \
+    damaged, moment_groups, parse_watch_state, verify
+from .journal import JournaledFile, ReadOnlyFile, RunFileError, _check_journal_path, \
+    _journal_path, _try_lock, lock_shared, open_for_reading, stamp, unlock
+from .journal import recover, writer_active  # noqa: F401 (part of this module's interface)
 from .model import MLP, build_model, param_shapes
 from .optim import needs_max_moment
 from .train import METRICS, OPTIONAL_METRICS, Callback, Snapshot, Trainer, Window
 
 FORMAT = "zgdyn.run"
 FORMAT_VERSION = 1
+# HDF5's own formats for what zgdyn writes: superblock, object headers and chunk indexes
+# carry checksums (HDF5 >= 1.10 reads them), so a flipped bit there is an error, not a
+# silent change; objects of files written before keep their older, unchecked formats
+LIBVER = ("v110", "latest")
 
 
 # -- writing ----------------------------------------------------------------------------------
@@ -77,20 +87,14 @@ WINDOW_LOSSES = ("base_loss", "trigger_loss")
 WINDOW_FIELDS = WINDOW_INDEX + WINDOW_LOSSES
 
 
-def _moments(config: Config) -> tuple[str, ...]:
-    """The optimizer-state groups of a run's keyframes: Adam's (or SGD's) two moments, and
-    AMSGrad's running maximum of v if any phase uses it (zeros before it is in use)."""
-    extra = ("max_exp_avg_sq",) if any(needs_max_moment(o) for o in config.optimizers) else ()
-    return ("exp_avg", "exp_avg_sq", *extra)
-
-
-def _create_skeleton(path: Path, config: Config, trainer: Trainer) -> None:
-    """Write a new run file with its config, split, weights and empty datasets, atomically."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+def _create_skeleton(path: Path, config: Config, trainer: Trainer, *, replace: bool) -> int:
+    """Write a new run file with its config, split, weights and empty datasets, atomically;
+    returns a descriptor of it that holds the write lock (see `_publish`)."""
+    tmp = path.with_name(f".zgdyn-{os.getpid()}-{secrets.token_hex(4)}.tmp")
     shapes = param_shapes(config.data.p, config.model.hidden)
     np_dtype = np.float32 if config.model.dtype == "float32" else np.float64
     try:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w", libver=LIBVER) as f:
             f.attrs.update({
                 "format": FORMAT, "format_version": FORMAT_VERSION,
                 "config": config.to_json(), "zgdyn_version": __version__,
@@ -112,45 +116,120 @@ def _create_skeleton(path: Path, config: Config, trainer: Trainer) -> None:
                 _ext_dataset(kf, name, (), np.int64)
             for name, shape in shapes.items():
                 _ext_dataset(ck, name, shape, np_dtype, checksum=True)
-                for moment in _moments(config):
+                for moment in moment_groups(config):
                     _ext_dataset(kf.require_group(moment), name, shape, np_dtype,
                                  checksum=True)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+            f.attrs[ATTRS_CRC] = attrs_checksum(f)
+        return _publish(tmp, path, replace=replace)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
+def _publish(tmp: Path, path: Path, *, replace: bool) -> int:
+    """Give the finished file `tmp` the name `path`, locked before anyone can see it.
+
+    Without `replace`, exclusively (a hard link fails if the name exists), so of several
+    processes creating one file, exactly one wins; with `replace`, refusing a file that is
+    being written. Returns the locked descriptor."""
+    fd = os.open(tmp, os.O_RDWR)
+    try:
+        _try_lock(fd, path)  # a fresh inode: nobody else holds it
+        os.fsync(fd)
+        if replace:
+            _refuse_if_written(path)
+            os.replace(tmp, path)
+        else:
+            _link_exclusively(tmp, path)
+        if stamp(path)[:2] != stamp(fd)[:2]:
+            raise RunFileError(f"{path}: was replaced by another process while this one "
+                               "created it")
+        if _check_journal_path(path, _journal_path(path)) is not None:
+            _journal_path(path).unlink()  # a journal of an earlier file of this name
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _exists_error(path: Path) -> RunFileError:
+    return RunFileError(f"{path}: already exists; pass --force to replace it (zgdyn "
+                        "train: or --resume to continue it)")
+
+
+def _link_exclusively(tmp: Path, path: Path) -> None:
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise _exists_error(path) from None
+    except OSError as e:  # a file system without hard links: claim the name first
+        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+            raise
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            raise _exists_error(path) from None
+        os.replace(tmp, path)
+
+
+def _refuse_if_written(path: Path) -> None:
+    """Refuse to replace a file that another process is writing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return
+    try:
+        _try_lock(fd, path)
+    finally:
+        os.close(fd)
+
+
+def _reason(e: OSError) -> str:
+    """The cause of an OSError in a few words (h5py's messages carry it inside)."""
+    text = str(e)
+    if "error message = '" in text:
+        return text.split("error message = '", 1)[1].split("'", 1)[0]
+    return e.strerror or text
+
+
 class _Writable:
     """A run file opened for writing through a `JournaledFile` (holding the write lock)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, fd: int | None = None) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise RunFileError(f"{self.path}: no such run file")
-        self.jfile = JournaledFile(self.path)  # rolls back an interrupted commit first
+        if fd is None:
+            _check_path(self.path)
+        self.jfile = JournaledFile(self.path, fd=fd)  # rolls back an interrupted commit
         h5 = None
         try:
-            _check_hdf5(self.path)
-            h5 = h5py.File(self.jfile, "r+")
+            if not _is_hdf5(self.jfile.fd):
+                raise RunFileError(f"{self.path}: not an HDF5 file, so not a zgdyn run")
+            h5 = h5py.File(self.jfile, "r+", libver=LIBVER)
             _validate(h5, self.path)
+            check_attrs(h5, self.path)
+            check_layout(h5, self.path, _config_of(h5, self.path), self.jfile.size)
             self.h5 = h5
         except BaseException as e:
             if h5 is not None:  # whatever HDF5 writes on close goes nowhere
                 h5.close()
             self.jfile.discard()
             self.jfile.close()
-            if isinstance(e, OSError):
+            if isinstance(e, HDF5_ERRORS):
                 raise RunFileError(f"{self.path}: cannot be opened as a zgdyn run ({e})") \
                     from None
             raise
         self._closed = False
 
+    def _seal(self) -> None:
+        """Store the checksum of the attributes, if they changed."""
+        crc = attrs_checksum(self.h5)
+        if self.h5.attrs.get(ATTRS_CRC) != crc:
+            self.h5.attrs[ATTRS_CRC] = crc
+
     def commit(self) -> None:
         """Make every write so far durable, atomically; a failed write keeps the last commit."""
         try:
+            self._seal()
             self.h5.flush()
             self.jfile.commit()
         except OSError as e:
@@ -164,6 +243,8 @@ class _Writable:
             return
         self._closed = True
         try:
+            if commit:
+                self._seal()
             self.h5.close()
             if commit:
                 self.jfile.commit()
@@ -186,18 +267,18 @@ class RunWriter(_Writable, Callback):
     def create(cls, path: str | Path, config: Config, trainer: Trainer, *,
                force: bool = False) -> RunWriter:
         path = Path(path)
+        if path.is_dir():
+            raise RunFileError(f"{path}: is a directory; give the run file's name")
         if path.exists() and not force:
-            raise RunFileError(f"{path}: already exists; pass --force to replace it (zgdyn "
-                               "train: or --resume to continue it)")
-        if path.exists():  # refuse to replace a file another process is writing
-            with open(path, "rb") as fh:
-                _try_lock(fh.fileno(), path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _create_skeleton(path, config, trainer)
-        jpath = _journal_path(path)
-        if jpath.exists():  # a stale journal of the replaced file
-            jpath.unlink()
-        return cls(path)
+            raise _exists_error(path)
+        _refuse_if_written(path)
+        _check_journal_path(path, _journal_path(path))  # refuses a planted non-file
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = _create_skeleton(path, config, trainer, replace=force)
+        except OSError as e:
+            raise RunFileError(f"{path}: cannot be created ({_reason(e)})") from None
+        return cls(path, fd=fd)
 
     @classmethod
     def resume(cls, path: str | Path) -> RunWriter:
@@ -212,21 +293,26 @@ class RunWriter(_Writable, Callback):
         return _config_of(self.h5, self.path)
 
     def last_snapshot(self, device: str = "cpu") -> Snapshot | None:
-        return _snapshot(self.h5, -1, device) if len(self.h5["keyframes/epoch"]) else None
+        n = len(self.h5["keyframes/epoch"])
+        return _snapshot(self.h5, n - 1, device, self.path) if n else None
 
     def snapshot_before(self, epoch: int, device: str = "cpu") -> Snapshot | None:
         """The last keyframe at or before `epoch` (None if there is none)."""
         rows = np.flatnonzero(self.h5["keyframes/epoch"][:] <= epoch)
-        return _snapshot(self.h5, int(rows[-1]), device) if len(rows) else None
+        return _snapshot(self.h5, int(rows[-1]), device, self.path) if len(rows) else None
 
     @property
     def watch_state(self) -> dict[str, float] | None:
-        """The collapse detector's state at the last keyframe; its count of collapses is
-        the number of windows in files from before it was stored."""
+        """The collapse detector's state at the last keyframe (checked: numbers by name);
+        its count of collapses is the number of windows in files from before it was stored."""
         raw = self.h5.attrs.get("watch_state")
         if raw is None:
             return None
-        state = json.loads(raw)
+        try:
+            state = parse_watch_state(raw)
+        except (ValueError, TypeError) as e:
+            raise damaged(self.path, f"its attribute watch_state cannot be read ({e})") \
+                from None
         if "fired" not in state:
             state["fired"] = len(self.h5["windows/trigger"]) if "windows" in self.h5 else 0
         return state
@@ -377,12 +463,21 @@ class AnalysisWriter(_Writable):
 
 # -- reading ----------------------------------------------------------------------------------
 
-
-def _check_hdf5(path: Path) -> None:
+def _check_path(path: Path) -> None:
+    if path.is_dir():
+        raise RunFileError(f"{path}: is a directory, not a run file")
     if not path.is_file():
         raise RunFileError(f"{path}: no such run file")
-    if not h5py.is_hdf5(path):
-        raise RunFileError(f"{path}: not an HDF5 file, so not a zgdyn run")
+
+
+def _is_hdf5(fd: int) -> bool:
+    """Whether an HDF5 signature is where HDF5 looks for one (byte 0, 512, 1024, ...)."""
+    size, at = os.fstat(fd).st_size, 0
+    while at + 8 <= size:
+        if os.pread(fd, 8, at) == b"\x89HDF\r\n\x1a\n":
+            return True
+        at = 512 if at == 0 else 2 * at
+    return False
 
 
 def _validate(f: h5py.File, path: Path) -> None:
@@ -401,20 +496,24 @@ def _validate(f: h5py.File, path: Path) -> None:
 def _config_of(f: h5py.File, path: Path) -> Config:
     try:
         return from_dict(json.loads(f.attrs["config"]))
-    except (KeyError, ValueError, TypeError) as e:
-        raise RunFileError(f"{path}: damaged run file, its config cannot be read ({e})") from None
+    except (KeyError, ValueError, TypeError, RecursionError) as e:
+        what = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+        raise RunFileError(f"{path}: damaged run file, its config cannot be read ({what})") \
+            from None
 
 
-def _snapshot(f: h5py.File, row: int, device: str) -> Snapshot:
+def _snapshot(f: h5py.File, row: int, device: str, path: Path) -> Snapshot:
     kf = f["keyframes"]
     epoch = int(kf["epoch"][row])
-    ck_epochs = f["checkpoints/epoch"][:]
-    ck_row = int(np.flatnonzero(ck_epochs == epoch)[-1])
+    ck_rows = np.flatnonzero(f["checkpoints/epoch"][:] == epoch)
+    if not len(ck_rows):
+        raise damaged(path, f"the keyframe at epoch {epoch} has no checkpoint")
+    ck_row = int(ck_rows[-1])
     as_t = lambda ds, r: torch.from_numpy(np.asarray(ds[r])).to(device)
-    cfg = json.loads(f.attrs["config"])
-    names = list(param_shapes(cfg["data"]["p"], tuple(cfg["model"]["hidden"])))  # layer order
+    cfg = _config_of(f, path)
+    names = list(param_shapes(cfg.data.p, cfg.model.hidden))  # layer order
     phase = int(kf["phase"][row])
-    optim = _config_of(f, Path(f.filename)).phase_optim(phase)
+    optim = cfg.phase_optim(phase)
     return Snapshot(
         epoch=epoch,
         params={n: as_t(f["checkpoints"][n], ck_row) for n in names},
@@ -427,16 +526,79 @@ def _snapshot(f: h5py.File, row: int, device: str) -> Snapshot:
     )
 
 
+def _plain_attrs(f: h5py.File) -> dict[str, Any]:
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+
+
+def _close_reader(h5: h5py.File, fd: int) -> None:
+    try:
+        h5.close()
+    finally:
+        os.close(fd)
+
+
+def _epoch_rows(epochs: np.ndarray, epoch: int) -> np.ndarray:
+    """The rows of `epochs` equal to `epoch` (none for an epoch no int64 holds)."""
+    if not -2**63 <= int(epoch) < 2**63:
+        return np.zeros(0, np.int64)
+    return np.flatnonzero(epochs == epoch)
+
+
 class Run:
-    """A run file opened for reading. Use as a context manager, or call `close()`."""
+    """A run file opened for reading. Use as a context manager, or call `close()`.
+
+    It shows the run as of one commit: the index (metrics, checkpoint and keyframe epochs,
+    windows, attributes) is read under the commit lock when it opens, and every record it
+    lists stays readable while a writer goes on (records are only appended); after a
+    commit by another process it re-opens the file before reading.
+    """
 
     def __init__(self, path: str | Path, *, _h5: h5py.File | None = None) -> None:
         self.path = Path(path)
         self._owns = _h5 is None
-        self.h5 = self._open() if _h5 is None else _h5
+        self._closer: weakref.finalize | None = None
+        if _h5 is not None:
+            self.h5 = _h5
+            self._load()
+            return
+        _check_path(self.path)
+        self._fd, self.rolled_back = open_for_reading(self.path)  # commit lock held
+        try:
+            self._open_h5()
+            self._load()
+        except BaseException:
+            self.close()
+            raise
+        self._file_bytes = self._size  # as of the commit it opened at
+        unlock(self._fd)
+
+    def _open_h5(self) -> None:
+        """Open HDF5 on `_fd` (its commit lock held by the caller)."""
+        fd = self._fd
+        try:
+            if not _is_hdf5(fd):
+                raise RunFileError(f"{self.path}: not an HDF5 file, so not a zgdyn run")
+            fobj = ReadOnlyFile(fd)
+            self.h5 = h5py.File(fobj, "r")
+        except BaseException as e:
+            os.close(fd)
+            if isinstance(e, HDF5_ERRORS):
+                raise RunFileError(f"{self.path}: cannot be opened ({e})") from None
+            raise
+        self._size = fobj.size
+        self._stamp = stamp(fd)
+        self._closer = weakref.finalize(self, _close_reader, self.h5, fd)  # even at exit
+
+    def _load(self) -> None:
+        """Read the index and check the layout: one consistent view, or a RunFileError."""
         try:
             _validate(self.h5, self.path)
+            if self._owns:
+                check_attrs(self.h5, self.path)
             self.config = _config_of(self.h5, self.path)
+            if self._owns:
+                check_layout(self.h5, self.path, self.config, self._size)
+            self._attrs = _plain_attrs(self.h5)
             self.metrics: dict[str, np.ndarray] = {k: self.h5["metrics"][k][:]
                                                    for k in self.h5["metrics"]}
             self.checkpoint_epochs: np.ndarray = self.h5["checkpoints/epoch"][:]
@@ -447,33 +609,36 @@ class Run:
                 k: w[k][:] if w is not None else np.zeros(0, np.int64) for k in WINDOW_FIELDS}
             self.window_epochs: np.ndarray = (w["epoch"][:] if w is not None
                                               else np.zeros(0, np.int64))
-        except BaseException:
-            self.close()
-            raise
+        except HDF5_ERRORS as e:
+            raise damaged(self.path, f"it cannot be read ({type(e).__name__}: {e})") \
+                from None
 
-    def _open(self) -> h5py.File:
-        recover(self.path)  # before looking at the file: it may be mid-commit
-        _check_hdf5(self.path)
-        try:
-            return h5py.File(self.path, "r", locking=False)
-        except OSError as e:
-            raise RunFileError(f"{self.path}: cannot be opened ({e})") from None
+    def _reopen(self) -> None:
+        """Open the file afresh (under the commit lock): another process committed."""
+        created = self._attrs.get("created")
+        self._closer()
+        self._fd, _ = open_for_reading(self.path)
+        self._open_h5()
+        if self.h5.attrs.get("created") != created:
+            raise RunFileError(f"{self.path}: was replaced by another run while open; open "
+                               "it again")
 
     def _read(self, fn: Callable[[], Any]) -> Any:
-        """fn(), read again from a freshly opened file if a writer committed under us.
-
-        HDF5 caches metadata, so a handle held across another process's commit can find
-        addresses past the end of the file it knows; records are only ever appended, so a
-        fresh handle reads the same rows. A second failure is real (checksum, I/O).
-        """
+        """fn(), under the commit lock, on a handle that has seen every commit so far."""
+        if not self._owns:
+            return fn()
+        lock_shared(self._fd)
         try:
+            try:
+                changed = stamp(self.path) != self._stamp
+            except FileNotFoundError:  # deleted: our descriptor still reads it
+                changed = False
+            if changed:
+                self._reopen()
             return fn()
-        except OSError:
-            if not (self._owns and writer_active(self.path)):
-                raise
-            self.h5.close()
-            self.h5 = self._open()
-            return fn()
+        finally:
+            if self._closer is not None and self._closer.alive:
+                unlock(self._fd)
 
     def __enter__(self) -> Run:
         return self
@@ -482,18 +647,23 @@ class Run:
         self.close()
 
     def close(self) -> None:
-        if self._owns:
-            self.h5.close()
+        if self._owns and self._closer is not None:
+            self._closer()
 
     @property
     def attrs(self) -> dict[str, Any]:
-        return {k: (v.item() if isinstance(v, np.generic) else v)
-                for k, v in self.h5.attrs.items()}
+        """The root attributes, as of the commit the run was opened at."""
+        return dict(self._attrs) if self._owns else _plain_attrs(self.h5)
 
     @property
     def split(self) -> Split:
-        return Split(p=self.config.data.p, train_idx=self.h5["split/train_idx"][:],
-                     test_idx=self.h5["split/test_idx"][:])
+        p = self.config.data.p
+        tr, te = self._read(lambda: (self.h5["split/train_idx"][:],
+                                     self.h5["split/test_idx"][:]))
+        for idx in (tr, te):
+            if len(idx) and (idx.min() < 0 or idx.max() >= p * p):
+                raise damaged(self.path, f"its split holds pair indices outside [0, {p * p})")
+        return Split(p=p, train_idx=tr, test_idx=te)
 
     @property
     def param_epochs(self) -> np.ndarray:
@@ -501,14 +671,14 @@ class Run:
         return np.union1d(self.checkpoint_epochs, self.window_epochs)
 
     def _ckpt_row(self, epoch: int) -> tuple[str, int]:
-        rows = np.flatnonzero(self.checkpoint_epochs == epoch)
+        rows = _epoch_rows(self.checkpoint_epochs, epoch)
         if len(rows):
             return "checkpoints", int(rows[-1])
-        rows = np.flatnonzero(self.window_epochs == epoch)
+        rows = _epoch_rows(self.window_epochs, epoch)
         if len(rows):
             return "windows/params", int(rows[-1])
         have = self.param_epochs
-        near = have[np.argsort(np.abs(have - epoch))[:3]]
+        near = have[np.argsort(np.abs(have - epoch))[:3]] if abs(epoch) < 2**62 else have[-3:]
         raise RunFileError(f"{self.path}: no checkpoint at epoch {epoch}; nearest: "
                            f"{', '.join(str(int(e)) for e in sorted(near)) or 'none'}")
 
@@ -519,7 +689,7 @@ class Run:
         try:
             return self._read(lambda: {n: torch.from_numpy(self.h5[group][n][row])
                                        .to(device) for n in shapes})
-        except OSError as e:
+        except HDF5_ERRORS as e:
             raise RunFileError(f"{self.path}: checkpoint at epoch {epoch} is corrupt ({e})") \
                 from None
 
@@ -536,10 +706,21 @@ class Run:
 
     def dense_metrics(self) -> dict[str, np.ndarray]:
         """The evaluations merged with every collapse window's per-epoch metrics, by epoch."""
-        w = self.h5.get("windows/metrics")
-        if w is None or not len(self.window_epochs):
+        n = len(self.window_epochs)
+        if not n:
             return dict(self.metrics)
-        merged = {k: np.concatenate([self.metrics[k], w[k][:]]) for k in self.metrics if k in w}
+
+        def window_metrics() -> dict[str, np.ndarray]:
+            w = self.h5.get("windows/metrics")
+            return {} if w is None else {k: w[k][:n] for k in self.metrics if k in w}
+
+        try:
+            w = self._read(window_metrics)
+        except HDF5_ERRORS as e:
+            raise damaged(self.path, f"its window metrics cannot be read ({e})") from None
+        if not w:
+            return dict(self.metrics)
+        merged = {k: np.concatenate([self.metrics[k], w[k]]) for k in w}
         _, first = np.unique(merged["epoch"], return_index=True)
         return {k: v[first] for k, v in merged.items()}
 
@@ -550,25 +731,31 @@ class Run:
 
     def snapshot_at(self, epoch: int, *, device: str = "cpu") -> Snapshot:
         """The full training state (parameters and Adam state) at keyframe `epoch`."""
-        rows = np.flatnonzero(self.keyframe_epochs == epoch)
+        rows = _epoch_rows(self.keyframe_epochs, epoch)
         if not len(rows):
             raise RunFileError(f"{self.path}: no keyframe at epoch {epoch}; keyframes: "
                                f"{', '.join(str(int(e)) for e in self.keyframe_epochs[-5:])}")
         try:
-            return self._read(lambda: _snapshot(self.h5, int(rows[-1]), device))
-        except OSError as e:
+            return self._read(lambda: _snapshot(self.h5, int(rows[-1]), device, self.path))
+        except HDF5_ERRORS as e:
             raise RunFileError(f"{self.path}: keyframe at epoch {epoch} is corrupt ({e})") \
                 from None
 
     def analysis(self, group: str) -> dict[str, Any] | None:
         """{dataset path: array} of `analysis/<group>`, plus its attributes under "attrs"."""
-        g = self.h5.get(f"analysis/{group}")
-        if g is None:
-            return None
-        out: dict[str, Any] = {"attrs": {k: json.loads(v) for k, v in g.attrs.items()}}
-        g.visititems(lambda name, obj: out.__setitem__(name, obj[()])
-                     if isinstance(obj, h5py.Dataset) else None)
-        return out
+        def read() -> dict[str, Any] | None:
+            g = self.h5.get(f"analysis/{group}")
+            if g is None:
+                return None
+            out: dict[str, Any] = {"attrs": {k: json.loads(v) for k, v in g.attrs.items()}}
+            g.visititems(lambda name, obj: out.__setitem__(name, obj[()])
+                         if isinstance(obj, h5py.Dataset) else None)
+            return out
+
+        try:
+            return self._read(read)
+        except (*HDF5_ERRORS, RecursionError) as e:
+            raise damaged(self.path, f"analysis/{group} cannot be read ({e})") from None
 
     def summary(self) -> dict[str, Any]:
         """What `zgdyn info` shows."""
@@ -594,102 +781,50 @@ class Run:
             "frac_evals_test_acc_95": float(len(above) / len(test)) if len(test) else None,
             "final": {k: last.get(k) for k in ("epoch", "train_loss", "train_acc", "test_loss",
                                                "test_acc")},
-            "file_bytes": self.path.stat().st_size,
+            "file_bytes": self._file_bytes if self._owns else self.path.stat().st_size,
             "created": a["created"], "zgdyn_version": a["zgdyn_version"],
             "torch_version": a["torch_version"], "threads": int(a["threads"]),
         }
 
 
 def verify_run(path: str | Path) -> dict[str, Any]:
-    """Check a run file's integrity: format, groups, consistent record counts, and every
-    checksummed record readable. Returns {"path", "ok", "problems": [...], "checked": {...}}.
+    """Check a run file's integrity: its layout against its config, every dataset read
+    (`analysis/` too), every chunk stored once, parameters finite, record counts and
+    epochs consistent (see `integrity.verify`). It reads one commit: no commit by another
+    process runs meanwhile. Returns {"path", "ok", "rolled_back", "problems": [...],
+    "checked": {...}}.
 
     Never raises for a damaged file (a missing one or a non-HDF5 one is a RunFileError).
     """
     path = Path(path)
-    rolled_back = recover(path)  # before looking at the file: it may be mid-commit
-    _check_hdf5(path)
-    problems: list[str] = []
-    checked = {"checkpoints": 0, "keyframes": 0, "datasets": 0}
+    _check_path(path)
+    fd, rolled_back = open_for_reading(path)  # before looking at the file: it may be mid-commit
+    out = {"path": str(path), "ok": False, "rolled_back": rolled_back, "problems": [],
+           "checked": {"checkpoints": 0, "keyframes": 0, "datasets": 0}}
     try:
-        f = h5py.File(path, "r", locking=False)
-    except OSError as e:
-        return {"path": str(path), "ok": False, "rolled_back": rolled_back,
-                "problems": [f"cannot be opened: {e}"], "checked": checked}
-    with f:
+        if not _is_hdf5(fd):
+            raise RunFileError(f"{path}: not an HDF5 file, so not a zgdyn run")
+        fobj = ReadOnlyFile(fd)
         try:
-            _validate(f, path)
-            cfg = _config_of(f, path)
-        except RunFileError as e:
-            return {"path": str(path), "ok": False, "rolled_back": rolled_back,
-                    "problems": [str(e).split(": ", 1)[1]], "checked": checked}
-        shapes = param_shapes(cfg.data.p, cfg.model.hidden)
-
-        def rows(name: str) -> int | None:
+            f = h5py.File(fobj, "r")
+        except HDF5_ERRORS as e:
+            out["problems"] = [f"cannot be opened: {e}"]
+            return out
+        with f:
             try:
-                return int(f[name].shape[0])
-            except (KeyError, OSError) as e:
-                problems.append(f"{name}: missing or unreadable ({e})")
-                return None
-
-        def read_all(name: str, n: int) -> None:
-            for i in range(n):
-                try:
-                    f[name][i]
-                except OSError as e:
-                    problems.append(f"{name}[{i}]: unreadable, checksum or I/O error ({e})")
-            checked["datasets"] += 1
-
-        n_eval = {m: rows(f"metrics/{m}") for m in METRICS
-                  if m not in OPTIONAL_METRICS or f"metrics/{m}" in f}
-        if len(set(n_eval.values())) > 1:
-            problems.append(f"metrics: datasets of different lengths {n_eval}")
-        n_ck = rows("checkpoints/epoch")
-        n_kf = rows("keyframes/epoch")
-        for name, shape in shapes.items():
-            for group, n in (("checkpoints", n_ck),
-                             *((f"keyframes/{mo}", n_kf) for mo in _moments(cfg))):
-                ds = f"{group}/{name}"
-                got = rows(ds)
-                if got is None or n is None:
-                    continue
-                if got != n:
-                    problems.append(f"{ds}: {got} records, expected {n}")
-                elif f[ds].shape[1:] != shape:
-                    problems.append(f"{ds}: shape {f[ds].shape[1:]}, expected {shape}")
-                else:
-                    read_all(ds, n)
-        if "windows" in f:
-            n_rec = rows("windows/epoch")
-            n_win = rows("windows/trigger")
-            for name in WINDOW_FIELDS:
-                if rows(f"windows/{name}") != n_win:
-                    problems.append(f"windows/{name}: not one record per window")
-            for name in (*[f"metrics/{m}" for m in METRICS],
-                         *[f"params/{n}" for n in shapes]):
-                got = rows(f"windows/{name}")
-                if got is not None and n_rec is not None and got != n_rec:
-                    problems.append(f"windows/{name}: {got} records, expected {n_rec}")
-                elif name.startswith("params/") and got:
-                    read_all(f"windows/{name}", got)
-            if n_win and n_rec is not None and \
-                    int(f["windows/n_records"][:].sum()) != n_rec:
-                problems.append("windows: the index does not account for every record")
-            checked["window_records"] = n_rec or 0
-        if n_ck:
-            checked["checkpoints"] = n_ck
-        if n_kf:
-            checked["keyframes"] = n_kf
-            ck = set(f["checkpoints/epoch"][:].tolist()) if n_ck else set()
-            missing = [e for e in f["keyframes/epoch"][:].tolist() if e not in ck]
-            if missing:
-                problems.append(f"keyframes at epochs {missing[:5]} have no checkpoint")
-            done = int(f.attrs.get("epochs_done", -1))
-            if int(f["keyframes/epoch"][-1]) != done:
-                problems.append(f"epochs_done={done} but the last keyframe is at epoch "
-                                f"{int(f['keyframes/epoch'][-1])}")
-    return {"path": str(path), "ok": not problems, "rolled_back": rolled_back,
-            "problems": problems, "checked": checked}
+                _validate(f, path)
+                cfg = _config_of(f, path)
+            except RunFileError as e:
+                out["problems"] = [str(e).split(": ", 1)[1]]
+                return out
+            except HDF5_ERRORS as e:
+                out["problems"] = [f"damaged: the root group ({e})"]
+                return out
+            out["problems"], out["checked"] = verify(f, path, cfg, fobj.size)
+    finally:
+        os.close(fd)  # releases the commit lock
+    out["ok"] = not out["problems"]
+    return out
 
 
 def open_run(path: str | Path) -> Run:

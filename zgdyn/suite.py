@@ -37,14 +37,16 @@ import math
 import os
 import queue as queue_mod
 import re
+import signal
+import threading
 import time
-import tomllib
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from .config import Config, ConfigError, ZgdynError, flatten, from_flat
+from .config import Config, ConfigError, ZgdynError, flatten, from_flat, read_toml
 from .train import Callback, Trainer
 
 SECTIONS = {"single": "zipf_s", "two_phase": "switch_s"}
@@ -54,6 +56,16 @@ MECHANISM_KEYS = {"baseline", "onset_sharpness"}
 SADDLE_KEYS = {"exponents", "dtype", "run"}
 PERTURB_KEYS = {"zipf_s", "eps", "epochs", "directions", "dtype", "early", "seed"}
 SUITES_DIR = Path("experiments")
+# a suite's, a variant's or a sweep's name: it names a folder or files, so no path in it
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_name(where: str, name: Any, names: str) -> str:
+    """`name` if it is a NAME, else a ConfigError saying so (`names`: what it names)."""
+    if not (isinstance(name, str) and NAME.fullmatch(name)):
+        raise ConfigError(f"{where}: must be 1 to 64 letters, digits, '_', '-', '.', not "
+                          f"starting with '_', '-' or '.' (it names {names}), got {name!r}")
+    return name
 
 
 @dataclass(frozen=True)
@@ -147,6 +159,8 @@ def suite_from_dict(d: dict[str, Any], source: str = "") -> Suite:
             or not all(isinstance(v, dict) for v in variants.values()):
         raise ConfigError(f"{where}: [base] must be a table of config fields and [variants] a "
                           "table of name = {{config fields}}")
+    for variant in variants:
+        check_name(f"{where}: [variants] name", variant, "the variant's run files")
     tables: dict[str, list[dict[str, Any]]] = {}
     for table, key in SECTIONS.items():
         if table not in d:
@@ -174,10 +188,8 @@ def suite_from_dict(d: dict[str, Any], source: str = "") -> Suite:
             if not isinstance(sec, dict):
                 raise ConfigError(f"{where}: [{name}] must be a table")
             _known(f"{where}: [{name}]", sec, allowed)
-    name = d.get("name", Path(source).stem if source else "suite")
-    if not (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name)):
-        raise ConfigError(f"{where}: name: must be letters, digits, '_', '-', '.' (it names "
-                          f"the runs' folder), got {name!r}")
+    name = check_name(f"{where}: name", d.get("name", Path(source).stem if source
+                                              else "suite"), "the runs' folder")
     if mechanism is not None:
         first = next(iter(variants))
         if mechanism.setdefault("baseline", first) not in variants:
@@ -225,12 +237,7 @@ def find_suite(name: str) -> Path:
 
 def load_suite(name: str) -> Suite:
     path = find_suite(name)
-    try:
-        with open(path, "rb") as fh:
-            d = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"suite file {path}: not valid TOML ({e})") from None
-    return suite_from_dict(d, str(path))
+    return suite_from_dict(read_toml(path, "suite file"), str(path))
 
 
 # -- planning --------------------------------------------------------------------------------
@@ -315,11 +322,13 @@ class _Report(Callback):
 
 
 _QUEUE: Any = None
+# in a pool worker: set once the parent process is gone; held while a run trains
+_ORPHANED = threading.Event()
+_BUSY = threading.Lock()
+STOPPED = "stopped (resume it by running the suite again)"
 
 
 def _init_worker(q: Any, threads: int, plugins: list[str]) -> None:
-    import signal
-
     import torch
 
     from .hooks import load_plugins
@@ -329,11 +338,31 @@ def _init_worker(q: Any, threads: int, plugins: list[str]) -> None:
     torch.set_num_threads(threads)
     # Ctrl-C reaches the whole process group; the parent asks the workers to stop instead
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     load_plugins(plugins)
 
 
+def _watch_parent(parent: int, every: float = 0.2) -> None:
+    """A pool worker dies with its parent: once the parent is gone (this process is
+    re-parented), the run under way stops at its next evaluation with a keyframe
+    (`_StopWhenOrphaned`), and the worker exits, releasing its run file."""
+    while os.getppid() == parent:
+        time.sleep(every)
+    _ORPHANED.set()
+    with _BUSY:  # waits for the run under way to stop and close its file
+        os._exit(0)
+
+
+class _StopWhenOrphaned(Callback):
+    """Asks the trainer to stop (keyframe, commit) once the parent process is gone."""
+
+    def on_eval(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        if _ORPHANED.is_set():
+            trainer.stop_requested = True
+
+
 def _run_task(index: int, path: str, config_json: str, action: str,
-              changes: dict[str, Any]) -> dict[str, Any]:
+              changes: dict[str, Any], force_disk: bool = False) -> dict[str, Any]:
     """Train or resume one run; in a worker process or in this one."""
     import json
 
@@ -341,21 +370,26 @@ def _run_task(index: int, path: str, config_json: str, action: str,
     from .runner import resume_run, train_run
 
     send = _QUEUE.put if _QUEUE is not None else _LOCAL_SEND[0]
-    cb = [_Report(index, send)]
+    cb = [_Report(index, send), _StopWhenOrphaned()]
     t0 = time.perf_counter()
-    try:
-        if action == "train":
-            trainer = train_run(from_dict(json.loads(config_json)), path, callbacks=cb)
-        else:
-            trainer = resume_run(path, changes=changes, callbacks=cb)
-        if trainer.stopped_early:  # Ctrl-C or SIGTERM: the file is at a keyframe
-            return {"ok": False, "error": "stopped (resume it by running the suite again)",
-                    "stopped": True, "seconds": time.perf_counter() - t0}
-    except ZgdynError as e:
-        return {"ok": False, "error": str(e), "seconds": time.perf_counter() - t0}
-    except Exception as e:  # a bug or an I/O failure in one run must not stop the others
-        return {"ok": False, "error": f"{type(e).__name__}: {e}",
-                "seconds": time.perf_counter() - t0}
+    with _BUSY:
+        if _ORPHANED.is_set():
+            return {"ok": False, "error": STOPPED, "stopped": True, "seconds": 0.0}
+        try:
+            if action == "train":
+                trainer = train_run(from_dict(json.loads(config_json)), path, callbacks=cb,
+                                    force_disk=force_disk)
+            else:
+                trainer = resume_run(path, changes=changes, callbacks=cb,
+                                     force_disk=force_disk)
+            if trainer.stopped_early:  # Ctrl-C, SIGTERM, the parent gone: at a keyframe
+                return {"ok": False, "error": STOPPED, "stopped": True,
+                        "seconds": time.perf_counter() - t0}
+        except ZgdynError as e:
+            return {"ok": False, "error": str(e), "seconds": time.perf_counter() - t0}
+        except Exception as e:  # a bug or an I/O failure in one run must not stop the others
+            return {"ok": False, "error": f"{type(e).__name__}: {e}",
+                    "seconds": time.perf_counter() - t0}
     return {"ok": True, "error": None, "seconds": time.perf_counter() - t0}
 
 
@@ -383,7 +417,7 @@ def ensemble_backend(size: int | None = None, *, mode: str = "auto") -> Backend:
 
         groups: dict[tuple, list[tuple[int, Config, str]]] = {}
         for i in todo:
-            _, path, config_json, action, changes = args(i)
+            _, path, config_json, action, changes, _ = args(i)
             cfg = from_dict(json.loads(config_json))
             groups.setdefault((action, json.dumps(changes, sort_keys=True), _shared(cfg)),
                               []).append((i, cfg, path))
@@ -406,8 +440,7 @@ def ensemble_backend(size: int | None = None, *, mode: str = "auto") -> Backend:
                 for (i, _, _), r in zip(chunk, results):
                     stopped = r.error is None and r.trainer.stopped_early
                     done(i, {"ok": r.error is None and not stopped, "seconds": seconds,
-                             "error": "stopped (resume it by running the suite again)"
-                             if stopped else r.error, "stopped": stopped})
+                             "error": STOPPED if stopped else r.error, "stopped": stopped})
                 if any(r.trainer.stopped_early for r in results):
                     raise KeyboardInterrupt  # Ctrl-C: start nothing more
 
@@ -416,13 +449,16 @@ def ensemble_backend(size: int | None = None, *, mode: str = "auto") -> Backend:
 
 def execute(tasks: list[Task], *, jobs: int = 1, threads: int | None = None,
             plugins: tuple[str, ...] = (), progress: bool = False,
-            desc: str = "runs", backend: Backend | None = None) -> list[dict[str, Any]]:
+            desc: str = "runs", backend: Backend | None = None,
+            force_disk: bool = False) -> list[dict[str, Any]]:
     """Run the "train" and "resume" tasks, `jobs` at a time. Returns one result per task:
     {"path", "action", "ok", "error", "seconds"}; "done" tasks are ok with 0 seconds.
 
     jobs > 1 runs each task in its own process (spawned) with `threads` torch threads
     (default: the cores divided among the jobs); jobs = 1 runs them here, one by one;
     a `backend` (a cluster's scheduler, see zgdyn.sweep) runs them wherever it runs them.
+    SIGTERM stops them as Ctrl-C does; a worker whose parent dies stops at a keyframe and
+    exits. `force_disk`: start runs even where the disk estimate says they will not fit.
     """
     import multiprocessing as mp
 
@@ -468,7 +504,7 @@ def execute(tasks: list[Task], *, jobs: int = 1, threads: int | None = None,
 
     def args(i: int) -> tuple:
         t = tasks[i]
-        return (i, str(t.spec.path), t.spec.config.to_json(), t.action, t.changes)
+        return (i, str(t.spec.path), t.spec.config.to_json(), t.action, t.changes, force_disk)
 
     try:
         if backend is not None:
@@ -490,11 +526,34 @@ def execute(tasks: list[Task], *, jobs: int = 1, threads: int | None = None,
                 _LOCAL_SEND[0] = lambda msg: None
                 torch.set_num_threads(old_threads)
         else:
-            _run_pool(tasks, todo, jobs, threads, plugins, args, receive, done, mp)
+            with _sigterm_interrupts():
+                _run_pool(tasks, todo, jobs, threads, plugins, args, receive, done, mp)
     finally:
         if bar is not None:
             bar.close()
     return results
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, taken as Ctrl-C."""
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt here (main thread only), so that the pool's
+    workers are stopped at their keyframes and waited for, as on Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Terminated
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _run_pool(tasks: list[Task], todo: list[int], jobs: int, threads: int,
@@ -573,11 +632,9 @@ def _perturb_settings(sec: dict[str, Any]) -> dict[str, Any]:
           "dtype": sec.get("dtype", "float64"), "early": sec.get("early", 5),
           "seed": sec.get("seed", 0)}
     try:
-        check_settings(**{k: v for k, v in ps.items() if k != "seed"})
+        check_settings(**ps)
     except ZgdynError as e:
         raise ConfigError(f"[perturb] {e}") from None
-    if not (isinstance(ps["seed"], int) and 0 <= ps["seed"] < 2**63):
-        raise ConfigError(f"[perturb] seed: must be an integer >= 0, got {ps['seed']!r}")
     ps["zipf_s"] = tuple(float(x) for x in ps["zipf_s"])
     ps["eps"] = tuple(float(x) for x in ps["eps"])
     return ps

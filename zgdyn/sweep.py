@@ -42,8 +42,9 @@ from typing import Any, Callable
 import numpy as np
 
 from . import suite as suite_mod
+from .budget import check_disk, check_memory, memory_bytes
 from .config import Config, ConfigError, ZgdynError, flatten, from_flat, read_toml
-from .suite import RunSpec, execute, plan
+from .suite import RunSpec, check_name, execute, plan
 
 TOP_KEYS = {"name", "description", "base", "grid", "points", "resources"}
 RESOURCE_KEYS = {"num_cpus", "num_gpus"}
@@ -51,6 +52,9 @@ EXECUTORS = ("local", "ray")
 SWEEP_FILE = "sweep.json"
 FORMAT = "zgdyn.sweep"
 SWEEPS_DIR = Path("data/sweeps")
+MAX_RUNS = 10_000  # a larger sweep needs force (zgdyn sweep --force)
+MAX_RESOURCES = 1024  # per run: num_cpus, num_gpus
+MAX_LABEL = 200  # characters of a run's file name
 
 
 @dataclass(frozen=True)
@@ -96,11 +100,17 @@ class Sweep:
                 "resources": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}}
 
 
+def number_text(v: float) -> str:
+    """A float in few characters that still tells every float apart: 1.5, 0.1234567, 1e-05."""
+    short = f"{v:g}"
+    return short if float(short) == v else repr(v)
+
+
 def _value_text(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         return "x".join(_value_text(x) for x in v)
     if isinstance(v, float):
-        return f"{v:g}"
+        return number_text(v)
     return re.sub(r"[^A-Za-z0-9.+-]", "_", str(v))
 
 
@@ -126,6 +136,10 @@ def _expand(base: dict[str, Any], grid: dict[str, list[Any]], points: list[dict[
             label = run_label(fields)
             if label in seen:
                 raise ConfigError(f"two runs have the same settings ({label})")
+            if len(label) > MAX_LABEL:
+                raise ConfigError(f"the run {label[:40]}...: its file name would have "
+                                  f"{len(label)} characters, more than {MAX_LABEL}; vary "
+                                  "fewer fields")
             seen[label] = True
             try:
                 cfg, error = from_flat(flat), None
@@ -135,9 +149,12 @@ def _expand(base: dict[str, Any], grid: dict[str, list[Any]], points: list[dict[
     return runs
 
 
-def sweep_from_dict(d: dict[str, Any], source: str = "") -> Sweep:
+def sweep_from_dict(d: dict[str, Any], source: str = "", *,
+                    max_runs: int | None = MAX_RUNS) -> Sweep:
     """Validate a sweep's TOML table (see the module docstring). Unknown keys and fields are
-    errors; a point with invalid values becomes a failed run, unless every point is."""
+    errors; a point with invalid values becomes a failed run, unless every point is. A
+    sweep that varies nothing is refused (it would be one run of [base]), and so is one of
+    more than `max_runs` runs (None: no limit)."""
     where = f"sweep {source}" if source else "sweep"
     bad = sorted(set(d) - TOP_KEYS)
     if bad:
@@ -169,12 +186,20 @@ def sweep_from_dict(d: dict[str, Any], source: str = "") -> Sweep:
     num_cpus, num_gpus = res.get("num_cpus", 1), res.get("num_gpus", 0)
     for k, v, lo in (("num_cpus", num_cpus, 1), ("num_gpus", num_gpus, 0)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= lo \
-                or not math.isfinite(v):
-            raise ConfigError(f"{where}: [resources] {k}: must be a number >= {lo}, got {v!r}")
-    name = d.get("name", Path(source).stem if source else "sweep")
-    if not (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name)):
-        raise ConfigError(f"{where}: name: must be letters, digits, '_', '-', '.' (it names "
-                          f"the sweep's folder), got {name!r}")
+                or not v <= MAX_RESOURCES:
+            raise ConfigError(f"{where}: [resources] {k}: must be a number >= {lo} and <= "
+                              f"{MAX_RESOURCES}, got {v!r}")
+    if not grid and not points:
+        raise ConfigError(f"{where}: varies nothing; give a [grid] of lists or [[points]] "
+                          "(a single run is zgdyn train)")
+    n_runs = math.prod(len(v) for v in grid.values()) * max(1, len(points))
+    if max_runs is not None and n_runs > max_runs:
+        sizes = " x ".join(str(len(v)) for v in grid.values()) or "1"
+        raise ConfigError(f"{where}: {n_runs:,} runs ({sizes} grid values x "
+                          f"{max(1, len(points))} points), more than {max_runs:,}; pass "
+                          "--force to plan them all")
+    name = check_name(f"{where}: name", d.get("name", Path(source).stem if source
+                                              else "sweep"), "the sweep's folder")
     sweep = Sweep(name=name, description=str(d.get("description", "")), base=base,
                   grid=grid, points=points, num_cpus=float(num_cpus),
                   num_gpus=float(num_gpus), source=source)
@@ -188,9 +213,9 @@ def sweep_from_dict(d: dict[str, Any], source: str = "") -> Sweep:
     return sweep
 
 
-def load_sweep(path: str | Path) -> Sweep:
+def load_sweep(path: str | Path, *, max_runs: int | None = MAX_RUNS) -> Sweep:
     """Read and validate a sweep file."""
-    return sweep_from_dict(read_toml(path, "sweep file"), str(path))
+    return sweep_from_dict(read_toml(path, "sweep file"), str(path), max_runs=max_runs)
 
 
 # -- the sweep directory ---------------------------------------------------------------------
@@ -203,11 +228,35 @@ def read_sweep_dir(out: str | Path) -> dict[str, Any] | None:
         return None
     try:
         d = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ZgdynError(f"{path}: cannot be read ({e})") from None
+    except (OSError, ValueError, RecursionError) as e:
+        what = "nested too deeply" if isinstance(e, RecursionError) else e
+        raise ZgdynError(f"{path}: cannot be read ({what})") from None
     if not isinstance(d, dict) or d.get("format") != FORMAT:
         raise ZgdynError(f"{path}: is not a zgdyn sweep description")
+    problem = _sweep_json_problem(d)
+    if problem:
+        raise ZgdynError(f"{path}: damaged sweep description ({problem}); move it away or "
+                         "run the sweep into another directory")
     return d
+
+
+def _sweep_json_problem(d: dict[str, Any]) -> str | None:
+    """What is wrong with a sweep.json's structure, or None."""
+    if not isinstance(d.get("name"), str):
+        return "no name"
+    axes, runs = d.get("axes"), d.get("runs")
+    if not (isinstance(axes, list) and all(isinstance(a, str) for a in axes)):
+        return "axes must be a list of field names"
+    if not isinstance(runs, list):
+        return "runs must be a list"
+    for r in runs:
+        if not (isinstance(r, dict) and isinstance(r.get("label"), str)
+                and isinstance(r.get("fields"), dict) and set(axes) <= set(r["fields"])
+                and isinstance(r.get("path"), str)):
+            return f"a run is not {{label, fields of every axis, path}}: {str(r)[:60]}"
+        if Path(r["path"]).parts[:1] != ("runs",) or ".." in Path(r["path"]).parts:
+            return f"a run's path {r['path']!r} is not inside runs/"
+    return None
 
 
 def _write_sweep_dir(out: Path, sweep: Sweep, runs: list[dict[str, Any]]) -> None:
@@ -335,7 +384,7 @@ def _connect_ray(address: str | None, cpus: int | None) -> tuple[Any, bool]:
 def run_sweep(sweep: Sweep, out: str | Path, *, executor: str = "local",
               address: str | None = None, jobs: int | None = None,
               threads: int | None = None, plugins: tuple[str, ...] = (),
-              progress: bool = False) -> dict[str, Any]:
+              progress: bool = False, force_disk: bool = False) -> dict[str, Any]:
     """Run every run of `sweep` under `out`/runs, resumably; write `out`/sweep.json.
 
     executor "local": `jobs` processes (default: the cores / the sweep's num_cpus) of
@@ -343,6 +392,8 @@ def run_sweep(sweep: Sweep, out: str | Path, *, executor: str = "local",
     sweep's [resources], on the cluster at `address` (default: the instance this process
     is connected to, else RAY_ADDRESS, else a new local one of `jobs` × num_cpus CPUs);
     with a cluster, `out` must be on storage every node sees.
+    Refuses runs that this machine's memory cannot hold, and runs whose files would outgrow
+    the free disk space unless `force_disk` (`budget`).
     Returns {"runs": [{label, fields, path, planned, note, ok, error, seconds}], ...}.
     """
     if executor not in EXECUTORS:
@@ -368,6 +419,11 @@ def run_sweep(sweep: Sweep, out: str | Path, *, executor: str = "local",
     specs = [RunSpec("sweep", r.label, float(r.config.data.zipf_s), r.config.seed, r.config,
                      out / "runs" / f"{r.label}.h5") for r in valid]
     tasks = plan(specs)  # refuses a run file holding another config, before anything starts
+    todo = [t for t in tasks if t.action in ("train", "resume")]
+    if todo:
+        check_memory([max((t.spec.config for t in todo), key=memory_bytes)])
+        check_disk([t.spec.config for t in todo], out, force=force_disk,
+                   start_epochs=[t.start_epoch for t in todo])
     cpus = max(1, int(sweep.num_cpus))
     threads = threads or cpus
     if jobs is None:
@@ -389,7 +445,7 @@ def run_sweep(sweep: Sweep, out: str | Path, *, executor: str = "local",
         _write_sweep_dir(out, sweep, list(rows.values()))
         results = execute(tasks, jobs=jobs, threads=threads, plugins=plugins,
                           progress=progress, desc=f"{sweep.name}: {len(tasks)} runs",
-                          backend=backend)
+                          backend=backend, force_disk=force_disk)
     finally:
         if started:
             ray.shutdown()

@@ -226,6 +226,7 @@ class Trainer:
         self.watch = None if rec.window == 0 else CollapseWatch(
             rec.window, rec.collapse_threshold, self.step.theta.numel(),
             dtype=self.step.theta.dtype, device=self.step.device)
+        self.resumed = snapshot is not None  # its epoch-0 records, if any, are recorded
         if snapshot is None:
             model = build_model(d.p, m.hidden, init=m.init, seed=config.seed, dtype=m.dtype)
             self.step.load_params(dict(model.named_parameters()))
@@ -495,12 +496,14 @@ class Trainer:
         self.end(callbacks)
 
     def begin(self, callbacks: list[Callback]) -> None:
-        """`on_start`, and the events of epoch 0 for a fresh run."""
+        """`on_start`, and the events of epoch 0 for a fresh run (a run resumed from its
+        epoch-0 keyframe has them in its file already)."""
         self._emit(callbacks, "on_start")
         if self.epoch == 0 and self.step.t == 0:
             if self.watch is not None:
                 self.watch.remember(0, self.step.theta, self.adam_scale())
-            self.at_epoch(callbacks)
+            if not self.resumed:
+                self.at_epoch(callbacks)
 
     def end(self, callbacks: list[Callback]) -> None:
         self.stopped_early = self.epoch < self.end_epoch and not self.collapses_done
