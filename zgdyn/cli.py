@@ -8,11 +8,12 @@
     zgdyn verify data/runs/s1.5.h5 [--json]
     zgdyn analyze data/runs/s1.5.h5 [--key-freqs fixed|auto] [--ref-epoch E] [--json]
     zgdyn stats --p 97 --train-frac 0.3 --zipf-s 0 1 1.5 2 3 [--json]
-    zgdyn plot data/runs/s1.5.h5 --kind dynamics|memorization|gamma|spectrum --out fig.png
+    zgdyn plot data/runs/s1.5.h5 --kind dynamics|memorization|gamma|spectrum|sharpness --out fig.png
     zgdyn events data/runs/s1.5.h5 [--threshold 100] [--json]
     zgdyn replay data/runs/s1.5.h5 --from 56500 --to 57100 --every 5 --out window.h5
     zgdyn hessian data/runs/s0.h5 [--epoch E] [--zipf-s 1.5] [--k 10] [--preconditioned]
     zgdyn saddle data/runs/s0.h5 [--epoch E] [--zipf-s 0 1 1.5 2 3] [--json]
+    zgdyn sharpness data/runs/s1.5.h5 --every 500 [--from E1 --to E2] [--preconditioned]
     zgdyn scorecard RUN.h5 ... [--json]
     zgdyn two-phase --switch-s 1 1.5 2 3 --seeds 1 2 3 [--phase2-epochs N] [--jobs N]
     zgdyn perturb data/runs/s0.h5 [--zipf-s 1.5 3] [--eps 1e-6 1e-4] [--plot fig.png]
@@ -595,6 +596,48 @@ def cmd_saddle(args: argparse.Namespace) -> int:
     return 0
 
 
+def format_sharpness(s: dict[str, Any], onsets: dict[str, Any]) -> str:
+    th = s["thresholds"]
+    lines = [f"measured      {s['n_points']} points ({s['newly_measured']} new of "
+             f"{s['n_asked']} asked) -> {s['path']}:{s['group']}",
+             f"tolerance     {s['tolerance']}; {s['hvps']} HVPs in all; converged: "
+             f"{'all' if s['all_converged'] else 'not all'}",
+             f"Adam's state  {s['adam_state']}",
+             f"thresholds    38/lr = {th['adam_edge']:.4g}, 2/lr = {th['two_over_lr']:.4g}, "
+             f"-wd = {th['minus_wd']:g}, -2*wd = {th['minus_two_wd']:g}"]
+    rows = onsets["rows"]
+    if rows and "pre_lambda_max" in rows[0]:
+        lines.append(f"{'onset':>8} {'at':>8} {'λmax(P⁻¹H)':>12} {'/ 38/lr':>8} "
+                     f"{'λgrad(P⁻¹H)':>12} {'/ 2/lr':>8} {'λmin(P⁻¹H)':>12} {'/ -2wd':>8}")
+        for r in rows:
+            lines.append(f"{r['onset']:>8} {r['at_epoch']:>8} {_fmt(r['pre_lambda_max']):>12} "
+                         f"{r['pre_lambda_max/adam_edge']:>8.3g} "
+                         f"{_fmt(r['pre_lambda_grad']):>12} "
+                         f"{r['pre_lambda_grad/two_over_lr']:>8.3g} "
+                         f"{_fmt(r['pre_lambda_min']):>12} "
+                         f"{r['pre_lambda_min/minus_two_wd']:>8.3g}")
+        lines += onsets["verdicts"]
+    elif not rows:
+        lines.append("no collapse onset among the measured points")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_sharpness(args: argparse.Namespace) -> int:
+    from .sharpness import sharpness_onsets, sharpness_run
+
+    s = sharpness_run(str(args.run), every=args.every, epoch_from=args.epoch_from,
+                      epoch_to=args.epoch_to, zipf_s=args.zipf_s,
+                      preconditioned=args.preconditioned, windows=not args.no_windows,
+                      window_every=args.window_every, tol=args.tol, force=args.force,
+                      progress=not args.no_progress)
+    onsets = sharpness_onsets(str(args.run))
+    if args.json:
+        _print_json({**s, "onsets": onsets})
+    else:
+        sys.stdout.write(format_sharpness(s, onsets))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import format_bench, run_bench, save_bench
 
@@ -997,6 +1040,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_flag(p, "where the Hessian-vector products run")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_saddle)
+
+    p = sub.add_parser("sharpness", help="curvature along a run: extreme eigenvalues of H "
+                       "(and of Adam's P^-1 H) at checkpoints, keyframes and collapse windows",
+                       description="Records lambda_max, lambda_min and the curvature along "
+                       "the gradient of the Hessian of L_s (with --preconditioned also of "
+                       "P^-1 H, Adam's state replayed bitwise from the previous keyframe) to "
+                       "the run's analysis/sharpness group (resumable), and prints each "
+                       "collapse's onset against 38/lr, 2/lr and -2*wd.")
+    p.add_argument("run", type=Path, metavar="RUN.h5")
+    p.add_argument("--every", type=int, default=500, metavar="N",
+                   help="measure the checkpoints at multiples of N epochs (default 500), "
+                   "besides every keyframe")
+    p.add_argument("--from", dest="epoch_from", type=int, metavar="E1", help="first epoch")
+    p.add_argument("--to", dest="epoch_to", type=int, metavar="E2", help="last epoch")
+    p.add_argument("--zipf-s", type=float, metavar="S",
+                   help="exponent of the loss (default: the run's at each epoch)")
+    p.add_argument("--preconditioned", action="store_true",
+                   help="also P^-1 H with Adam's second moment (replayed where no keyframe)")
+    p.add_argument("--window-every", type=int, default=1, metavar="M",
+                   help="every M-th record of each collapse window (default 1: all)")
+    p.add_argument("--no-windows", action="store_true", help="skip the collapse windows")
+    p.add_argument("--tol", type=float, default=1e-5,
+                   help="residual tolerance |A u - lambda u| <= tol * max|lambda| "
+                   "(default 1e-5)")
+    p.add_argument("--force", action="store_true",
+                   help="recompute a sharpness analysis made with other settings")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_sharpness)
 
     from .plots import KINDS
     p = sub.add_parser("plot", help="draw a figure of a run (PNG + PDF)")
