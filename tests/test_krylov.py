@@ -63,7 +63,7 @@ def test_thick_restarts_keep_converging():
                          max_dim=20, keep=8)
     np.testing.assert_allclose(res.eigenvalues.numpy(), [40, 5, 2, -1, -2.5, -3], rtol=1e-9)
     assert res.converged and res.n_hvp == sum(calls) > 20  # it restarted at least once
-    assert max(calls) <= 6  # blocks of at most max(block, pairs) rows
+    assert max(calls) <= 6  # blocks of 2 rows, and last the 6 pairs' fresh residuals
 
 
 def test_a_warm_start_from_the_eigenvectors_converges_at_once():

@@ -68,7 +68,7 @@ def curvature(op: BlockOperator, n: int, g: Tensor, *, tol: float, seed: int = 0
     op: V (b, n) ↦ A V (b, n); warm: (r, n) rows to start from (the previous point's
     vectors). One extra product gives λ_grad.
     """
-    res = block_extremes(op, n, k=1, which="both", tol=tol, x0=warm, block=2, seed=seed)
+    res = block_extremes(op, n, k=1, which="both", tol=tol, x0=warm, seed=seed)
     gd = g.to(torch.float64)
     ag = op(gd[None])[0].to(torch.float64)
     return Curvature(lambda_max=float(res.eigenvalues[0]), lambda_min=float(res.eigenvalues[1]),
