@@ -22,6 +22,7 @@
     zgdyn sweep-report SWEEP_DIR [--json] [--figure FIG.png]
     zgdyn demo                        # the quick suite, about 10 minutes on 2 cores
     zgdyn bench [--device cuda] [--ensemble-sizes 1 8 64] [--json]
+    zgdyn bench --hessian-only [--hessian-run RUN.h5 --hessian-epoch E]
 
 Bad input gets a one-line error on stderr and exit code 2; nothing is written.
 """
@@ -639,8 +640,17 @@ def cmd_sharpness(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import format_bench, run_bench, save_bench
+    from .bench import format_bench, format_hessian, run_bench, run_hessian_bench, save_bench
 
+    if args.hessian_only or args.hessian_run:
+        result = run_hessian_bench(p=args.p, run=args.hessian_run and str(args.hessian_run),
+                                   epoch=args.hessian_epoch)
+        path = save_bench(result, args.out or "data/bench/hessian.json")
+        if args.json:
+            _print_json(result)
+        else:
+            sys.stdout.write(format_hessian(result) + f"\nsaved {path}\n")
+        return 0
     result = run_bench(epochs=args.epochs, repeats=args.repeats, p=args.p,
                        device=_device(args.device), ensemble_sizes=tuple(args.ensemble_sizes),
                        ensemble_model_epochs=args.ensemble_model_epochs,
@@ -1202,6 +1212,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-analysis", action="store_true", help="skip the analysis rates")
     p.add_argument("--window", type=int, default=100, metavar="N",
                    help="the runs' collapse-detector window (0: off; default 100, as train)")
+    p.add_argument("--hessian-only", action="store_true",
+                   help="only the Hessian rows: HVPs/s of torch.func, the hand-written HVP "
+                   "and its block form, and the 10 + 10 extremes by ARPACK and block Krylov")
+    p.add_argument("--hessian-run", type=Path, metavar="RUN.h5",
+                   help="measure the Hessian rows at a checkpoint of this run (implies "
+                   "--hessian-only)")
+    p.add_argument("--hessian-epoch", type=int, metavar="E",
+                   help="the checkpoint of --hessian-run (default: the last)")
     _add_device_flag(p, "where the training variants run")
     p.add_argument("--out", type=Path, help="JSON file (default: data/bench/bench.json)")
     p.add_argument("--json", action="store_true")
