@@ -117,3 +117,15 @@ def test_p97_equals_torch_func_in_float64(p97):
     HV = mh.block(V)
     for v, hv in zip(V, HV):
         assert _rel(hv, ref(v)) < 1e-10
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_products_equal_the_cpu_ones_and_repeat_bitwise():
+    like, a, b, y, w = _problem(23, (32, 32), 1.5, train_frac=0.3, init="lecun")
+    cpu = MLPHessian(23, like, a, b, y, w)
+    gpu = MLPHessian(23, like, a, b, y, w, device="cuda")
+    V = torch.randn(3, cpu.n, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    HV = gpu.block(V)
+    assert HV.device.type == "cuda"
+    assert _rel(HV.cpu(), cpu.block(V)) < 1e-12
+    assert torch.equal(gpu.block(V), HV)

@@ -103,6 +103,7 @@ class MLPHessian:
         self.a, self.pb, self.y = as_idx(a), as_idx(b) + p, as_idx(y)
         self.w = torch.as_tensor(np.asarray(w) if not isinstance(w, Tensor) else w).to(**kw)
         self.head = LOSS_HEADS[loss]()
+        self._two_hot: Tensor | None = None  # (n, 2p), the first layer's input, on a GPU
         self.loss, self.grad = self._primal()
 
     # -- the point: activations, masks and output gradients, once -------------------------
@@ -141,9 +142,20 @@ class MLPHessian:
         return total, grad
 
     def _scatter(self, gz1: Tensor, out: Tensor) -> None:
-        """out (r, 2p) = Σ_i gz1[:, i] into columns a_i and p + b_i, for gz1 (r, n)."""
-        out.zero_()
-        out.index_add_(1, self.a, gz1).index_add_(1, self.pb, gz1)
+        """out (r, 2p) = Σ_i gz1[:, i] into columns a_i and p + b_i, for gz1 (r, n); on a
+        GPU as a product with the two-hot matrix (index_add_ uses atomics there, whose
+        order, and so rounding, changes from run to run)."""
+        if self.device.type == "cpu":
+            out.zero_()
+            out.index_add_(1, self.a, gz1).index_add_(1, self.pb, gz1)
+            return
+        if self._two_hot is None:
+            n = self.a.numel()
+            self._two_hot = torch.zeros(n, 2 * self.p, dtype=self.dtype, device=self.device)
+            rows = torch.arange(n, device=self.device)
+            self._two_hot[rows, self.a] = 1
+            self._two_hot[rows, self.pb] = 1
+        torch.mm(gz1, self._two_hot, out=out)
 
     # -- products ------------------------------------------------------------------------
 
