@@ -543,13 +543,14 @@ def cmd_hessian(args: argparse.Namespace) -> int:
     r = hessian_at(str(args.run), epoch=args.epoch, zipf_s=args.zipf_s, k=args.k,
                    device=_device(args.device),
                    which=args.which, preconditioned=args.preconditioned, dtype=args.dtype,
-                   coupled_wd=args.coupled_wd)
+                   coupled_wd=args.coupled_wd, method=args.method)
     if args.json:
         _print_json(r)
         return 0
     kind = "D^-1/2 H D^-1/2 (Adam-preconditioned)" if r["preconditioned"] else "H"
     lines = [f"{kind} of L_s, s = {r['zipf_s']:g}, at epoch {r['epoch']} ({r['dtype']}; "
              f"{r['n_hvp']} HVPs, converged: {r['converged']})",
+             f"tolerance: {r['tolerance']}",
              f"{'#':>3} {'eigenvalue':>12} {'residual':>10} {'overlap θ_M':>12} "
              f"{'max |cos| heavy-pair grads':>27}"
              + (f" {'growth/epoch':>13}" if r["preconditioned"] else "")]
@@ -1037,6 +1038,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coupled-wd", type=float, default=0.0, metavar="WD",
                    help="add (WD/2)|θ|² to the loss: the coupled view of weight decay")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    p.add_argument("--method", choices=("block", "arpack"), default="block",
+                   help="block: block Krylov on the hand-written HVP (default); arpack: "
+                   "ARPACK on torch.func's HVP, the reference (its tolerance is per pair)")
     _add_device_flag(p, "where the Hessian-vector products run")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_hessian)

@@ -35,6 +35,17 @@ def as_block(op: Operator) -> BlockOperator:
     return block
 
 
+def preconditioned_block(op: BlockOperator, d: Tensor) -> BlockOperator:
+    """V ↦ D^{-1/2} A D^{-1/2} V for rows V (b, n), D = diag(d) (n,): similar to D⁻¹A.
+    In float64 on d's device."""
+    s = d.to(torch.float64).rsqrt()
+
+    def block(V: Tensor) -> Tensor:
+        return s * op(s * V.to(s)).to(s)
+
+    return block
+
+
 def _orthonormal_rows(X: Tensor, Q: Tensor, *, rtol: float = 1e-10) -> Tensor:
     """Rows spanning the part of X (b, n) orthogonal to the orthonormal rows Q (m, n),
     orthonormal; directions below rtol of X's largest are dropped (rank deficiency)."""
@@ -160,4 +171,4 @@ def block_extremes(op: BlockOperator, n: int, k: int = 10, which: str = "both", 
                      converged=bool((resid <= tol * scale).all()))
 
 
-__all__ = ["block_extremes", "as_block", "BlockOperator"]
+__all__ = ["block_extremes", "as_block", "preconditioned_block", "BlockOperator"]

@@ -39,7 +39,7 @@ from .analyze import record_each, start_group
 from .data import zipf_weights
 from .hessian import adam_preconditioner, adam_stability_threshold, flatten_params
 from .hvp import MLPHessian
-from .krylov import BlockOperator, block_extremes
+from .krylov import BlockOperator, block_extremes, preconditioned_block
 from .store import AnalysisWriter, Run, open_run
 from .train import Trainer
 
@@ -75,16 +75,6 @@ def curvature(op: BlockOperator, n: int, g: Tensor, *, tol: float, seed: int = 0
                      residual_max=float(res.residuals[0]), residual_min=float(res.residuals[1]),
                      lambda_grad=float(gd @ ag / (gd @ gd)), n_hvp=res.n_hvp + 1,
                      converged=res.converged, vectors=res.eigenvectors.t().contiguous())
-
-
-def preconditioned_block(op: BlockOperator, d: Tensor) -> BlockOperator:
-    """V ↦ D^{-1/2} A D^{-1/2} V for rows V (b, n), D = diag(d) (n,): similar to D⁻¹A."""
-    s = d.to(torch.float64).rsqrt()
-
-    def block(V: Tensor) -> Tensor:
-        return s * op(s * V.to(torch.float64)).to(torch.float64)
-
-    return block
 
 
 # -- the points and their optimizer state ------------------------------------------------
@@ -381,5 +371,5 @@ def sharpness_onsets(path: str, *, threshold: float | None = None) -> dict[str, 
 
 
 __all__ = ["sharpness_run", "sharpness_onsets", "onset_table", "onset_verdicts",
-           "measure_epochs", "adam_states", "curvature", "preconditioned_block", "thresholds",
-           "sorted_sharpness", "Curvature"]
+           "measure_epochs", "adam_states", "curvature", "thresholds", "sorted_sharpness",
+           "Curvature"]
