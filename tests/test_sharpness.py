@@ -150,28 +150,37 @@ def test_measure_epochs(runs):
 
 
 def test_onset_table_on_planted_numbers():
-    epochs = np.array([0, 100, 200, 300, 400, 500, 600, 700])
-    values = {"pre_lambda_max": np.array([1, 5, 50, 60, 70, 5, 80, 90.0]),
-              "pre_lambda_min": np.array([-1, -3, -1, -3, -3, -1, -1, -1.0])}
+    epochs = np.array([0, 100, 200, 300, 400, 445, 450, 500, 600, 700, 745])
+    values = {"pre_lambda_max": np.array([1, 5, 50, 60, 70, 80, 900, 5, 80, 90, 100.0]),
+              "pre_lambda_min": np.array([-1, -3, -1, -3, -3, -3, -9, -1, -1, -1, -1.0])}
     limits = {"adam_edge": 40.0, "two_over_lr": 2.0, "minus_two_wd": -2.0, "minus_wd": -1.0}
-    rows = onset_table(epochs, values, [450, 750], limits)
+    rows = onset_table(epochs, values, [450, 750, 2000], limits, approach=(250, 10),
+                       max_gap=10, settle=100)
+    assert [r["onset"] for r in rows] == [450, 750]  # nothing measured just before 2000
     r0, r1 = rows
-    assert (r0["onset"], r0["at_epoch"], r1["at_epoch"]) == (450, 400, 700)
-    assert r0["pre_lambda_max"] == 70 and r0["pre_lambda_max/adam_edge"] == 70 / 40
+    assert (r0["before_epoch"], r0["at_epoch"], r1["before_epoch"], r1["at_epoch"]) == \
+        (445, 450, 745, None)
+    assert r0["pre_lambda_max"] == 80 and r0["pre_lambda_max/adam_edge"] == 2.0
+    assert r0["pre_lambda_max/adam_edge@onset"] == 900 / 40
+    assert r0["pre_lambda_max/adam_edge@approach"] == [60 / 40, 50 / 40, 70 / 40]  # 200..400
     assert (r0["adam_edge_first"], r0["adam_edge_since"], r0["adam_edge_lead"]) == (200, 200, 250)
+    # cycle 2 starts 100 epochs after the onset at 450: 600, 700, 745
     assert (r1["adam_edge_first"], r1["adam_edge_since"], r1["adam_edge_lead"]) == (600, 600, 150)
     assert r0["minus_two_wd_first"] == 100 and r0["minus_two_wd_since"] == 300
-    assert r1["minus_two_wd_at_onset"] is False and r1["minus_two_wd_lead"] is None
-    words = onset_verdicts(rows, limits)
-    assert words[0].startswith("λ_max(P⁻¹H) against 38/lr = 40: above it at 2 of 2 onsets")
-    assert "150 to 250 epochs" in words[0]
-    assert "below it at 1 of 2 onsets" in words[1]
+    assert r1["minus_two_wd_before_onset"] is False and r1["minus_two_wd_lead"] is None
+    words = onset_verdicts(rows, limits, approach=(250, 10))
+    assert words[0].startswith("λ_max(P⁻¹H) against 38/lr = 40: above it at the last point "
+                               "before 2 of 2 onsets (value / threshold 2 to 2.5)")
+    assert "at the onsets themselves 22.5 times" in words[0]
+    assert "for the 150 to 250 epochs before" in words[0]
+    assert "below it at the last point before 1 of 2 onsets" in words[1]
 
 
 def test_onsets_and_figure_of_a_run(run):
     sharpness_run(str(run), every=500, epoch_from=1900, preconditioned=True)
     table = sharpness_onsets(str(run))
     assert table["onsets"] == [ONSET] and table["rows"][0]["at_epoch"] == ONSET
+    assert table["rows"][0]["before_epoch"] == ONSET - 1 and table["unmeasured_onsets"] == []
     assert len(table["verdicts"]) == 4
     from zgdyn.plots import run_figure
     fig = run_figure(str(run), "sharpness")

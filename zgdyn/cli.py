@@ -609,18 +609,25 @@ def format_sharpness(s: dict[str, Any], onsets: dict[str, Any]) -> str:
              f"-wd = {th['minus_wd']:g}, -2*wd = {th['minus_two_wd']:g}"]
     rows = onsets["rows"]
     if rows and "pre_lambda_max" in rows[0]:
-        lines.append(f"{'onset':>8} {'at':>8} {'λmax(P⁻¹H)':>12} {'/ 38/lr':>8} "
-                     f"{'λgrad(P⁻¹H)':>12} {'/ 2/lr':>8} {'λmin(P⁻¹H)':>12} {'/ -2wd':>8}")
+        lines.append("at each onset's last point before it (and over its 100 to 10 epochs "
+                     "before, the median):")
+        lines.append(f"{'onset':>8} {'before':>8} {'λmax(P⁻¹H)':>11} {'/ 38/lr':>8} "
+                     f"{'(median)':>9} {'λgrad(P⁻¹H)':>12} {'/ 2/lr':>8} {'λmin(P⁻¹H)':>11} "
+                     f"{'/ -2wd':>8}")
         for r in rows:
-            lines.append(f"{r['onset']:>8} {r['at_epoch']:>8} {_fmt(r['pre_lambda_max']):>12} "
+            near = r["pre_lambda_max/adam_edge@approach"]
+            lines.append(f"{r['onset']:>8} {r['before_epoch']:>8} "
+                         f"{_fmt(r['pre_lambda_max']):>11} "
                          f"{r['pre_lambda_max/adam_edge']:>8.3g} "
+                         f"{'-' if near is None else f'{near[0]:.3g}':>9} "
                          f"{_fmt(r['pre_lambda_grad']):>12} "
                          f"{r['pre_lambda_grad/two_over_lr']:>8.3g} "
-                         f"{_fmt(r['pre_lambda_min']):>12} "
+                         f"{_fmt(r['pre_lambda_min']):>11} "
                          f"{r['pre_lambda_min/minus_two_wd']:>8.3g}")
         lines += onsets["verdicts"]
-    elif not rows:
-        lines.append("no collapse onset among the measured points")
+    if onsets["unmeasured_onsets"]:
+        lines.append("onsets with no measured point in the 10 epochs before: "
+                     + ", ".join(str(e) for e in onsets["unmeasured_onsets"]))
     return "\n".join(lines) + "\n"
 
 

@@ -294,60 +294,94 @@ LABELS = {"pre_lambda_max": "λ_max(P⁻¹H)", "pre_lambda_grad": "λ_grad(P⁻�
           "minus_two_wd": "−2·wd", "minus_wd": "−wd"}
 
 
+def _held(v: np.ndarray, lim: float, side: str) -> np.ndarray:
+    return v >= lim if side == "above" else v <= lim
+
+
 def onset_table(epochs: np.ndarray, values: dict[str, np.ndarray], onsets: list[int],
-                limits: dict[str, float]) -> list[dict[str, Any]]:
-    """One row per collapse onset: each criterion's value at the last measured point at or
-    before it and that value over its threshold; the first point of the cycle (after the
-    previous onset) where the criterion held; and, if it holds at the onset, where the
-    streak of points that held up to the onset began ("since") and its lead on the onset.
+                limits: dict[str, float], *, approach: tuple[int, int] = (100, 10),
+                max_gap: int = 10, settle: int = 2000) -> list[dict[str, Any]]:
+    """One row per collapse onset that has a measured point within `max_gap` epochs before
+    it. For each criterion: the value at the last point before the onset ("before") and at
+    the onset itself if measured ("at"), each over its threshold; value / threshold over
+    the points `approach[0]` to `approach[1]` epochs before the onset (median, min, max);
+    the first point of the cycle (from `settle` epochs after the previous onset, past its
+    aftermath) where the criterion held; and, if it held at the last point before, where
+    that streak of points began ("since") and its lead on the onset.
 
     epochs (m,) sorted; values: {column: (m,)}; limits: `thresholds`.
     """
     rows = []
     for j, onset in enumerate(onsets):
-        start = onsets[j - 1] if j else -math.inf
-        cycle = np.flatnonzero((epochs > start) & (epochs <= onset))
-        if not len(cycle):
+        start = onsets[j - 1] + settle if j else -math.inf
+        cycle = np.flatnonzero((epochs > start) & (epochs < onset))
+        if not len(cycle) or onset - epochs[cycle[-1]] > max_gap:
             continue
         i = int(cycle[-1])
-        row: dict[str, Any] = {"onset": int(onset), "at_epoch": int(epochs[i])}
+        at = np.flatnonzero(epochs == onset)
+        near = np.flatnonzero((epochs >= onset - approach[0]) & (epochs <= onset - approach[1]))
+        row: dict[str, Any] = {"onset": int(onset), "before_epoch": int(epochs[i]),
+                               "at_epoch": int(onset) if len(at) else None,
+                               "approach_points": int(len(near))}
         for col, name, side in CRITERIA:
             if col not in values:
                 continue
             v, lim = values[col], limits[name]
-            held = v[cycle] >= lim if side == "above" else v[cycle] <= lim
-            first = int(epochs[cycle[int(np.argmax(held))]]) if held.any() else None
+            held = _held(v[cycle], lim, side)
             since = None  # the start of the streak of points that held up to the onset
             if held[-1]:
                 breaks = np.flatnonzero(~held)
                 since = int(epochs[cycle[breaks[-1] + 1 if len(breaks) else 0]])
-            row[col] = float(v[i])
-            row[f"{col}/{name}"] = float(v[i] / lim)
-            row[f"{name}_first"] = first
-            row[f"{name}_since"] = since
-            row[f"{name}_lead"] = None if since is None else int(onset - since)
-            row[f"{name}_at_onset"] = bool(held[-1])
+            ratio = v[near] / lim
+            row.update({
+                f"{col}": float(v[i]), f"{col}/{name}": float(v[i] / lim),
+                f"{col}/{name}@onset": float(v[at[0]] / lim) if len(at) else None,
+                f"{col}/{name}@approach": ([float(np.median(ratio)), float(ratio.min()),
+                                            float(ratio.max())] if len(near) else None),
+                f"{name}_first": int(epochs[cycle[int(np.argmax(held))]]) if held.any()
+                else None,
+                f"{name}_since": since,
+                f"{name}_lead": None if since is None else int(onset - since),
+                f"{name}_before_onset": bool(held[-1])})
         rows.append(row)
     return rows
 
 
-def onset_verdicts(rows: list[dict[str, Any]], limits: dict[str, float]) -> list[str]:
+def onset_verdicts(rows: list[dict[str, Any]], limits: dict[str, float], *,
+                   approach: tuple[int, int] = (100, 10)) -> list[str]:
     """One sentence per criterion, computed from the onset table."""
     out = []
     for col, name, side in CRITERIA:
         have = [r for r in rows if col in r]
         if not have:
             continue
-        ratios = [r[f"{col}/{name}"] for r in have]
-        at = sum(r[f"{name}_at_onset"] for r in have)
-        leads = [r[f"{name}_lead"] for r in have if r[f"{name}_lead"] is not None]
         word = "above" if side == "above" else "below"
-        lead = (f"; where it held at the onset, it had held at every measured point for "
-                f"the {min(leads)} to {max(leads)} epochs before" if leads else "")
-        out.append(f"{LABELS[col]} against {LABELS[name]} = {limits[name]:.4g}: {word} it at "
-                   f"{at} of {len(have)} onsets, value / threshold {min(ratios):.3g} to "
-                   f"{max(ratios):.3g}{lead}.")
+        held = sum(r[f"{name}_before_onset"] for r in have)
+        ratios = [r[f"{col}/{name}"] for r in have]
+        parts = [f"{LABELS[col]} against {LABELS[name]} = {limits[name]:.4g}: {word} it at the "
+                 f"last point before {held} of {len(have)} onsets (value / threshold "
+                 f"{_span(ratios)})"]
+        near = [r[f"{col}/{name}@approach"] for r in have if r[f"{col}/{name}@approach"]]
+        if near:
+            parts.append(f"{approach[0]} to {approach[1]} epochs before the onsets it was "
+                         f"{_span([x[1] for x in near] + [x[2] for x in near])} times the "
+                         f"threshold (medians {_span([x[0] for x in near])})")
+        at = [r[f"{col}/{name}@onset"] for r in have if r[f"{col}/{name}@onset"] is not None]
+        if at:
+            parts.append(f"at the onsets themselves {_span(at)} times")
+        leads = [r[f"{name}_lead"] for r in have if r[f"{name}_lead"] is not None]
+        if leads:
+            parts.append(f"where it held before the onset, it had held at every measured "
+                         f"point for the {_span(leads)} epochs before")
+        out.append("; ".join(parts) + ".")
     return out
+
+
+def _span(xs: list[float]) -> str:
+    lo, hi = min(xs), max(xs)
+    fmt = (lambda x: f"{x:d}") if all(isinstance(x, int) for x in xs) else \
+        (lambda x: f"{x:.3g}")
+    return fmt(lo) if lo == hi else f"{fmt(lo)} to {fmt(hi)}"
 
 
 def sharpness_onsets(path: str, *, threshold: float | None = None) -> dict[str, Any]:
@@ -367,6 +401,7 @@ def sharpness_onsets(path: str, *, threshold: float | None = None) -> dict[str, 
     limits = thresholds(cfg)
     rows = onset_table(a["epoch"], {c: a[c] for c in cols}, onsets, limits)
     return {"path": str(path), "thresholds": limits, "onsets": onsets, "rows": rows,
+            "unmeasured_onsets": sorted(set(onsets) - {r["onset"] for r in rows}),
             "verdicts": onset_verdicts(rows, limits)}
 
 
