@@ -394,8 +394,8 @@ def plot_sharpness(metrics: dict[str, np.ndarray], sharp: dict[str, np.ndarray],
     h1, l1 = ax_l.get_legend_handles_labels()
     h2, l2 = acc.get_legend_handles_labels()
     ax_l.legend(h1 + h2, l1 + l2, fontsize=8, loc="lower left")
-    ax_top.legend(fontsize=8, loc="lower left")
-    ax_min.legend(fontsize=8, loc="lower left")
+    ax_top.legend(fontsize=8, loc="upper left")
+    ax_min.legend(fontsize=8, loc="upper left")
     fig.suptitle(title or f"curvature of the Zipf-weighted loss along the run ({op})")
     return fig
 
