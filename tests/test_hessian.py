@@ -338,3 +338,60 @@ def test_deflated_power_iteration_finds_the_dominant_pairs():
     res = deflated_power_iteration(lambda v: a @ v.double(), n, k=2, tol=1e-12)
     np.testing.assert_allclose(res.eigenvalues.numpy(), [8.0, 4.0], rtol=1e-8)
     assert res.converged and res.n_hvp > 2
+
+
+# -- bitwise repeatable: the rounding of a product must not depend on the heap ---------------
+
+
+def test_torch_func_hvp_does_not_depend_on_where_the_vector_lives():
+    """GEMMs round differently for operands at different alignments; a vector that is a
+    view into numpy's memory (as ARPACK hands out) must give bitwise the same product."""
+    split = make_split(23, 0.3, seed=42)
+    a, b, y = split.tokens(split.train_idx)
+    model = build_model(23, (32, 32), init="lecun", seed=0, dtype="float64")
+    like = {k: v.detach() for k, v in model.named_parameters()}
+    theta = flatten_params(like)
+    hvp = make_hvp(weighted_loss_fn(23, a, b, y, zipf_weights(split, 1.5), like=like), theta)
+    n = theta.numel()
+    x = np.random.default_rng(0).standard_normal(n)
+    outs = []
+    for off in range(8):  # eight byte offsets: every alignment modulo 64
+        buf = np.empty(n + 8)
+        buf[off:off + n] = x
+        outs.append(hvp(torch.from_numpy(buf[off:off + n])))
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
+
+
+@pytest.mark.parametrize("solver", ["arpack", "lanczos"])
+def test_solvers_hand_the_operator_aligned_vectors(prob, solver):
+    """ARPACK's work array and Lanczos's basis sit wherever numpy put them; the operator
+    must see fresh 64-byte-aligned tensors, so its rounding is the same in every call."""
+    from zgdyn.hessian import lanczos_extremes
+    hvp = make_hvp(prob["loss"], prob["theta"])
+    offsets = []
+
+    def op(v):
+        offsets.append(v.data_ptr() % 64)
+        return hvp(v)
+
+    n = prob["theta"].numel()
+    if solver == "arpack":
+        extreme_eigs(op, n, k=2, which="both", seed=0)
+    else:
+        lanczos_extremes(op, n, steps=30, k=1)
+    assert len(offsets) > 10 and set(offsets) == {0}
+
+
+def test_hessian_and_saddle_repeat_bitwise_in_one_process(tmp_path):
+    from conftest import small_config
+    from zgdyn.runner import train_run
+    from zgdyn.stability import hessian_at, saddle_table
+    path = tmp_path / "r.h5"
+    train_run(small_config(epochs=200).replace(p=11, hidden=(16, 16)), path)
+    keep, runs = [], []
+    for i in range(3):
+        keep.append(np.empty(17 * i + 3))  # move the heap between the calls
+        h = hessian_at(str(path), zipf_s=1.5, k=3, which="both", store=i == 0)
+        s = saddle_table(str(path), exponents=(1.5,), store=i == 0)
+        runs.append((h["n_hvp"], h["eigenvalues"], h["residuals"], s["rows"]))
+    assert runs[1] == runs[0] and runs[2] == runs[0]

@@ -11,14 +11,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from conftest import KILL_PREAMBLE, small_config
 from zgdyn.cli import main
 from zgdyn.config import Config, ConfigError, OptimConfig
 from zgdyn.data import make_split, zipf_weights
 from zgdyn.ensemble import Ensemble
-from zgdyn.hessian import dense_hessian, flatten_params, weighted_loss_fn
+from zgdyn.hessian import dense_hessian, weighted_loss_fn
 from zgdyn.model import build_model, functional_logits, log_probs
 from zgdyn.optim import update_direction
 from zgdyn.runner import resume_run, train_run

@@ -52,6 +52,9 @@ def test_replay_refusals(two_phase, tmp_path):
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_plot_kind_renders(two_phase, tmp_path, kind):
     analyze_run(str(two_phase))
+    if kind == "sharpness":
+        from zgdyn.sharpness import sharpness_run
+        sharpness_run(str(two_phase), every=100, preconditioned=True)
     fig = run_figure(str(two_phase), kind)
     assert len(fig.axes) >= 1 and all(ax.has_data() for ax in fig.axes)
     out = tmp_path / f"{kind}.png"

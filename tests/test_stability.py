@@ -25,11 +25,13 @@ def _dense(point, s, coupled_wd=0.0):
     return dense_hessian(point.loss(s, coupled_wd), point.theta)
 
 
-def test_hessian_at_matches_dense_and_is_stored(grokked):
+@pytest.mark.parametrize("method", ["block", "arpack"])
+def test_hessian_at_matches_dense_and_is_stored(grokked, method):
     point = load_point(str(grokked))
     h = _dense(point, 1.5)
     evals = torch.linalg.eigvalsh(h)
-    r = hessian_at(str(grokked), zipf_s=1.5, k=3, which="both")
+    r = hessian_at(str(grokked), zipf_s=1.5, k=3, which="both", method=method)
+    assert r["method"] == method and "1e-06" in r["tolerance"]
     np.testing.assert_allclose(r["eigenvalues"][:3], evals.flip(0)[:3].numpy(), rtol=1e-6,
                                atol=1e-9)
     np.testing.assert_allclose(r["eigenvalues"][3:], evals.flip(0)[-3:].numpy(), rtol=1e-6,
@@ -42,7 +44,8 @@ def test_hessian_at_matches_dense_and_is_stored(grokked):
         assert stored["eigenvectors"].shape == (point.theta.numel(), 6)
 
 
-def test_preconditioned_matches_dense(grokked):
+@pytest.mark.parametrize("method", ["block", "arpack"])
+def test_preconditioned_matches_dense(grokked, method):
     point = load_point(str(grokked))
     o = point.config.optim
     d = point.v.sqrt() / np.sqrt(1 - o.beta2 ** point.step) + o.eps
@@ -50,7 +53,7 @@ def test_preconditioned_matches_dense(grokked):
     m = s[:, None] * _dense(point, 2.0) * s[None, :]
     evals = torch.linalg.eigvalsh(m)
     r = hessian_at(str(grokked), zipf_s=2.0, k=2, which="both", preconditioned=True,
-                   store=False)
+                   store=False, method=method)
     np.testing.assert_allclose([r["eigenvalues"][0], r["eigenvalues"][-1]],
                                [float(evals[-1]), float(evals[0])], rtol=1e-5)
     expected = -o.lr * np.array(r["eigenvalues"]) - o.lr * o.weight_decay
@@ -58,9 +61,11 @@ def test_preconditioned_matches_dense(grokked):
     assert r["adam_threshold"] == pytest.approx(38 / o.lr)
 
 
-def test_coupled_view_shifts_by_wd(grokked):
-    a = hessian_at(str(grokked), zipf_s=1.0, k=1, which="top", store=False)
-    b = hessian_at(str(grokked), zipf_s=1.0, k=1, which="top", coupled_wd=0.5, store=False)
+@pytest.mark.parametrize("method", ["block", "arpack"])
+def test_coupled_view_shifts_by_wd(grokked, method):
+    a = hessian_at(str(grokked), zipf_s=1.0, k=1, which="top", store=False, method=method)
+    b = hessian_at(str(grokked), zipf_s=1.0, k=1, which="top", coupled_wd=0.5, store=False,
+                   method=method)
     assert b["eigenvalues"][0] == pytest.approx(a["eigenvalues"][0] + 0.5, rel=1e-6)
 
 
@@ -84,8 +89,38 @@ def test_saddle_table_rows_agree_with_dense(grokked, capsys):
 def test_hessian_cli_text_and_errors(grokked, capsys):
     assert main(["hessian", str(grokked), "--k", "2", "--which", "top", "--zipf-s", "1"]) == 0
     out = capsys.readouterr().out
-    assert "of L_s, s = 1" in out and "HVPs" in out
+    assert "of L_s, s = 1" in out and "HVPs" in out and "tolerance: |H u - λ u| <=" in out
+    with pytest.raises(SystemExit) as exit_:
+        main(["hessian", str(grokked), "--k", "2", "--method", "simplex"])
+    assert exit_.value.code == 2 and "--method" in capsys.readouterr().err
     assert main(["hessian", str(grokked), "--k", "0"]) == 2
     assert "k: must be" in capsys.readouterr().err
     assert main(["hessian", str(grokked), "--preconditioned", "--epoch", "20"]) == 2
     assert "not a keyframe" in capsys.readouterr().err
+
+
+def test_a_stablemax_run_gets_stablemax_curvature(tmp_path):
+    """The Hessian of a StableMax run is StableMax's (written out densely here), whichever
+    method is asked for; preconditioning is refused for an optimizer that is not AdamW."""
+    from conftest import small_config
+    from zgdyn.config import ZgdynError
+    from zgdyn.hessian import weighted_loss_fn
+    path = tmp_path / "r.h5"
+    train_run(small_config(epochs=100).replace(p=7, hidden=(6,), train_frac=0.6,
+                                               loss="stablemax"), path)
+    point = load_point(str(path))
+    a, b, y = point.pairs
+    h = dense_hessian(weighted_loss_fn(7, a, b, y, point.weights(1.5), like=point.like,
+                                       loss="stablemax"), point.theta)
+    soft = dense_hessian(weighted_loss_fn(7, a, b, y, point.weights(1.5), like=point.like),
+                         point.theta)
+    top = float(torch.linalg.eigvalsh(h)[-1])
+    assert abs(top - float(torch.linalg.eigvalsh(soft)[-1])) > 1e-3 * abs(top)
+    for method in ("block", "arpack"):
+        r = hessian_at(str(path), zipf_s=1.5, k=1, which="top", method=method, store=False)
+        assert r["eigenvalues"][0] == pytest.approx(top, rel=1e-6)
+    sgd = tmp_path / "sgd.h5"
+    train_run(small_config(epochs=100).replace(p=7, hidden=(6,), train_frac=0.6,
+                                               optimizer="sgd", lr=0.1), sgd)
+    with pytest.raises(ZgdynError, match="this run trains with sgd"):
+        hessian_at(str(sgd), zipf_s=1.5, k=1, preconditioned=True, store=False)

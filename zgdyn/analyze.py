@@ -75,6 +75,39 @@ def _gamma_inst_at_keyframes(run: Run, key: list[int] | None, top_k: int | None,
     return out_e, out_g, out_m
 
 
+def start_group(writer: AnalysisWriter, settings: dict[str, Any], force: bool) -> set[int]:
+    """The epochs already recorded in the writer's group; a group computed with other
+    settings is refused, or with `force` started afresh."""
+    if writer.settings != settings:
+        if writer.settings is not None and not force:
+            raise ZgdynError(f"{writer.path}: {writer.name} was computed with other settings "
+                             f"({writer.settings}); pass --force to recompute it")
+        writer.reset(settings)
+    return set(int(e) for e in writer.done_epochs())
+
+
+def record_each(writer: AnalysisWriter, epochs: list[int],
+                measure: Callable[[int], dict[str, Any]], *, total: int, unit: str, desc: str,
+                progress: bool, commit_every: int) -> None:
+    """Append measure(e) for each of `epochs` to the writer's group, committing every
+    `commit_every` records, with a tqdm bar on stderr (out of `total`) if `progress`."""
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, initial=total - len(epochs), unit=unit, desc=desc,
+                   disable=None)
+    try:
+        for i, e in enumerate(epochs):
+            writer.append(measure(e))
+            if (i + 1) % commit_every == 0:
+                writer.commit()
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def analyze_run(path: str, *, key_freqs: str = "fixed", ref_epoch: int | None = None,
                 top_k: int | None = None, force: bool = False, progress: bool = False,
                 commit_every: int = 50, desc: str = "analyze") -> dict[str, Any]:
@@ -114,32 +147,19 @@ def _analyze(writer: AnalysisWriter, run: Run, key_freqs: str, ref_epoch: int | 
             ref_epoch = reference_epoch(run)
         key = key_freqs_of(run.params_at(ref_epoch), p, top_k=top_k)
     settings = {"key_freqs": key_freqs, "ref_epoch": ref_epoch, "top_k": top_k, "key": key}
-    if writer.settings != settings:
-        if writer.settings is not None and not force:
-            raise ZgdynError(f"{run.path}: analysis/{GROUP} was computed with other settings "
-                             f"({writer.settings}); pass --force to recompute it")
-        writer.reset(settings)
-    done = set(int(e) for e in writer.done_epochs())
+    done = start_group(writer, settings, force)
     todo = [int(e) for e in all_epochs if int(e) not in done]
     train_idx = torch.from_numpy(run.split.train_idx)
     weights_at = _phase_weights(run)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(all_epochs), initial=len(done), unit="ckpt",
-                   desc=desc, disable=None)
-    for i, e in enumerate(todo):
+
+    def measure(e: int) -> dict[str, Any]:
         params = run.params_at(e)
         k = key if key is not None else key_freqs_of(params, p, top_k=top_k)
         row, diag = checkpoint_measures(params, p, k, train_idx, weights_at(e))
-        writer.append({"epoch": e, **row, "n_key": len(k), "spectrum": diag.numpy()})
-        if (i + 1) % commit_every == 0:
-            writer.commit()
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        return {"epoch": e, **row, "n_key": len(k), "spectrum": diag.numpy()}
 
+    record_each(writer, todo, measure, total=len(all_epochs), unit="ckpt", desc=desc,
+                progress=progress, commit_every=commit_every)
     res = writer.reader().analysis(GROUP)
     regular = np.isin(res["epoch"], run.checkpoint_epochs)  # not only in a window
     res = {k: v[regular] if isinstance(v, np.ndarray) and len(v) == len(regular) else v

@@ -189,13 +189,8 @@ def run_bench(*, epochs: int = 400, repeats: int = 5, p: int = 97, device: str =
     if ens is not None:
         ens["achieved_gflops"] = {k: r * flops / 1e9
                                   for k, r in ens["model_epochs_per_s"].items()}
-    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-               "torch_threads": torch.get_num_threads(), "torch": str(torch.__version__),
-               "device": device}
-    if device != "cpu":
-        machine["gpu"] = torch.cuda.get_device_name(device)
     return {
-        "machine": machine,
+        "machine": _machine(device),
         "setup": {"p": p, "hidden": list(cfg.model.hidden), "epochs": epochs,
                   "repeats": repeats, "eval_every": 100, "ckpt_every": 100,
                   "window": window},
@@ -233,16 +228,11 @@ def bench_analysis(p: int = 97, hidden: tuple[int, ...] = (128, 128), n: int = 2
     ckpt_s = n / (time.perf_counter() - t0)
     out: dict[str, Any] = {"checkpoints_per_s": ckpt_s, "ms_per_checkpoint": 1e3 / ckpt_s}
     a, b, y = split.tokens(split.train_idx)
-    for dtype in (torch.float32, torch.float64):
-        like = {k_: v.to(dtype) for k_, v in params.items()}
-        theta = flatten_params(like)
-        hvp = make_hvp(weighted_loss_fn(p, a, b, y, w, like=like), theta)
-        v = torch.randn(theta.numel(), dtype=dtype)
-        hvp(v)
-        t0 = time.perf_counter()
-        for _ in range(10):
-            hvp(v)
-        out[f"hvp_per_s_{str(dtype)[6:]}"] = 10 / (time.perf_counter() - t0)
+    point = (p, params, a, b, y, zipf_weights(split, 1.5))
+    out["hvp"] = bench_hvp(*point, point=f"p = {p} at init, s = 1.5")
+    out.update({f"hvp_per_s_{dt}": out["hvp"][dt]["torch_func"] for dt in ("float32",
+                                                                          "float64")})
+    out["extremes"] = bench_extremes(*point, point=f"p = {p} at init, s = 1.5")
     like = {k_: v.double() for k_, v in params.items()}
     theta = flatten_params(like)
     hvp = make_hvp(weighted_loss_fn(p, a, b, y, w, like=like), theta)
@@ -255,6 +245,151 @@ def bench_analysis(p: int = 97, hidden: tuple[int, ...] = (128, 128), n: int = 2
                     "lanczos_max_residual": float(lan.residuals.max()),
                     "power_max_residual": float(power.residuals.max())}
     return out
+
+
+def _rates(fns: dict[str, tuple[Any, int]], repeats: int) -> dict[str, float]:
+    """Products/s of each fn (fn, products per call), the fns alternating call by call;
+    the median over `repeats` rounds."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for fn, _ in fns.values():
+        fn()  # warm-up
+    for _ in range(repeats):
+        for name, (fn, n) in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t0) / n)
+    return {k: 1.0 / statistics.median(v) for k, v in times.items()}
+
+
+def bench_hvp(p: int, params: dict[str, torch.Tensor], a: np.ndarray, b: np.ndarray,
+              y: np.ndarray, w: Any, *, block: int = 8, repeats: int = 7,
+              point: str = "") -> dict[str, Any]:
+    """HVPs/s of torch.func's forward-over-reverse HVP, the hand-written one
+    (`zgdyn.hvp.MLPHessian`) one vector at a time, and its block form (`block` vectors
+    per call), side by side in float32 and float64; their ratios to torch.func."""
+    from .hessian import flatten_params, make_hvp, weighted_loss_fn
+    from .hvp import MLPHessian
+
+    out: dict[str, Any] = {"block": block, "repeats": repeats, "point": point}
+    gen = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        like = {k: v.to(dtype) for k, v in params.items()}
+        theta = flatten_params(like)
+        func = make_hvp(weighted_loss_fn(p, a, b, y, w, like=like), theta)
+        t0 = time.perf_counter()
+        hand = MLPHessian(p, like, a, b, y, w, dtype=dtype)
+        setup = time.perf_counter() - t0
+        V = torch.randn(block, theta.numel(), dtype=dtype, generator=gen)
+        rates = _rates({"torch_func": (lambda: func(V[0]), 1),
+                        "hand": (lambda: hand(V[0]), 1),
+                        "hand_block": (lambda: hand.block(V), block)}, repeats)
+        ref = func(V[0])
+        rates.update({"hand_vs_torch_func": rates["hand"] / rates["torch_func"],
+                      "block_vs_torch_func": rates["hand_block"] / rates["torch_func"],
+                      "hand_setup_s": setup,
+                      "rel_diff": float((hand(V[0]) - ref).norm() / ref.norm())})
+        out[str(dtype)[6:]] = rates
+    return out
+
+
+def bench_extremes(p: int, params: dict[str, torch.Tensor], a: np.ndarray, b: np.ndarray,
+                   y: np.ndarray, w: Any, *, k: int = 10, tol: float = 1e-6,
+                   point: str = "") -> dict[str, Any]:
+    """Seconds for the k top and k bottom float64 eigenpairs of H: ARPACK (two runs,
+    which = LA and SA, ‖r‖ ≤ tol·|λ| per pair) on torch.func's HVP, against the block
+    Krylov solver (one run, ‖r‖ ≤ tol·max|λ|) on the hand-written block HVP."""
+    from .hessian import extreme_eigs, flatten_params, make_hvp, weighted_loss_fn
+    from .hvp import MLPHessian
+    from .krylov import block_extremes
+
+    like = {k_: v.double() for k_, v in params.items()}
+    theta = flatten_params(like)
+    out: dict[str, Any] = {"k": k, "tol": tol, "point": point}
+    t0 = time.perf_counter()
+    func = make_hvp(weighted_loss_fn(p, a, b, y, w, like=like), theta)
+    ref = extreme_eigs(func, theta.numel(), k=k, which="both", tol=tol)
+    out["arpack_torch_func"] = {"seconds": time.perf_counter() - t0, "hvps": ref.n_hvp,
+                                "max_residual": float(ref.residuals.max()),
+                                "converged": ref.converged,
+                                "eigenvalues": ref.eigenvalues.tolist()}
+    t0 = time.perf_counter()
+    hand = MLPHessian(p, like, a, b, y, w)
+    new = block_extremes(hand.block, hand.n, k=k, which="both", tol=tol)
+    out["block_hand"] = {"seconds": time.perf_counter() - t0, "hvps": new.n_hvp,
+                         "max_residual": float(new.residuals.max()),
+                         "converged": new.converged, "eigenvalues": new.eigenvalues.tolist()}
+    scale = float(ref.eigenvalues.abs().max())
+    out["max_eigenvalue_diff_over_scale"] = (
+        float((ref.eigenvalues - new.eigenvalues).abs().max()) / scale
+        if len(ref.eigenvalues) == len(new.eigenvalues) else None)
+    out["speedup"] = out["arpack_torch_func"]["seconds"] / out["block_hand"]["seconds"]
+    return out
+
+
+def bench_point(p: int = 97, hidden: tuple[int, ...] = (128, 128), *,
+                run: str | None = None, epoch: int | None = None) -> tuple[Any, ...]:
+    """(p, named params, a, b, y, w, label) of the point the Hessian rows measure: the
+    default model at init under s = 1.5, or a run's checkpoint under its own s."""
+    if run is None:
+        from .model import build_model
+        split = make_split(p, 0.3, 42)
+        model = build_model(p, hidden, init="lecun", seed=0)
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        a, b, y = split.tokens(split.train_idx)
+        return p, params, a, b, y, zipf_weights(split, 1.5), f"p = {p} at init, s = 1.5"
+    from .store import open_run
+    with open_run(run) as r:
+        epoch = int(r.checkpoint_epochs[-1]) if epoch is None else epoch
+        params, cfg, split = r.params_at(epoch), r.config, r.split
+    s = cfg.schedule.switch_s if cfg.schedule.switch_s is not None else cfg.data.zipf_s
+    a, b, y = split.tokens(split.train_idx)
+    return (cfg.data.p, params, a, b, y, zipf_weights(split, s, cfg.data.weighting),
+            f"{run} at epoch {epoch}, s = {s:g}")
+
+
+def _machine(device: str = "cpu") -> dict[str, Any]:
+    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+               "torch_threads": torch.get_num_threads(), "torch": str(torch.__version__),
+               "device": device}
+    if device != "cpu":
+        machine["gpu"] = torch.cuda.get_device_name(device)
+    return machine
+
+
+def run_hessian_bench(*, p: int = 97, run: str | None = None, epoch: int | None = None,
+                      k: int = 10, tol: float = 1e-6, repeats: int = 7) -> dict[str, Any]:
+    """The Hessian rows alone (`zgdyn bench --hessian-only`): HVPs/s of the three HVPs and
+    the k + k extremes, at the default model's init or at a run's checkpoint."""
+    p, params, a, b, y, w, label = bench_point(p, run=run, epoch=epoch)
+    return {"machine": _machine(), "hvp": bench_hvp(p, params, a, b, y, w, repeats=repeats,
+                                                    point=label),
+            "extremes": bench_extremes(p, params, a, b, y, w, k=k, tol=tol, point=label)}
+
+
+def format_hessian(r: dict[str, Any]) -> str:
+    """The Hessian rows: HVPs/s side by side, and the extremes' seconds."""
+    h = r["hvp"]
+    lines = [f"HVPs/s at {h['point']} (median of {h['repeats']} alternating rounds; block "
+             f"= {h['block']} vectors per call):",
+             f"{'dtype':<9}{'torch.func':>12}{'hand':>10}{'hand block':>12}{'hand / func':>13}"
+             f"{'block / func':>14}{'rel. diff':>11}"]
+    for dt in ("float32", "float64"):
+        x = h[dt]
+        lines.append(f"{dt:<9}{x['torch_func']:>12.1f}{x['hand']:>10.1f}{x['hand_block']:>12.1f}"
+                     f"{x['hand_vs_torch_func']:>12.2f}x{x['block_vs_torch_func']:>13.2f}x"
+                     f"{x['rel_diff']:>11.1e}")
+    e = r["extremes"]
+    old, new = e["arpack_torch_func"], e["block_hand"]
+    diff = e["max_eigenvalue_diff_over_scale"]
+    lines += [f"{e['k']} top + {e['k']} bottom float64 eigenpairs at {e['point']}, tol "
+              f"{e['tol']:g}:",
+              f"  ARPACK on torch.func's HVP      {old['seconds']:7.1f} s  {old['hvps']:>5} HVPs"
+              f"  max residual {old['max_residual']:.1e}  (|r| <= tol*|lambda| per pair)",
+              f"  block Krylov on the hand HVP    {new['seconds']:7.1f} s  {new['hvps']:>5} HVPs"
+              f"  max residual {new['max_residual']:.1e}  (|r| <= tol*max|lambda|)",
+              f"  {e['speedup']:.2f}x faster; eigenvalues agree to "
+              + ("-" if diff is None else f"{diff:.1e}") + " of max|lambda|"]
+    return "\n".join(lines)
 
 
 def format_bench(r: dict[str, Any]) -> str:
@@ -289,12 +424,14 @@ def format_bench(r: dict[str, Any]) -> str:
         t = an["top_k"]
         lines += [f"analysis: {an['checkpoints_per_s']:.1f} checkpoints/s "
                   f"({an['ms_per_checkpoint']:.1f} ms each: logits, spectrum, both "
-                  f"decompositions, progress measures); HVPs/s {an['hvp_per_s_float32']:.1f} "
-                  f"(float32), {an['hvp_per_s_float64']:.1f} (float64)",
-                  f"top {t['k']} Hessian eigenpairs at tol {t['tol']:g} (float64, s = 1.5, at "
-                  f"init): Lanczos {t['lanczos_hvps']} HVPs, deflated power iteration "
-                  f"{t['power_hvps']} HVPs ({t['power_hvps'] / t['lanczos_hvps']:.1f}x); max "
-                  f"residual {t['lanczos_max_residual']:.1e} vs {t['power_max_residual']:.1e}"]
+                  f"decompositions, progress measures)"]
+        if "hvp" in an:  # files from before the hand-written HVP lack these rows
+            lines.append(format_hessian(an))
+        lines.append(f"top {t['k']} Hessian eigenpairs at tol {t['tol']:g} (float64, s = 1.5, "
+                     f"at init): Lanczos {t['lanczos_hvps']} HVPs, deflated power iteration "
+                     f"{t['power_hvps']} HVPs ({t['power_hvps'] / t['lanczos_hvps']:.1f}x); "
+                     f"max residual {t['lanczos_max_residual']:.1e} vs "
+                     f"{t['power_max_residual']:.1e}")
     return "\n".join(lines)
 
 

@@ -8,11 +8,12 @@
     zgdyn verify data/runs/s1.5.h5 [--json]
     zgdyn analyze data/runs/s1.5.h5 [--key-freqs fixed|auto] [--ref-epoch E] [--json]
     zgdyn stats --p 97 --train-frac 0.3 --zipf-s 0 1 1.5 2 3 [--json]
-    zgdyn plot data/runs/s1.5.h5 --kind dynamics|memorization|gamma|spectrum --out fig.png
+    zgdyn plot data/runs/s1.5.h5 --kind dynamics|memorization|gamma|spectrum|sharpness --out fig.png
     zgdyn events data/runs/s1.5.h5 [--threshold 100] [--json]
     zgdyn replay data/runs/s1.5.h5 --from 56500 --to 57100 --every 5 --out window.h5
     zgdyn hessian data/runs/s0.h5 [--epoch E] [--zipf-s 1.5] [--k 10] [--preconditioned]
     zgdyn saddle data/runs/s0.h5 [--epoch E] [--zipf-s 0 1 1.5 2 3] [--json]
+    zgdyn sharpness data/runs/s1.5.h5 --every 500 [--from E1 --to E2] [--preconditioned]
     zgdyn scorecard RUN.h5 ... [--json]
     zgdyn two-phase --switch-s 1 1.5 2 3 --seeds 1 2 3 [--phase2-epochs N] [--jobs N]
     zgdyn perturb data/runs/s0.h5 [--zipf-s 1.5 3] [--eps 1e-6 1e-4] [--plot fig.png]
@@ -21,6 +22,7 @@
     zgdyn sweep-report SWEEP_DIR [--json] [--figure FIG.png]
     zgdyn demo                        # the quick suite, about 10 minutes on 2 cores
     zgdyn bench [--device cuda] [--ensemble-sizes 1 8 64] [--json]
+    zgdyn bench --hessian-only [--hessian-run RUN.h5 --hessian-epoch E]
 
 Bad input gets a one-line error on stderr and exit code 2; nothing is written.
 """
@@ -659,13 +661,14 @@ def cmd_hessian(args: argparse.Namespace) -> int:
     r = hessian_at(str(args.run), epoch=args.epoch, zipf_s=args.zipf_s, k=args.k,
                    device=_device(args.device),
                    which=args.which, preconditioned=args.preconditioned, dtype=args.dtype,
-                   coupled_wd=args.coupled_wd)
+                   coupled_wd=args.coupled_wd, method=args.method)
     if args.json:
         _print_json(r)
         return 0
     kind = "D^-1/2 H D^-1/2 (Adam-preconditioned)" if r["preconditioned"] else "H"
     lines = [f"{kind} of L_s, s = {r['zipf_s']:g}, at epoch {r['epoch']} ({r['dtype']}; "
              f"{r['n_hvp']} HVPs, converged: {r['converged']})",
+             f"tolerance: {r['tolerance']}",
              f"{'#':>3} {'eigenvalue':>12} {'residual':>10} {'overlap θ_M':>12} "
              f"{'max |cos| heavy-pair grads':>27}"
              + (f" {'growth/epoch':>13}" if r["preconditioned"] else "")]
@@ -714,9 +717,67 @@ def cmd_saddle(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import format_bench, run_bench, save_bench
+def format_sharpness(s: dict[str, Any], onsets: dict[str, Any]) -> str:
+    th = s["thresholds"]
+    lines = [f"measured      {s['n_points']} points ({s['newly_measured']} new of "
+             f"{s['n_asked']} asked) -> {s['path']}:{s['group']}",
+             f"tolerance     {s['tolerance']}; {s['hvps']} HVPs in all; converged: "
+             f"{'all' if s['all_converged'] else 'not all'}",
+             f"Adam's state  {s['adam_state']}",
+             f"thresholds    38/lr = {th['adam_edge']:.4g}, 2/lr = {th['two_over_lr']:.4g}, "
+             f"-wd = {th['minus_wd']:g}, -2*wd = {th['minus_two_wd']:g}"]
+    rows = onsets["rows"]
+    if rows and "pre_lambda_max" in rows[0]:
+        lines.append("at each onset's last point before it (and over its 100 to 10 epochs "
+                     "before, the median):")
+        lines.append(f"{'onset':>8} {'before':>8} {'λmax(P⁻¹H)':>11} {'/ 38/lr':>8} "
+                     f"{'(median)':>9} {'λgrad(P⁻¹H)':>12} {'/ 2/lr':>8} {'λmin(P⁻¹H)':>11} "
+                     f"{'/ -2wd':>8}")
+        for r in rows:
+            near = r["pre_lambda_max/adam_edge@approach"]
+            lines.append(f"{r['onset']:>8} {r['before_epoch']:>8} "
+                         f"{_fmt(r['pre_lambda_max']):>11} "
+                         f"{r['pre_lambda_max/adam_edge']:>8.3g} "
+                         f"{'-' if near is None else f'{near[0]:.3g}':>9} "
+                         f"{_fmt(r['pre_lambda_grad']):>12} "
+                         f"{r['pre_lambda_grad/two_over_lr']:>8.3g} "
+                         f"{_fmt(r['pre_lambda_min']):>11} "
+                         f"{r['pre_lambda_min/minus_two_wd']:>8.3g}")
+        lines += onsets["verdicts"]
+    if onsets["unmeasured_onsets"]:
+        lines.append("onsets with no measured point in the 10 epochs before: "
+                     + ", ".join(str(e) for e in onsets["unmeasured_onsets"]))
+    return "\n".join(lines) + "\n"
 
+
+def cmd_sharpness(args: argparse.Namespace) -> int:
+    from .sharpness import sharpness_onsets, sharpness_run
+
+    s = sharpness_run(str(args.run), every=args.every, epoch_from=args.epoch_from,
+                      epoch_to=args.epoch_to, zipf_s=args.zipf_s,
+                      preconditioned=args.preconditioned, windows=not args.no_windows,
+                      window_every=args.window_every, tol=args.tol, force=args.force,
+                      progress=not args.no_progress)
+    onsets = sharpness_onsets(str(args.run))
+    if args.json:
+        _print_json({**s, "onsets": onsets})
+    else:
+        sys.stdout.write(format_sharpness(s, onsets))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import format_bench, format_hessian, run_bench, run_hessian_bench, save_bench
+
+    if args.hessian_only or args.hessian_run:
+        result = run_hessian_bench(p=args.p, run=args.hessian_run and str(args.hessian_run),
+                                   epoch=args.hessian_epoch)
+        path = save_bench(result, args.out or "data/bench/hessian.json")
+        if args.json:
+            _print_json(result)
+        else:
+            sys.stdout.write(format_hessian(result) + f"\nsaved {path}\n")
+        return 0
     result = run_bench(epochs=args.epochs, repeats=args.repeats, p=args.p,
                        device=_device(args.device), ensemble_sizes=tuple(args.ensemble_sizes),
                        ensemble_model_epochs=args.ensemble_model_epochs,
@@ -1124,6 +1185,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add (WD/2)|θ|² to the loss: the coupled view of weight decay")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float64",
                    help="precision of the Hessian-vector products (default float64)")
+    p.add_argument("--method", choices=("block", "arpack"), default="block",
+                   help="block: block Krylov on the hand-written HVP (default); arpack: "
+                   "ARPACK on torch.func's HVP, the reference (its tolerance is per pair)")
     _add_device_flag(p, "where the Hessian-vector products run")
     _json_flag(p)
     p.set_defaults(func=cmd_hessian)
@@ -1140,6 +1204,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_flag(p, "where the Hessian-vector products run")
     _json_flag(p)
     p.set_defaults(func=cmd_saddle)
+
+    p = sub.add_parser("sharpness", help="curvature along a run: extreme eigenvalues of H "
+                       "(and of Adam's P^-1 H) at checkpoints, keyframes and collapse windows",
+                       description="Records lambda_max, lambda_min and the curvature along "
+                       "the gradient of the Hessian of L_s (with --preconditioned also of "
+                       "P^-1 H, Adam's state replayed bitwise from the previous keyframe) to "
+                       "the run's analysis/sharpness group (resumable), and prints each "
+                       "collapse's onset against 38/lr, 2/lr and -2*wd.")
+    p.add_argument("run", type=Path, metavar="RUN.h5", help="the run file")
+    p.add_argument("--every", type=int, default=500, metavar="N",
+                   help="measure the checkpoints at multiples of N epochs (default 500), "
+                   "besides every keyframe")
+    p.add_argument("--from", dest="epoch_from", type=int, metavar="E1", help="first epoch")
+    p.add_argument("--to", dest="epoch_to", type=int, metavar="E2", help="last epoch")
+    p.add_argument("--zipf-s", type=float, metavar="S",
+                   help="exponent of the loss (default: the run's at each epoch)")
+    p.add_argument("--preconditioned", action="store_true",
+                   help="also P^-1 H with Adam's second moment (replayed where no keyframe)")
+    p.add_argument("--window-every", type=int, default=1, metavar="M",
+                   help="every M-th record of each collapse window (default 1: all)")
+    p.add_argument("--no-windows", action="store_true", help="skip the collapse windows")
+    p.add_argument("--tol", type=float, default=1e-5,
+                   help="residual tolerance |A u - lambda u| <= tol * max|lambda| "
+                   "(default 1e-5)")
+    p.add_argument("--force", action="store_true",
+                   help="recompute a sharpness analysis made with other settings")
+    _progress_flag(p)
+    _json_flag(p)
+    p.set_defaults(func=cmd_sharpness)
 
     from .plots import KINDS
     p = sub.add_parser("plot", help="draw a figure of a run (PNG + PDF)")
@@ -1227,7 +1320,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "OUT/REPORT.md with figures, the essay's numbers beside the measured "
                        "ones.")
     p.add_argument("--suite", required=True, metavar="NAME|FILE",
-                   help="quick | essay | float64 (experiments/suite_NAME.toml) or a file")
+                   help="quick | essay | float64 | mechanism (experiments/suite_NAME.toml) or a file")
     p.add_argument("--seeds", type=int, nargs="+", metavar="N", help="override the suite's")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing; report on the runs that are finished")
@@ -1288,6 +1381,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-analysis", action="store_true", help="skip the analysis rates")
     p.add_argument("--window", type=int, default=100, metavar="N",
                    help="the runs' collapse-detector window (0: off; default 100, as train)")
+    p.add_argument("--hessian-only", action="store_true",
+                   help="only the Hessian rows: HVPs/s of torch.func, the hand-written HVP "
+                   "and its block form, and the 10 + 10 extremes by ARPACK and block Krylov")
+    p.add_argument("--hessian-run", type=Path, metavar="RUN.h5",
+                   help="measure the Hessian rows at a checkpoint of this run (implies "
+                   "--hessian-only)")
+    p.add_argument("--hessian-epoch", type=int, metavar="E",
+                   help="the checkpoint of --hessian-run (default: the last)")
     _add_device_flag(p, "where the training variants run")
     p.add_argument("--out", type=Path, help="JSON file (default: data/bench/bench.json)")
     _json_flag(p)

@@ -22,7 +22,7 @@ and ``model.named_parameters()`` all use layer order; ``order=`` forces one).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,99 +30,14 @@ import torch
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch import Tensor, nn
 
-from .model import functional_logits, log_probs
+from .model import functional_logits
 
-Operator = Callable[[Tensor], Tensor]
-LossFn = Callable[[Tensor], Tensor]
-Like = Mapping[str, "Tensor | tuple[int, ...]"]
+# the flat view, the loss and its derivatives live with the model (`zgdyn.flat`), so that
+# training can measure along its step; they are part of this module's interface too
+from .flat import (Like, LossFn, Operator, _as_tensor, flatten_params,  # noqa: F401
+                   gradient, make_hvp, unflatten, weighted_loss_fn)
 
 WHICH = {"top": ("LA",), "bottom": ("SA",), "both": ("LA", "SA")}
-
-
-# -- flat view ------------------------------------------------------------------------------
-
-
-def flatten_params(params: Mapping[str, Tensor], *,
-                   order: Iterable[str] | None = None) -> Tensor:
-    """θ = concat_k vec(params[k]) (n,), over the keys of `order` (default: the dict's order)."""
-    names = list(params) if order is None else list(order)
-    return torch.cat([params[k].reshape(-1) for k in names])
-
-
-def _shape(t: Tensor | tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(t.shape) if isinstance(t, Tensor) else tuple(t)
-
-
-def unflatten(vec: Tensor, like: Like) -> dict[str, Tensor]:
-    """{k: view of vec (n,) shaped like like[k]}, in like's order; like holds tensors or shapes."""
-    shapes = {k: _shape(t) for k, t in like.items()}
-    total = sum(math.prod(s) for s in shapes.values())
-    if total != vec.numel():
-        raise ValueError(f"unflatten: vector has {vec.numel()} entries, `like` holds {total}")
-    out: dict[str, Tensor] = {}
-    i = 0
-    for k, shape in shapes.items():
-        size = math.prod(shape)
-        out[k] = vec[i:i + size].reshape(shape)
-        i += size
-    return out
-
-
-# -- loss, gradient, Hessian-vector products --------------------------------------------------
-
-
-def _as_tensor(x: Tensor | np.ndarray, dtype: torch.dtype | None = None) -> Tensor:
-    return torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x, dtype=dtype)
-
-
-def weighted_loss_fn(p: int, a: Tensor | np.ndarray, b: Tensor | np.ndarray,
-                     y: Tensor | np.ndarray, w: Tensor | np.ndarray, *, like: Like,
-                     coupled_wd: float = 0.0, loss: str = "softmax") -> LossFn:
-    """θ ↦ L_s(θ) = Σ_i w_i CE(f_θ(a_i, b_i), y_i) + (coupled_wd / 2) ‖θ‖².
-
-    a, b, y: (m,) int pairs and labels; w: (m,) weights, e.g. ``zipf_weights(split, s)`` for
-    any exponent s (used as given, not renormalized); like: the named parameters (or shapes)
-    that fix the layout of θ (n,). With coupled_wd = λ the Hessian gains exactly λ·I (the
-    "coupled" view of weight decay); loss: the normalizer, softmax or stablemax
-    (`model.log_probs`). The returned function is torch.func-friendly.
-    """
-    a_t, b_t, y_t = (_as_tensor(t, torch.int64) for t in (a, b, y))
-    w_t = _as_tensor(w)
-    like = dict(like)
-
-    def loss_fn(theta: Tensor) -> Tensor:
-        dev = theta.device
-        logits = functional_logits(unflatten(theta, like), a_t.to(dev), b_t.to(dev), p=p)
-        if loss == "softmax":
-            ce = nn.functional.cross_entropy(logits, y_t.to(dev), reduction="none")  # (m,)
-        else:
-            ce = -log_probs(logits, loss).gather(1, y_t.to(dev)[:, None]).squeeze(1)
-        total = (ce * w_t.to(dev, theta.dtype)).sum()
-        if coupled_wd:
-            total = total + 0.5 * coupled_wd * torch.dot(theta, theta)
-        return total
-
-    return loss_fn
-
-
-def gradient(loss_fn: LossFn, theta: Tensor) -> Tensor:
-    """∇L(θ) (n,) by reverse mode, in θ's dtype."""
-    return torch.func.grad(loss_fn)(theta.detach())
-
-
-def make_hvp(loss_fn: LossFn, theta: Tensor) -> Operator:
-    """The operator v ↦ H v = ∂/∂ε ∇L(θ + ε v)|₀ (forward-over-reverse), θ (n,), v (n,).
-
-    Computed in θ's dtype (float32 or float64) on θ's device; each call is one HVP, a few
-    gradient evaluations in cost.
-    """
-    theta = theta.detach()
-    grad_fn = torch.func.grad(loss_fn)
-
-    def hvp(v: Tensor) -> Tensor:
-        return torch.func.jvp(grad_fn, (theta,), (v.to(theta),))[1]
-
-    return hvp
 
 
 def dense_hessian(loss_fn: LossFn, theta: Tensor) -> Tensor:
@@ -136,10 +51,22 @@ def _numpy_operator(op: Operator, n: int) -> tuple[LinearOperator, list[int]]:
 
     def matvec(x: np.ndarray) -> np.ndarray:
         count[0] += 1
-        v = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64).reshape(n))
+        # copied into torch's own (64-byte aligned) memory: ARPACK hands out slices of its
+        # work array, whose alignment varies with the heap, and so would the GEMMs' rounding
+        v = torch.tensor(np.asarray(x, dtype=np.float64).reshape(n))
         return op(v).detach().to("cpu", torch.float64).numpy()
 
     return LinearOperator((n, n), matvec=matvec, dtype=np.float64), count
+
+
+def _residuals(op: Operator, lam: Tensor, vecs: Tensor) -> Tensor:
+    """‖A v_j − λ_j v_j‖ (k,) float64 for the columns v_j of vecs (n, k), each from a fresh
+    product of a fresh copy (a column's place in memory must not change its rounding)."""
+    out = torch.zeros(vecs.shape[1], dtype=torch.float64)
+    for j in range(vecs.shape[1]):
+        av = op(vecs[:, j].clone()).detach().to("cpu", torch.float64)
+        out[j] = (av - lam[j] * vecs[:, j]).norm()
+    return out
 
 
 # -- extreme eigenpairs ---------------------------------------------------------------------
@@ -190,13 +117,10 @@ def extreme_eigs(hvp: Operator, n: int, k: int = 10, which: str = "both", *,
     lam = np.concatenate(vals)
     u = np.concatenate(vecs, axis=1)
     order = np.argsort(-lam, kind="stable")
-    lam_t = torch.from_numpy(lam[order].copy())
-    u_t = torch.from_numpy(u[:, order].copy())
+    lam_t = torch.tensor(lam[order])  # torch's own memory (see `_lanczos`)
+    u_t = torch.tensor(u[:, order])
     u_t = u_t / u_t.norm(dim=0).clamp_min(1e-300)
-    resid = torch.zeros(u_t.shape[1], dtype=torch.float64)
-    for j in range(u_t.shape[1]):
-        av = hvp(u_t[:, j]).detach().to("cpu", torch.float64)
-        resid[j] = (av - lam_t[j] * u_t[:, j]).norm()
+    resid = _residuals(hvp, lam_t, u_t)
     return EigResult(eigenvalues=lam_t, eigenvectors=u_t, residuals=resid,
                      n_hvp=count[0] + u_t.shape[1], converged=converged)
 
@@ -215,7 +139,7 @@ def deflated_power_iteration(hvp: Operator, n: int, k: int = 1, *, tol: float = 
     count = 0
     converged = True
     for _ in range(k):
-        v = torch.from_numpy(rng.standard_normal(n))
+        v = torch.tensor(rng.standard_normal(n))
         lam_old = None
         for _ in range(maxiter):
             for u in vecs:
@@ -233,8 +157,7 @@ def deflated_power_iteration(hvp: Operator, n: int, k: int = 1, *, tol: float = 
         vals.append(lam)
     u_t = torch.stack(vecs, dim=1)
     lam_t = torch.tensor(vals, dtype=torch.float64)
-    resid = torch.stack([(hvp(u_t[:, j]).detach().to("cpu", torch.float64)
-                          - lam_t[j] * u_t[:, j]).norm() for j in range(k)])
+    resid = _residuals(hvp, lam_t, u_t)
     return EigResult(eigenvalues=lam_t, eigenvectors=u_t, residuals=resid, n_hvp=count + k,
                      converged=converged)
 
@@ -266,30 +189,49 @@ def hutchinson_trace(hvp: Operator, n: int, n_probes: int, seed: int) -> tuple[f
     return float(quad.mean()), float(quad.std(ddof=1) / math.sqrt(n_probes))
 
 
-def _lanczos(op: LinearOperator, v0: np.ndarray, m: int, *,
-             keep_basis: bool = False) -> tuple[np.ndarray, ...]:
+def _lanczos(op: Operator, v0: Tensor, m: int, *,
+             keep_basis: bool = False) -> tuple[Tensor, ...]:
     """(α (j,), β (j−1,)) of the Lanczos tridiagonal T_j, j ≤ m, with full reorthogonalization,
-    and the basis Q (j, n) if keep_basis; stops early at an invariant subspace."""
-    n = v0.size
-    basis = np.zeros((min(m, n), n))
+    and the basis Q (j, n) if keep_basis; stops early at an invariant subspace. All in
+    torch's own memory, so the rounding never depends on where numpy put an array."""
+    n = v0.numel()
+    basis = torch.zeros(min(m, n), n, dtype=torch.float64)
     alpha: list[float] = []
     beta: list[float] = []
-    q = v0 / np.linalg.norm(v0)
+    q = v0.to(torch.float64) / v0.to(torch.float64).norm()
     for j in range(basis.shape[0]):
         basis[j] = q
-        w = op.matvec(q)
+        w = op(q.clone()).detach().to("cpu", torch.float64)
         alpha.append(float(q @ w))
         for _ in range(2):  # twice is enough (Kahan–Parlett)
-            w = w - basis[:j + 1].T @ (basis[:j + 1] @ w)
-        b = float(np.linalg.norm(w))
+            w = w - basis[:j + 1].t() @ (basis[:j + 1] @ w)
+        b = float(w.norm())
         scale = max(max(abs(x) for x in alpha), max(beta, default=0.0), 1e-300)
         if j == basis.shape[0] - 1 or b <= 1e-10 * scale:
             break
         beta.append(b)
         q = w / b
+    a_t = torch.tensor(alpha, dtype=torch.float64)
+    b_t = torch.tensor(beta, dtype=torch.float64)
     if keep_basis:
-        return np.array(alpha), np.array(beta), basis[:len(alpha)]
-    return np.array(alpha), np.array(beta)
+        return a_t, b_t, basis[:len(alpha)]
+    return a_t, b_t
+
+
+def _tridiagonal_eigh(alpha: Tensor, beta: Tensor) -> tuple[Tensor, Tensor]:
+    """Eigenvalues (ascending) and eigenvectors of the symmetric tridiagonal (α, β)."""
+    return torch.linalg.eigh(torch.diag(alpha) + torch.diag(beta, 1) + torch.diag(beta, -1))
+
+
+def _counted(op: Operator) -> tuple[Operator, list[int]]:
+    """`op`, and a one-element list counting its calls."""
+    count = [0]
+
+    def counted(v: Tensor) -> Tensor:
+        count[0] += 1
+        return op(v)
+
+    return counted, count
 
 
 def lanczos_extremes(hvp: Operator, n: int, *, steps: int = 150, k: int = 1,
@@ -301,18 +243,17 @@ def lanczos_extremes(hvp: Operator, n: int, *, steps: int = 150, k: int = 1,
     true residuals ‖A v − θ v‖; converged means every residual ≤ tol·max|θ|. Extremes of a
     wide spectrum converge first, so this suits "is there a direction below −wd?".
     """
-    op, count = _numpy_operator(hvp, n)
-    v0 = np.random.default_rng(seed).standard_normal(n)
+    op, count = _counted(hvp)
+    v0 = torch.tensor(np.random.default_rng(seed).standard_normal(n))
     alpha, beta, basis = _lanczos(op, v0, steps, keep_basis=True)
-    theta, s = np.linalg.eigh(np.diag(alpha) + np.diag(beta, 1) + np.diag(beta, -1))
+    theta, s = _tridiagonal_eigh(alpha, beta)
     k = min(k, len(theta) // 2) or 1
     pick = list(range(len(theta) - 1, len(theta) - 1 - k, -1)) + list(range(k - 1, -1, -1))
-    lam = torch.from_numpy(theta[pick].copy())
-    vecs = torch.from_numpy((basis.T @ s[:, pick]).copy())  # (n, 2k)
+    lam = theta[pick]
+    vecs = basis.t() @ s[:, pick]  # (n, 2k)
     vecs = vecs / vecs.norm(dim=0).clamp_min(1e-300)
-    resid = torch.stack([(hvp(vecs[:, j]).detach().to("cpu", torch.float64)
-                          - lam[j] * vecs[:, j]).norm() for j in range(vecs.shape[1])])
-    scale = float(np.abs(theta).max())
+    resid = _residuals(hvp, lam, vecs)
+    scale = float(theta.abs().max())
     return EigResult(eigenvalues=lam, eigenvectors=vecs, residuals=resid,
                      n_hvp=count[0] + vecs.shape[1],
                      converged=bool((resid <= tol * scale).all()))
@@ -330,13 +271,11 @@ def slq_density(hvp: Operator, n: int, n_probes: int, n_steps: int,
     """
     if n_probes < 1 or n_steps < 1:
         raise ValueError(f"n_probes and n_steps: must be >= 1, got {n_probes}, {n_steps}")
-    op, _ = _numpy_operator(hvp, n)
     nodes, weights = [], []
     for z in _probe_stream(n, n_probes, seed):
-        alpha, beta = _lanczos(op, z.numpy(), n_steps)
-        theta, s = np.linalg.eigh(np.diag(alpha) + np.diag(beta, 1) + np.diag(beta, -1))
-        nodes.append(theta)
-        weights.append(s[0] ** 2 / n_probes)
+        theta, s = _tridiagonal_eigh(*_lanczos(hvp, z, n_steps))
+        nodes.append(theta.numpy())
+        weights.append(s[0].square().numpy() / n_probes)
     return np.concatenate(nodes), np.concatenate(weights)
 
 

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-KINDS = ("dynamics", "memorization", "gamma", "spectrum", "portrait", "events", "rate")
+KINDS = ("dynamics", "memorization", "gamma", "spectrum", "portrait", "events", "rate",
+         "sharpness")
 
 
 def _window(epochs: np.ndarray, lo: float | None, hi: float | None) -> np.ndarray:
@@ -378,6 +379,75 @@ def plot_period_laws(laws: dict[str, list[tuple[float, float, str]]], *,
     return fig
 
 
+def plot_sharpness(metrics: dict[str, np.ndarray], sharp: dict[str, np.ndarray],
+                   limits: dict[str, float], *, events: list[int] | None = None,
+                   epoch_from: float | None = None, epoch_to: float | None = None,
+                   title: str = "") -> Figure:
+    """The edge-of-stability figure: train loss and test accuracy on top; λ_max(P⁻¹H) and
+    λ_grad(P⁻¹H) against 38/lr and 2/lr; −λ_min(P⁻¹H) against 2·wd (and wd), so that
+    λ_min below −2·wd is a point above the line (log scales); collapses marked. Without
+    preconditioned columns, the same of H (2/lr the only threshold).
+
+    sharp: the sorted ``analysis/sharpness`` records (epoch (m,), lambda_max, ...,
+    optionally pre_*); limits: `sharpness.thresholds`; events: collapse onsets.
+    """
+    pre = "pre_lambda_max" in sharp
+    c = "pre_" if pre else ""
+    op = "P⁻¹H" if pre else "H"
+    fig = Figure(figsize=(10, 8.5), layout="constrained")
+    ax_l, ax_top, ax_min = fig.subplots(3, 1, sharex=True, height_ratios=(1, 1.2, 1))
+    ep = metrics["epoch"]
+    k = _window(ep, epoch_from, epoch_to)
+    ax_l.semilogy(ep[k], metrics["train_loss"][k], color="C0", lw=1,
+                  label="train loss (Zipf-weighted)")
+    ax_l.set_ylabel("cross-entropy")
+    acc = ax_l.twinx()
+    acc.plot(ep[k], metrics["test_acc"][k], color="C1", lw=1, label="test accuracy")
+    acc.set_ylabel("test accuracy", color="C1")
+    acc.set_ylim(-0.02, 1.02)
+    se = sharp["epoch"]
+    ks = _window(se, epoch_from, epoch_to)
+    dots = dict(ms=2.5, lw=0.8)
+    ax_top.semilogy(se[ks], sharp[f"{c}lambda_max"][ks], ".-", color="C3",
+                    label=f"λ_max({op})", **dots)
+    grad = sharp[f"{c}lambda_grad"][ks]
+    along = "the step P⁻¹g" if pre else "the gradient"
+    ax_top.semilogy(se[ks], np.where(grad > 0, grad, np.nan), ".-", color="C4",
+                    label=f"λ_grad({op}): curvature along {along}", **dots)
+    if pre:
+        ax_top.axhline(limits["adam_edge"], color="C3", ls="--", lw=1,
+                       label=f"38/lr = {limits['adam_edge']:.4g} (Adam's edge of stability)")
+    ax_top.axhline(limits["two_over_lr"], color="C4", ls="--", lw=1,
+                   label=f"2/lr = {limits['two_over_lr']:.4g}")
+    ax_top.set_ylabel(f"top curvature of {op}")
+    neg = -sharp[f"{c}lambda_min"][ks]
+    ax_min.semilogy(se[ks], np.where(neg > 0, neg, np.nan), ".-", color="C2",
+                    label=f"−λ_min({op}) (the most negative curvature)", **dots)
+    if pre:
+        ax_min.axhline(-limits["minus_two_wd"], color="C2", ls="--", lw=1,
+                       label=f"2·wd = {-limits['minus_two_wd']:g}")
+        ax_min.axhline(-limits["minus_wd"], color="C2", ls=":", lw=1,
+                       label=f"wd = {-limits['minus_wd']:g} (the linearized AdamW step "
+                       "grows along λ < −wd)")
+    ax_min.set_ylabel(f"−λ_min({op})")
+    ax_min.set_xlabel("epoch")
+    lo_e = epoch_from if epoch_from is not None else -np.inf
+    hi_e = epoch_to if epoch_to is not None else np.inf
+    for j, ev in enumerate(e for e in (events or []) if lo_e <= e <= hi_e):
+        for ax in (ax_l, ax_top, ax_min):
+            ax.axvline(ev, color="k", lw=0.8, ls="-.", alpha=0.6,
+                       label="collapse onset" if j == 0 and ax is ax_l else None)
+    for ax in (ax_l, ax_top, ax_min):
+        ax.grid(alpha=0.3)
+    h1, l1 = ax_l.get_legend_handles_labels()
+    h2, l2 = acc.get_legend_handles_labels()
+    ax_l.legend(h1 + h2, l1 + l2, fontsize=8, loc="lower left")
+    ax_top.legend(fontsize=8, loc="upper left")
+    ax_min.legend(fontsize=8, loc="upper left")
+    fig.suptitle(title or f"curvature of the Zipf-weighted loss along the run ({op})")
+    return fig
+
+
 def save(fig: Figure, path: str, *, dpi: int = 150) -> None:
     """Save as the path's format (png, pdf, svg)."""
     fig.savefig(path, dpi=dpi)
@@ -413,6 +483,18 @@ def run_figure(path: str, kind: str, *, epoch_from: float | None = None,
     if kind == "events":
         from .analyze import run_events
         return plot_events(metrics, run_events(path)["events"], title=title)
+    if kind == "sharpness":
+        from .analyze import run_events
+        from .sharpness import sorted_sharpness, thresholds
+        with open_run(path) as run:
+            sharp = sorted_sharpness(run)
+        if sharp is None:
+            raise ZgdynError(f"{path}: has no sharpness yet; run `zgdyn sharpness {path} "
+                             "--preconditioned` first")
+        events = run_events(path, threshold=cfg.record.collapse_threshold)["events"]
+        return plot_sharpness(metrics, sharp, thresholds(cfg),
+                              events=[e["epoch"] for e in events], epoch_from=epoch_from,
+                              epoch_to=epoch_to, title=title)
     if analysis is None:
         raise ZgdynError(f"{path}: has no analysis yet; run `zgdyn analyze {path}` first")
     if kind == "memorization":

@@ -8,13 +8,10 @@
 from __future__ import annotations
 
 import datetime as dt
-import math
 import os
 import platform
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from .config import ZgdynError
 from .conclusions import grokking_conclusion

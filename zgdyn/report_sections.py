@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .conclusions import (CONVERGED_GRAD, cycle_conclusion, full_cycle, grokking_conclusion,
+from .conclusions import (CONVERGED_GRAD, cycle_conclusion, full_cycle,
                           late_rate_agreement, perturb_conclusion, point_converged,
                           saddle_conclusion, table1_conclusion, table2_conclusion,
                           table3_conclusion)

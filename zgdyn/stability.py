@@ -25,9 +25,13 @@ from .hessian import (adam_preconditioner, adam_stability_threshold, extreme_eig
                       flatten_params, gradient, gradient_overlaps, linearized_growth_rates,
                       make_hvp, per_pair_gradients, preconditioned_hvp, subspace_overlap,
                       unflatten, weighted_loss_fn)
+from .hvp import LOSS_HEADS, MLPHessian
+from .krylov import block_extremes, preconditioned_block
 from .store import AnalysisWriter, open_run
 
 WHICH = ("top", "bottom", "both")
+METHODS = {"block": "|H u - λ u| <= {tol:g} * max|λ| (block Krylov, hand-written HVP)",
+           "arpack": "|H u - λ u| <= {tol:g} * |λ| for each pair (ARPACK, torch.func HVP)"}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -53,7 +57,7 @@ class Point:
     def loss(self, s: float, coupled_wd: float = 0.0) -> Callable[[torch.Tensor], torch.Tensor]:
         a, b, y = self.pairs
         return weighted_loss_fn(self.p, a, b, y, self.weights(s), like=self.like,
-                                coupled_wd=coupled_wd)
+                                coupled_wd=coupled_wd, loss=self.config.model.loss)
 
     def project_m(self, flat: torch.Tensor) -> torch.Tensor:
         named = unflatten(flat, self.like)
@@ -89,20 +93,37 @@ def load_point(path: str, epoch: int | None = None, *, dtype: str = "float64",
 
 
 def _spectrum_record(point: Point, s: float, k: int, which: str, preconditioned: bool,
-                     tol: float, coupled_wd: float, *, steps: int | None = None) -> dict[str, Any]:
-    """Eigenpairs by ARPACK (steps=None) or by a fixed-budget Lanczos run (which="both")."""
-    hvp = make_hvp(point.loss(s, coupled_wd), point.theta)
+                     tol: float, coupled_wd: float, *, steps: int | None = None,
+                     method: str = "arpack") -> dict[str, Any]:
+    """Eigenpairs by ARPACK on torch.func's HVP (method="arpack", steps=None), by a
+    fixed-budget Lanczos run (steps, which="both"), or by block Krylov on the hand-written
+    HVP (method="block"; for a loss the hand-written HVP does not have, ARPACK)."""
+    d = None
     if preconditioned:
         if point.v is None:
             raise ZgdynError(f"{point.run_path}: epoch {point.epoch} is not a keyframe, so it "
                              "has no Adam state for --preconditioned; choose a keyframe epoch")
         o = point.config.optim
+        if o.name != "adamw" or o.sqrt_v_floor:
+            raise ZgdynError(f"{point.run_path}: --preconditioned uses AdamW's P = diag(√v̂ + "
+                             f"ε); this run trains with {o.name}"
+                             + (" and a √v̂ floor" if o.sqrt_v_floor else ""))
         d = adam_preconditioner(point.v, point.step, o.beta2, o.eps)
-        hvp = preconditioned_hvp(hvp, d)
-    if steps is None:
-        res = extreme_eigs(hvp, point.theta.numel(), k=k, which=which, tol=tol)
+    n = point.theta.numel()
+    if method == "block" and steps is None and point.config.model.loss in LOSS_HEADS:
+        a, b, y = point.pairs
+        mh = MLPHessian(point.p, point.like, a, b, y, point.weights(s), coupled_wd=coupled_wd,
+                        dtype=point.theta.dtype, device=point.theta.device)
+        op = mh.block if d is None else preconditioned_block(mh.block, d)
+        res = block_extremes(op, n, k=k, which=which, tol=tol)
     else:
-        res = lanczos_extremes(hvp, point.theta.numel(), steps=steps, k=k, tol=tol)
+        hvp = make_hvp(point.loss(s, coupled_wd), point.theta)
+        if d is not None:
+            hvp = preconditioned_hvp(hvp, d)
+        if steps is None:
+            res = extreme_eigs(hvp, n, k=k, which=which, tol=tol)
+        else:
+            res = lanczos_extremes(hvp, n, steps=steps, k=k, tol=tol)
     vecs = res.eigenvectors
     if preconditioned:  # directions in parameter space: D^{-1/2} u, normalized
         vecs = vecs * d.rsqrt().to(vecs)[:, None]
@@ -115,15 +136,21 @@ def _spectrum_record(point: Point, s: float, k: int, which: str, preconditioned:
 def hessian_at(path: str, *, epoch: int | None = None, zipf_s: float | None = None,
                k: int = 10, which: str = "both", preconditioned: bool = False,
                dtype: str = "float64", tol: float | None = None, coupled_wd: float = 0.0,
-               n_pairs: int = 5, store: bool = True, device: str = "cpu") -> dict[str, Any]:
+               n_pairs: int = 5, store: bool = True, device: str = "cpu",
+               method: str = "block") -> dict[str, Any]:
     """Extreme eigenpairs of the Hessian of L_s (or of D^{-1/2} H D^{-1/2}) at a checkpoint.
 
-    zipf_s: the exponent of the loss (default: the run's, after any switch). Returns
-    eigenvalues (largest first), residuals, HVP count, each eigenvector's overlap with θ_M
-    and cosines with the gradients of the `n_pairs` heaviest training pairs.
+    zipf_s: the exponent of the loss (default: the run's, after any switch). method:
+    "block" (block Krylov on the hand-written HVP; a pair is converged when
+    ‖H u − λ u‖ ≤ tol·max|λ|) or "arpack" (ARPACK on torch.func's HVP, the reference;
+    ‖H u − λ u‖ ≤ tol·|λ| for each pair). Returns eigenvalues (largest first), residuals,
+    HVP count, the tolerance's meaning, each eigenvector's overlap with θ_M and cosines
+    with the gradients of the `n_pairs` heaviest training pairs.
     """
     if which not in WHICH:
         raise ZgdynError(f"which: must be {' | '.join(WHICH)}, got {which!r}")
+    if method not in METHODS:
+        raise ZgdynError(f"method: must be {' | '.join(METHODS)}, got {method!r}")
     point = load_point(path, epoch, dtype=dtype, device=device)
     if not 1 <= k < point.theta.numel() // 2:
         raise ZgdynError(f"k: must be an integer in [1, {point.theta.numel() // 2}), got {k}")
@@ -133,7 +160,8 @@ def hessian_at(path: str, *, epoch: int | None = None, zipf_s: float | None = No
     if zipf_s < 0:
         raise ZgdynError(f"zipf_s: must be a number >= 0, got {zipf_s}")
     tol = tol if tol is not None else (1e-6 if dtype == "float64" else 1e-4)
-    rec = _spectrum_record(point, zipf_s, k, which, preconditioned, tol, coupled_wd)
+    rec = _spectrum_record(point, zipf_s, k, which, preconditioned, tol, coupled_wd,
+                           method=method)
     vecs = rec["eigenvectors"].to(point.theta)
     overlap_m = subspace_overlap(vecs, point.project_m).double().cpu().numpy()
     heavy = np.argsort(-point.weights(zipf_s), kind="stable")[:n_pairs]
@@ -144,6 +172,7 @@ def hessian_at(path: str, *, epoch: int | None = None, zipf_s: float | None = No
     result = {
         "path": str(path), "epoch": point.epoch, "zipf_s": float(zipf_s), "dtype": dtype,
         "which": which, "k": k, "preconditioned": preconditioned, "coupled_wd": coupled_wd,
+        "method": method, "tolerance": METHODS[method].format(tol=tol),
         "n_key": len(point.key), "eigenvalues": rec["eigenvalues"].tolist(),
         "residuals": rec["residuals"].tolist(), "n_hvp": rec["n_hvp"],
         "converged": rec["converged"], "overlap_theta_m": overlap_m.tolist(),

@@ -38,7 +38,7 @@ from .journal import JournaledFile, ReadOnlyFile, RunFileError, _check_journal_p
 from .journal import recover, writer_active  # noqa: F401 (part of this module's interface)
 from .model import MLP, build_model, param_shapes
 from .optim import needs_max_moment
-from .train import METRICS, OPTIONAL_METRICS, Callback, Snapshot, Trainer, Window
+from .train import METRICS, Callback, Snapshot, Trainer, Window
 
 FORMAT = "zgdyn.run"
 FORMAT_VERSION = 1

@@ -347,7 +347,7 @@ class Trainer:
         weighted train loss along the next step's direction P⁻¹g, in the metric of the
         optimizer's preconditioner P (`optim.denominator`; P = I for sgd). One gradient and
         one Hessian-vector product (torch.func), in the run's dtype."""
-        from .hessian import gradient, make_hvp, weighted_loss_fn
+        from .flat import gradient, make_hvp, weighted_loss_fn
         from .optim import denominator
 
         st = self.step
