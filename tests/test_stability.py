@@ -124,3 +124,36 @@ def test_a_stablemax_run_gets_stablemax_curvature(tmp_path):
                                                optimizer="sgd", lr=0.1), sgd)
     with pytest.raises(ZgdynError, match="this run trains with sgd"):
         hessian_at(str(sgd), zipf_s=1.5, k=1, preconditioned=True, store=False)
+
+
+def test_progress_counts_every_hvp(grokked, monkeypatch):
+    """The bars of hessian and saddle count the products the solvers report."""
+    import zgdyn.stability as st
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total=None, **kw):
+            self.n, self.total, self.closed = 0, total, False
+            bars.append(self)
+
+        def update(self, k):
+            self.n += k
+
+        def set_postfix(self, **kw):
+            pass
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(st, "_progress_bar", lambda progress, desc, total=None:
+                        Bar(total) if progress else None)
+    for method in ("block", "arpack"):
+        r = hessian_at(str(grokked), zipf_s=1.5, k=2, method=method, store=False,
+                       progress=True)
+        assert bars[-1].closed and bars[-1].n >= r["n_hvp"] - 2 * 2 > 0
+    t = saddle_table(str(grokked), exponents=(0.0, 1.5), steps=40, store=False, progress=True)
+    assert bars[-1].closed and bars[-1].n == sum(row["n_hvp"] for row in t["rows"])
+    assert bars[-1].n <= bars[-1].total
+    hessian_at(str(grokked), zipf_s=1.5, k=2, store=False)
+    assert len(bars) == 3  # no bar without progress

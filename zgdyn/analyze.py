@@ -291,10 +291,25 @@ def fit_warnings(fits: dict[str, Any]) -> list[str]:
     return out
 
 
+def _fit_bar(progress: bool, total: int) -> Any:
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc="fit", unit="fit", disable=None)
+
+
+def _advance(bar: Any, stage: str) -> None:
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix(done=stage)
+
+
 def fit_run(path: str, *, model: str = "both", slow: str = "best", m_name: str = "m_w",
-            segment: int | None = None, threshold: float = 100.0) -> dict[str, Any]:
+            segment: int | None = None, threshold: float = 100.0,
+            progress: bool = False) -> dict[str, Any]:
     """Fits (a) per-event rates, (b) the 1-D law and (c) the 2-D slow-fast model to a run's
-    analyzed trajectory; the summary is stored in `analysis/fit` and returned.
+    analyzed trajectory; the summary is stored in `analysis/fit` and returned. progress: a
+    bar over the fits on stderr.
 
     model: "1d" | "2d" | "both". slow: the 2-D model's slow variable, "fourier" | "adam" |
     "best" (both fitted, the lower AIC kept). segment: shooting segment, in checkpoints
@@ -353,12 +368,16 @@ def fit_run(path: str, *, model: str = "both", slow: str = "best", m_name: str =
         out["adam_clock"] = adam_clock(events, dense["epoch"], dense["adam_scale"],
                                        cfg.optim.beta2).to_dict()
         out["adam_clock"]["eps"] = cfg.optim.eps
+    names = list(SLOW_VARIABLES) if slow == "best" else [slow]
+    bar = _fit_bar(progress, (2 if model != "2d" else 0) + (len(names) if model != "1d" else 0))
     if model in ("1d", "both"):
         near = np.zeros(len(t), bool)
         for e in events:  # "between events": leave out each collapse and its first response
             near |= (t >= e.epoch - 2 * step) & (t <= e.epoch + 4 * step)
         between = fit_1d(t, m, lam, segment=segment, mask=~near) if events else None
+        _advance(bar, "1-D, between events")
         whole = fit_1d(t, m, lam, segment=segment)
+        _advance(bar, "1-D, whole")
         law = between or whole
         g0, g1 = law.params
         m_star = law.scales["m_ref"] * np.exp((lam - g0) / g1) if g1 != 0 else None
@@ -366,7 +385,6 @@ def fit_run(path: str, *, model: str = "both", slow: str = "best", m_name: str =
                      "whole": whole.to_dict(), "m_star": None if m_star is None
                      else float(m_star)}
     if model in ("2d", "both"):
-        names = list(SLOW_VARIABLES) if slow == "best" else [slow]
         fits = {}
         for name in names:
             y = tr[SLOW_VARIABLES[name]]
@@ -378,8 +396,11 @@ def fit_run(path: str, *, model: str = "both", slow: str = "best", m_name: str =
                                      "by an earlier zgdyn); use --slow fourier")
                 continue
             fits[name] = fit_2d(t, lm, y, segment=segment, slow_name=name, period_hint=period)
+            _advance(bar, f"2-D, {name}")
         best = min(fits.values(), key=lambda f: f.aic)
         out["2d"] = {"chosen": best.slow, "fits": {k: f.to_dict() for k, f in fits.items()}}
+    if bar is not None:
+        bar.close()
     if "1d" in out and "2d" in out:
         a1 = out["1d"]["whole"]["aic"]
         a2 = out["2d"]["fits"][out["2d"]["chosen"]]["aic"]

@@ -572,7 +572,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from .analyze import fit_run
 
     r = fit_run(str(args.run), model=args.model, slow=args.slow, m_name=args.m,
-                segment=args.segment, threshold=args.threshold)
+                segment=args.segment, threshold=args.threshold,
+                progress=not args.no_progress)
     if args.json:
         _print_json(r)
         return 0
@@ -661,7 +662,8 @@ def cmd_hessian(args: argparse.Namespace) -> int:
     r = hessian_at(str(args.run), epoch=args.epoch, zipf_s=args.zipf_s, k=args.k,
                    device=_device(args.device),
                    which=args.which, preconditioned=args.preconditioned, dtype=args.dtype,
-                   coupled_wd=args.coupled_wd, method=args.method)
+                   coupled_wd=args.coupled_wd, method=args.method,
+                   progress=not args.no_progress)
     if args.json:
         _print_json(r)
         return 0
@@ -709,7 +711,7 @@ def cmd_saddle(args: argparse.Namespace) -> int:
     _finite("--zipf-s", args.zipf_s)
     r = saddle_table(str(args.run), epoch=args.epoch, exponents=tuple(args.zipf_s),
                      device=_device(args.device),
-                     dtype=args.dtype)
+                     dtype=args.dtype, progress=not args.no_progress)
     if args.json:
         _print_json(r)
     else:
@@ -1149,6 +1151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segment", type=int, metavar="N",
                    help="shooting segment in checkpoints (default: about a 16th of the period)")
     _threshold_flag(p)
+    _progress_flag(p)
     _json_flag(p)
     p.set_defaults(func=cmd_fit)
 
@@ -1189,6 +1192,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="block: block Krylov on the hand-written HVP (default); arpack: "
                    "ARPACK on torch.func's HVP, the reference (its tolerance is per pair)")
     _add_device_flag(p, "where the Hessian-vector products run")
+    _progress_flag(p)
     _json_flag(p)
     p.set_defaults(func=cmd_hessian)
 
@@ -1202,6 +1206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "float64"), default="float64",
                    help="precision of the Hessian-vector products (default float64)")
     _add_device_flag(p, "where the Hessian-vector products run")
+    _progress_flag(p)
     _json_flag(p)
     p.set_defaults(func=cmd_saddle)
 

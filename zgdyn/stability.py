@@ -92,9 +92,30 @@ def load_point(path: str, epoch: int | None = None, *, dtype: str = "float64",
                  split=split, config=cfg, key=key, v=v, step=snap.step if snap else None)
 
 
+def _progress_bar(progress: bool, desc: str, total: int | None = None) -> Any:
+    """A tqdm bar counting HVPs on stderr, or None."""
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, unit="HVP", disable=None)
+
+
+def _counted(op: Callable, bar: Any) -> Callable:
+    """`op`, advancing `bar` by the vectors it is applied to (a (b, n) block counts b)."""
+    if bar is None:
+        return op
+
+    def counted(v: torch.Tensor) -> torch.Tensor:
+        out = op(v)
+        bar.update(v.shape[0] if v.dim() == 2 else 1)
+        return out
+
+    return counted
+
+
 def _spectrum_record(point: Point, s: float, k: int, which: str, preconditioned: bool,
                      tol: float, coupled_wd: float, *, steps: int | None = None,
-                     method: str = "arpack") -> dict[str, Any]:
+                     method: str = "arpack", bar: Any = None) -> dict[str, Any]:
     """Eigenpairs by ARPACK on torch.func's HVP (method="arpack", steps=None), by a
     fixed-budget Lanczos run (steps, which="both"), or by block Krylov on the hand-written
     HVP (method="block"; for a loss the hand-written HVP does not have, ARPACK)."""
@@ -115,11 +136,12 @@ def _spectrum_record(point: Point, s: float, k: int, which: str, preconditioned:
         mh = MLPHessian(point.p, point.like, a, b, y, point.weights(s), coupled_wd=coupled_wd,
                         dtype=point.theta.dtype, device=point.theta.device)
         op = mh.block if d is None else preconditioned_block(mh.block, d)
-        res = block_extremes(op, n, k=k, which=which, tol=tol)
+        res = block_extremes(_counted(op, bar), n, k=k, which=which, tol=tol)
     else:
         hvp = make_hvp(point.loss(s, coupled_wd), point.theta)
         if d is not None:
             hvp = preconditioned_hvp(hvp, d)
+        hvp = _counted(hvp, bar)
         if steps is None:
             res = extreme_eigs(hvp, n, k=k, which=which, tol=tol)
         else:
@@ -137,7 +159,7 @@ def hessian_at(path: str, *, epoch: int | None = None, zipf_s: float | None = No
                k: int = 10, which: str = "both", preconditioned: bool = False,
                dtype: str = "float64", tol: float | None = None, coupled_wd: float = 0.0,
                n_pairs: int = 5, store: bool = True, device: str = "cpu",
-               method: str = "block") -> dict[str, Any]:
+               method: str = "block", progress: bool = False) -> dict[str, Any]:
     """Extreme eigenpairs of the Hessian of L_s (or of D^{-1/2} H D^{-1/2}) at a checkpoint.
 
     zipf_s: the exponent of the loss (default: the run's, after any switch). method:
@@ -145,7 +167,8 @@ def hessian_at(path: str, *, epoch: int | None = None, zipf_s: float | None = No
     ‖H u − λ u‖ ≤ tol·max|λ|) or "arpack" (ARPACK on torch.func's HVP, the reference;
     ‖H u − λ u‖ ≤ tol·|λ| for each pair). Returns eigenvalues (largest first), residuals,
     HVP count, the tolerance's meaning, each eigenvector's overlap with θ_M and cosines
-    with the gradients of the `n_pairs` heaviest training pairs.
+    with the gradients of the `n_pairs` heaviest training pairs. progress: a count of the
+    HVPs on stderr.
     """
     if which not in WHICH:
         raise ZgdynError(f"which: must be {' | '.join(WHICH)}, got {which!r}")
@@ -160,8 +183,13 @@ def hessian_at(path: str, *, epoch: int | None = None, zipf_s: float | None = No
     if zipf_s < 0:
         raise ZgdynError(f"zipf_s: must be a number >= 0, got {zipf_s}")
     tol = tol if tol is not None else (1e-6 if dtype == "float64" else 1e-4)
-    rec = _spectrum_record(point, zipf_s, k, which, preconditioned, tol, coupled_wd,
-                           method=method)
+    bar = _progress_bar(progress, f"hessian s={zipf_s:g}")
+    try:
+        rec = _spectrum_record(point, zipf_s, k, which, preconditioned, tol, coupled_wd,
+                               method=method, bar=bar)
+    finally:
+        if bar is not None:
+            bar.close()
     vecs = rec["eigenvectors"].to(point.theta)
     overlap_m = subspace_overlap(vecs, point.project_m).double().cpu().numpy()
     heavy = np.argsort(-point.weights(zipf_s), kind="stable")[:n_pairs]
@@ -207,13 +235,15 @@ def _write(path: str, group: str, attrs: dict[str, Any], arrays: dict[str, Any])
 def saddle_table(path: str, *, epoch: int | None = None,
                  exponents: tuple[float, ...] = (0.0, 1.0, 1.5, 2.0, 3.0),
                  dtype: str = "float64", tol: float | None = None, steps: int = 150,
-                 store: bool = True, device: str = "cpu") -> dict[str, Any]:
+                 store: bool = True, device: str = "cpu",
+                 progress: bool = False) -> dict[str, Any]:
     """One row per Zipf exponent at one checkpoint (default: the last keyframe).
 
     Columns: ‖∇L_s‖; λ_min, λ_max of H_s; λ_min, λ_max of D^{-1/2} H_s D^{-1/2}; the overlap
     of the most negative preconditioned direction with θ_M; and its predicted growth rate
     −lr·μ_min − lr·wd per epoch (> 0: the Fourier solution is unstable along it). Each
     spectrum is one Lanczos run of `steps` HVPs (both ends at once), residuals reported.
+    progress: a bar over the HVPs on stderr.
     """
     with open_run(path) as run:
         if epoch is None:
@@ -229,9 +259,12 @@ def saddle_table(path: str, *, epoch: int | None = None,
     tol = tol if tol is not None else 1e-4  # relative; μ_min is compared with wd
     o = point.config.optim
     rows, bottom_vecs = [], []
+    bar = _progress_bar(progress, "saddle", total=2 * len(exponents) * (steps + 2))
     for s in exponents:
-        raw = _spectrum_record(point, s, 1, "both", False, tol, 0.0, steps=steps)
-        pre = _spectrum_record(point, s, 1, "both", True, tol, 0.0, steps=steps)
+        if bar is not None:
+            bar.set_postfix(s=f"{s:g}")
+        raw = _spectrum_record(point, s, 1, "both", False, tol, 0.0, steps=steps, bar=bar)
+        pre = _spectrum_record(point, s, 1, "both", True, tol, 0.0, steps=steps, bar=bar)
         v_min = pre["eigenvectors"][:, -1:].to(point.theta)
         mu_min = float(pre["eigenvalues"][-1])
         rows.append({
@@ -248,6 +281,8 @@ def saddle_table(path: str, *, epoch: int | None = None,
             "n_hvp": raw["n_hvp"] + pre["n_hvp"],
         })
         bottom_vecs.append(v_min[:, 0].float().cpu().numpy())
+    if bar is not None:
+        bar.close()
     result = {"path": str(path), "epoch": epoch, "dtype": dtype, "n_key": len(point.key),
               "lr_wd": o.lr * o.weight_decay,
               "adam_threshold": adam_stability_threshold(o.lr, o.beta1), "rows": rows,
