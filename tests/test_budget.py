@@ -34,11 +34,13 @@ def test_the_disk_estimate_at_the_defaults_is_the_documented_size():
 
 def test_the_memory_estimate_covers_a_real_process(tmp_path):
     """The peak resident memory of a run's process stays below its estimate."""
-    import resource
     import subprocess
     import sys
-    code = ("import resource, sys; from zgdyn.cli import main; main(sys.argv[1:]); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)")
+    # VmHWM: the peak of this process's own memory (ru_maxrss would carry over the peak of
+    # the pytest process it was forked from, across the exec)
+    code = ("import sys; from zgdyn.cli import main; main(sys.argv[1:]); "
+            "print(next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') "
+            "if l.startswith('VmHWM:')))")
     args = ["train", "--p", "31", "--hidden", "64", "64", "--epochs", "100", "--window", "20",
             "--threads", "1",
             "--no-progress", "--json", "--out", str(tmp_path / "r.h5")]
@@ -47,7 +49,7 @@ def test_the_memory_estimate_covers_a_real_process(tmp_path):
     cfg = Config().replace(p=31, hidden=(64, 64), epochs=100, window=20)
     b = budget()
     assert peak < b.memory_bytes(cfg), (b.fmt_bytes(peak), b.fmt_bytes(b.memory_bytes(cfg)))
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
+    assert peak > 100e6  # it measured a process that imported torch, not an empty one
 
 
 REFUSED = [

@@ -147,7 +147,10 @@ def test_edge_of_stability_verdict_reads_the_onset_curvature():
 
 
 def test_onset_curvature_replays_bitwise_and_matches_the_dense_spectrum(tmp_path):
-    cfg = small_config(300, p=7, hidden=(8,), zipf_s=1.5, ckpt_every=10, keyframe_every=100)
+    """(The run stops after its 4th collapse, as the mechanism suite's do: the replay, which
+    needs no detector, must still accept its config.)"""
+    cfg = small_config(300, p=7, hidden=(8,), zipf_s=1.5, ckpt_every=10, keyframe_every=100,
+                       stop_after_collapses=4)
     path = tmp_path / "r.h5"
     train_run(cfg, path)
     with open_run(path) as run:
@@ -156,7 +159,7 @@ def test_onset_curvature_replays_bitwise_and_matches_the_dense_spectrum(tmp_path
     # the replay reproduced epoch 250 exactly: the measurement is at the recorded point
     from zgdyn.train import Trainer
     with open_run(path) as run:
-        t = Trainer(cfg.replace(window=0), run.snapshot_at(200))
+        t = Trainer(cfg.replace(window=0, stop_after_collapses=None), run.snapshot_at(200))
     t.advance_to(250)
     assert all(torch.equal(t.params[k], recorded[k]) for k in recorded)
     st = t.step

@@ -1092,7 +1092,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ensemble-size", type=int, metavar="K",
                    help="members per ensemble; more are trained as several ensembles in turn "
                    "(default: all at once)")
-    p.add_argument("--ensemble-mode", choices=("auto", "batched", "members"), default="auto",
+    from .ensemble import MODES
+    p.add_argument("--ensemble-mode", choices=MODES, default="auto",
                    help="how an ensemble computes gradients: batched kernels (a GPU, or a "
                    "small model on a CPU) or each member's own fused step in turn, bitwise its "
                    "solo run (a CPU at full size); default auto chooses so")

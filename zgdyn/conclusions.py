@@ -193,9 +193,9 @@ def saddle_conclusion(saddle: dict[str, Any], weight_decay: float) -> str:
                      f"{_join(names)}" + (", the uniform control included: the instability "
                                           "is not specific to Zipf weighting" if ctrl else ""))
     if unconverged:
-        parts.append(f"the eigenvalues did not converge at {_join(unconverged)}, whose "
+        parts.append(f"The eigenvalues did not converge at {_join(unconverged)}, whose "
                      "rows are marked and not counted")
-    return "; ".join(parts) + "." if parts else "Nothing to conclude: the table is empty."
+    return ". ".join(parts) + "." if parts else "Nothing to conclude: the table is empty."
 
 
 def perturb_conclusion(perturb: dict[str, Any]) -> str:

@@ -193,7 +193,7 @@ def onset_curvature(run: Any, epoch: int, *, steps: int = 60, tol: float = 1e-3,
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        trainer = Trainer(cfg.replace(window=0), snap)
+        trainer = Trainer(cfg.replace(window=0, stop_after_collapses=None), snap)
         trainer.advance_to(epoch)
     finally:
         torch.set_num_threads(old)

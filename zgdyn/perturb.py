@@ -128,7 +128,7 @@ def perturb_run(path: str | Path, *, epoch: int | None = None,
             bar.set_postfix(s=f"{s:g}", stage="directions")
         run_cfg = cfg.replace(zipf_s=float(s), switch_s=None, switch_at_test_acc=None,
                               switch_at_epoch=None, phase2_epochs=None, window=0,
-                              epochs=epoch + epochs, dtype=dtype)
+                              stop_after_collapses=None, epochs=epoch + epochs, dtype=dtype)
         base = Trainer(run_cfg, snap)
         names = list(base.step.shapes)
         theta0 = base.step.theta.clone()

@@ -128,7 +128,8 @@ def adam_states(run: Run, epochs: list[int]) -> Iterator[tuple[int, Tensor, int,
         if not len(start):
             raise ZgdynError(f"{run.path}: epoch {e} has no keyframe before it to replay from")
         if trainer is None or trainer.epoch > e or trainer.epoch < int(start[-1]):
-            trainer = Trainer(cfg.replace(window=0), run.snapshot_at(int(start[-1])))
+            trainer = Trainer(cfg.replace(window=0, stop_after_collapses=None),
+                              run.snapshot_at(int(start[-1])))
         with _threads(threads):
             while trainer.epoch < e:
                 trainer.after_step(trainer.step.step(), check=True)
