@@ -44,6 +44,7 @@ ONSET_BEFORE = 10  # the curvature at onset is measured this many epochs before 
 TOLERANCE = 0.15  # a period law "holds" where its median relative error is within this
 EOS_BAND = (0.5, 2.0)  # λ_max(P⁻¹H) / threshold within this band "is at" the threshold
 NEAR_EPS = 10.0  # "onset near ε": √v̂ at onset within this factor of ε
+REACHED = 0.95  # a run "reached the solution" once its test accuracy got to this
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ def run_record(config: Config, metrics: dict[str, np.ndarray], *, label: str, va
                                 grid=config.record.eval_every)
     stats = cycle_statistics(events, e, metrics["test_acc"])
     test = np.asarray(metrics["test_acc"])
-    above = np.flatnonzero(test >= 0.95)
+    above = np.flatnonzero(test >= REACHED)
     a = np.asarray(metrics.get("adam_scale", np.full(len(e), np.nan)), np.float64)
     med = np.asarray(metrics.get("sqrt_v_median", np.full(len(e), np.nan)), np.float64)
     o = config.optim
@@ -341,6 +342,18 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _reached(r: RunRecord) -> bool:
+    """Whether the run reached the solution (REACHED test accuracy) at all."""
+    return r.first_95 is not None
+
+
+def _never(runs: Any) -> str:
+    """"; not counted: ... never reached 95% test" for the runs among `runs` that did not."""
+    names = sorted({r.variant for r in runs if not _reached(r) and r.collapses == 0})
+    return (f"; not counted, as they never reached {_pct(REACHED)} test: {', '.join(names)}"
+            if names else "")
+
+
 def verdicts(records: list[RunRecord], *, baseline: str = "baseline") -> list[Verdict]:
     """Each mechanism's predictions checked against the runs (thresholds: TOLERANCE for a
     period law, NEAR_EPS for "near ε", EOS_BAND for "at the threshold")."""
@@ -359,13 +372,18 @@ def verdicts(records: list[RunRecord], *, baseline: str = "baseline") -> list[Ve
         f"median error {_pct(err)} over {len(laws['saddle'])} runs"
         + (f"; beyond {_pct(TOLERANCE)}: {', '.join(broke)}" if broke else ""),
         err, len(laws["saddle"]), broke)]
-    gone = sorted({r.variant for r in controls if r.collapses == 0 and r.loss == "softmax"})
-    same_loss = sorted({r.variant for r in controls if r.loss == "softmax"})
+    # a run that never reached the solution has nothing to fall from: it counts neither way
+    gone = sorted({r.variant for r in controls if r.collapses == 0 and r.loss == "softmax"
+                   and _reached(r)})
+    same_loss = sorted({r.variant for r in controls if r.loss == "softmax"
+                        and (r.collapses > 0 or _reached(r))})
+    never = _never(r for r in controls if r.loss == "softmax")
     preds.append(Prediction(
         "saddle", "collapses persist under every control that keeps the loss",
         None if not (same_loss and base_collapses) else not gone,
         f"{len(same_loss) - len(gone)} of {len(same_loss)} such controls collapse"
-        + (f"; none in {', '.join(gone)}" if gone else ""), None, len(same_loss), gone))
+        + (f"; none in {', '.join(gone)}" if gone else "") + never,
+        None, len(same_loss), gone))
     out.append(Verdict("saddle", preds))
 
     # Adam's clock
@@ -390,26 +408,32 @@ def verdicts(records: list[RunRecord], *, baseline: str = "baseline") -> list[Ve
             bool(1 / NEAR_EPS <= med <= NEAR_EPS),
             f"√mean v̂ at onset / ε: median {med:.3g} (range {lo:.3g}–{hi:.3g}) over "
             f"{len(ratios)} collapses", None, len(ratios)))
-    sgd = [r for r in records if r.optimizer == "sgd"]
-    if sgd:
+    every_sgd = [r for r in records if r.optimizer == "sgd"]
+    sgd = [r for r in every_sgd if r.collapses > 0 or _reached(r)]
+    if every_sgd:
         fell = [r for r in sgd if r.collapses > 0]
         preds.append(Prediction(
-            "Adam's clock", "SGD, with no second moment, does not collapse", not fell,
-            f"{sum(r.collapses for r in sgd)} collapses in {len(sgd)} SGD runs",
-            None, len(sgd), sorted({r.variant for r in fell})))
+            "Adam's clock", "SGD, with no second moment, does not collapse",
+            not fell if sgd else None,
+            f"{sum(r.collapses for r in sgd)} collapses in {len(sgd)} SGD runs that reached "
+            f"{_pct(REACHED)} test" + _never(every_sgd), None, len(sgd),
+            sorted({r.variant for r in fell})))
     out.append(Verdict("Adam's clock", preds))
 
     # numerics
     preds = []
     for what, sel in (("float64", lambda r: r.dtype == "float64"),
                       ("StableMax", lambda r: r.loss == "stablemax")):
-        runs = [r for r in controls if sel(r)]
-        if runs and base_collapses:
+        every = [r for r in controls if sel(r)]
+        runs = [r for r in every if r.collapses > 0 or _reached(r)]
+        if every and base_collapses:
             n = sum(r.collapses for r in runs)
-            preds.append(Prediction("numerics", f"no collapses in {what}", n == 0,
-                                    f"{n} collapses in {len(runs)} {what} runs "
-                                    f"(baseline: {sum(r.collapses for r in base)} in "
-                                    f"{len(base)})", None, len(runs),
+            preds.append(Prediction("numerics", f"no collapses in {what}",
+                                    n == 0 if runs else None,
+                                    f"{n} collapses in {len(runs)} {what} runs that reached "
+                                    f"{_pct(REACHED)} test (baseline: "
+                                    f"{sum(r.collapses for r in base)} in {len(base)})"
+                                    + _never(every), None, len(runs),
                                     sorted({r.variant for r in runs if r.collapses})))
     out.append(Verdict("numerics", preds))
 
