@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 KINDS = ("dynamics", "memorization", "gamma", "spectrum", "portrait", "events", "rate",
          "sharpness")
@@ -363,6 +364,8 @@ def plot_period_laws(laws: dict[str, list[tuple[float, float, str]]], *,
             ax.set_ylim(lo, hi)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):  # decades only: minor labels collide on a log axis
+            axis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("predicted (epochs)")
         ax.set_ylabel("measured (epochs)")
         ax.set_title(LAW_TITLES[name], fontsize=9)
