@@ -1,9 +1,12 @@
 """The Hessian rows of `zgdyn bench` (its speed figures are measured, not tested)."""
 
+import pytest
+
 from zgdyn.bench import format_hessian, run_hessian_bench
 from zgdyn.cli import main
 
 
+@pytest.mark.heavy
 def test_hessian_rows_compare_like_with_like(tmp_path, capsys):
     r = run_hessian_bench(p=11, k=3, repeats=1)
     for dt in ("float32", "float64"):

@@ -8,6 +8,8 @@ from zgdyn.cli import main
 from zgdyn.config import ConfigError
 from zgdyn.runner import train_run
 
+pytestmark = pytest.mark.heavy  # trains runs, kills processes: not in the inner loop
+
 
 def budget():
     import zgdyn.budget

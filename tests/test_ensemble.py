@@ -9,6 +9,8 @@ from zgdyn.ensemble import SMALL_STEP_FLOP, Ensemble, EnsembleStep, resolve_mode
 from zgdyn.runner import train_ensemble, train_run
 from zgdyn.train import MetricsLog, Trainer
 
+pytestmark = pytest.mark.heavy  # trains runs, kills processes: not in the inner loop
+
 # members that differ in everything an ensemble allows: seed (so init and split), Zipf
 # exponent, weighting, learning rate and weight decay
 VARIED = [dict(seed=1), dict(seed=2, zipf_s=1.5), dict(seed=3, zipf_s=1.0, weighting="independent"),

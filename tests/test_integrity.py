@@ -16,6 +16,8 @@ from zgdyn.cli import main
 from zgdyn.runner import train_run
 from zgdyn.store import RunFileError, verify_run
 
+pytestmark = pytest.mark.heavy  # trains runs, kills processes: not in the inner loop
+
 
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory):

@@ -226,6 +226,7 @@ def test_mechanism_record_stores_and_reuses_its_curvature(tmp_path, monkeypatch)
     assert calls == [(1, 1)] and again.onsets == first.onsets
 
 
+@pytest.mark.heavy
 def test_a_mechanism_suite_reports_its_table_and_verdicts(tmp_path):
     """A tiny suite whose collapses are planted (a kick every 2,300 epochs) in a
     baseline and a control with twice the decay rate: the period does not follow λ, so

@@ -294,6 +294,7 @@ def _flags(changes):
     return out
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_each_optimizer_resumes_bitwise_after_sigkill(tmp_path, name):
     flags = FLAGS + _flags(VARIANTS[name])

@@ -20,6 +20,8 @@ from zgdyn.runner import resume_run, train_run
 from zgdyn.store import RunFileError, open_run, verify_run
 from zgdyn.train import Callback, Diverged
 
+pytestmark = pytest.mark.heavy  # trains runs, kills processes: not in the inner loop
+
 # A child process that runs the CLI, optionally killing itself (see KILL_PREAMBLE).
 CHILD = KILL_PREAMBLE + """
 from zgdyn.cli import main

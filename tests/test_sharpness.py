@@ -19,6 +19,8 @@ from zgdyn.sharpness import (adam_states, measure_epochs, onset_table, onset_ver
                              sharpness_onsets, sharpness_run, sorted_sharpness, thresholds)
 from zgdyn.store import open_run
 
+pytestmark = pytest.mark.heavy  # trains runs, kills processes: not in the inner loop
+
 # p = 7 under strong weight decay: the loss jumps 1.2x at epoch 2089, a recorded window
 FLAGS = dict(p=7, hidden=(8,), train_frac=0.6, zipf_s=1.5, lr=0.01, weight_decay=5.0,
              window=5, collapse_threshold=1.2, eval_every=10, ckpt_every=50)

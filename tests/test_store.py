@@ -203,6 +203,7 @@ SMALL_FLAGS = ["--p", "13", "--train-frac", "0.5", "--hidden", "24", "24", "--zi
                "--no-progress"]
 
 
+@pytest.mark.heavy
 def test_sigkill_then_resume_is_bitwise(tmp_path):
     """Kill the trainer at several moments; each time the file opens, holds its keyframes
     and resumes to the same final parameters as an uninterrupted run."""

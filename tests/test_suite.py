@@ -20,6 +20,8 @@ from zgdyn.store import open_run
 from zgdyn.suite import execute, plan, run_suite, suite_from_dict
 from zgdyn.train import MetricsLog, Trainer
 
+pytestmark = pytest.mark.heavy  # trains runs, kills processes: not in the inner loop
+
 BASE = {"p": 23, "train_frac": 0.8, "hidden": [48, 48], "lr": 3e-3, "eval_every": 50,
         "ckpt_every": 50, "keyframe_every": 500}
 TINY = {"name": "tiny", "seeds": [1, 2], "base": BASE,

@@ -18,6 +18,8 @@ from zgdyn.scorecard import scorecard
 from zgdyn.store import open_run
 from zgdyn.sweep import phase_grid, run_label, run_sweep, sweep_from_dict, sweep_report
 
+pytestmark = pytest.mark.heavy  # trains runs, kills processes: not in the inner loop
+
 BASE = {"p": 11, "train_frac": 0.5, "hidden": [16, 16], "lr": 3e-3, "epochs": 300,
         "eval_every": 10, "ckpt_every": 20, "keyframe_every": 100}
 TINY = {"name": "tiny", "description": "four tiny runs", "base": BASE,

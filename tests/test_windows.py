@@ -20,6 +20,8 @@ from zgdyn.runner import replay_run, resume_run, train_run
 from zgdyn.store import open_run, verify_run
 from zgdyn.train import CollapseWatch
 
+pytestmark = pytest.mark.heavy  # trains runs, kills processes: not in the inner loop
+
 # -- the detector on planted sequences ------------------------------------------------------
 
 
