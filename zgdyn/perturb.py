@@ -33,15 +33,11 @@ import torch
 from .config import ZgdynError
 from .fourier import key_freqs_of, memorization_projector
 from .growth import adamw_direction, gamma_inst
-from .hessian import linearized_growth_rates
+from .hessian import flatten_params, linearized_growth_rates, unflatten
 from .store import open_run
 from .train import Trainer
 
 DIRECTIONS = ("theta_m", "hessian", "random")
-
-
-def _flat(named: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
-    return torch.cat([named[n].reshape(-1) for n in names])
 
 
 def rates(dist: np.ndarray, early: int) -> dict[str, float | None]:
@@ -137,8 +133,9 @@ def perturb_run(path: str | Path, *, epoch: int | None = None,
         base.step.loss_and_grad()
         u = adamw_direction(base.step.grad, base.step.exp_avg, base.step.exp_avg_sq,
                             base.step.t, o)
-        theta_m = _flat(project(base.step.views(theta0)), names)
-        g_inst = gamma_inst(_flat(project(base.step.views(u)), names), theta_m, o.lr)
+        theta_m = flatten_params(project(base.step.views(theta0)), order=names)
+        g_inst = gamma_inst(flatten_params(project(base.step.views(u)), order=names), theta_m,
+                            o.lr)
         pred = {"zipf_s": float(s), "gamma_inst": g_inst, "law_rate": g_inst - lam,
                 "hessian_rate": None, "mu_min": None, "theta_norm": theta_norm,
                 "m_w": float(theta_m.norm())}
@@ -158,9 +155,10 @@ def perturb_run(path: str | Path, *, epoch: int | None = None,
                 pred["hessian_rate"] = float(linearized_growth_rates([mu], o.lr,
                                                                      o.weight_decay)[0])
                 v = rec["eigenvectors"][:, -1]  # flattened in the checkpoint's name order
-                v = _flat({n: x for n, x in zip(point.like, _split(v, point.like))}, names)
+                v = flatten_params(unflatten(v, point.like), order=names)
             vecs[d] = (v / v.norm()).to(theta0)  # dtype and device
-            overlap[d] = float(_flat(project(base.step.views(vecs[d])), names).norm())
+            overlap[d] = float(flatten_params(project(base.step.views(vecs[d])),
+                                              order=names).norm())
         predictions.append(pred)
         if bar is not None:
             bar.set_postfix(s=f"{s:g}", stage="train")
@@ -205,14 +203,6 @@ def perturb_run(path: str | Path, *, epoch: int | None = None,
                {"curves": np.stack(curves)})
     result["curves"] = [c.tolist() for c in curves]
     return result
-
-
-def _split(v: torch.Tensor, like: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    out, i = [], 0
-    for x in like.values():
-        out.append(v[i:i + x.numel()].reshape(x.shape))
-        i += x.numel()
-    return out
 
 
 def stored_perturb(path: str | Path, epoch: int) -> dict[str, Any] | None:
