@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import ZgdynError
+from .config import LOOKBACK, REFRACTORY, ZgdynError
 from .fourier import checkpoint_measures, key_freqs_of, memorization_projector
 from .growth import adamw_direction, gamma_curve, gamma_fd, gamma_inst
 from .hessian import flatten_params
@@ -209,8 +209,8 @@ def _analyze(writer: AnalysisWriter, run: Run, key_freqs: str, ref_epoch: int | 
     return summary
 
 
-def run_events(path: str, *, threshold: float = 100.0, lookback: int = 2_000,
-               refractory: int = 2_000) -> dict[str, Any]:
+def run_events(path: str, *, threshold: float = 100.0, lookback: int = LOOKBACK,
+               refractory: int = REFRACTORY) -> dict[str, Any]:
     """Collapse events and cycle statistics of a run (Fourier energy if it was analyzed)."""
     from .oscillator import check_threshold, cycle_statistics, detect_events
     from .store import open_run

@@ -36,10 +36,10 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .config import DTYPES, INITS, LOSSES, OPTIMIZERS, WEIGHTINGS, Config, ZgdynError, \
-    fields_by_section, flat_name, flatten, from_flat, load_toml
+from .config import DTYPE_NAMES, INITS, LOOKBACK, LOSSES, OPTIMIZERS, REFRACTORY, WEIGHTINGS, \
+    Config, ZgdynError, fields_by_section, flat_name, flatten, from_flat, load_toml
 
-CHOICES = {"weighting": WEIGHTINGS, "init": INITS, "dtype": DTYPES, "loss": LOSSES,
+CHOICES = {"weighting": WEIGHTINGS, "init": INITS, "dtype": DTYPE_NAMES, "loss": LOSSES,
            "optimizer": OPTIMIZERS, "switch_optimizer": OPTIMIZERS}
 RUNS_DIR = Path("data/runs")
 
@@ -1131,10 +1131,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("events", help="collapse events and cycle statistics from the metrics")
     p.add_argument("run", type=Path, metavar="RUN.h5", help="the run file")
     _threshold_flag(p)
-    p.add_argument("--lookback", type=int, default=2000, metavar="EPOCHS",
-                   help="the recent minimum is taken over this many epochs (default 2000)")
-    p.add_argument("--refractory", type=int, default=2000, metavar="EPOCHS",
-                   help="after a collapse the detector rests this many epochs (default 2000)")
+    p.add_argument("--lookback", type=int, default=LOOKBACK, metavar="EPOCHS",
+                   help=f"the recent minimum is taken over this many epochs (default {LOOKBACK})")
+    p.add_argument("--refractory", type=int, default=REFRACTORY, metavar="EPOCHS",
+                   help=f"after a collapse the detector rests this many epochs (default "
+                   f"{REFRACTORY})")
     _json_flag(p)
     p.set_defaults(func=cmd_events)
 

@@ -21,7 +21,11 @@ from typing import Any
 
 WEIGHTINGS = ("rank", "independent", "output_freq")
 INITS = ("lecun", "torch")
-DTYPES = ("float32", "float64")
+DTYPE_NAMES = ("float32", "float64")  # torch dtypes by name: `model.DTYPES`
+# the collapse detector: the recent minimum is over LOOKBACK epochs, and after a collapse
+# it rests REFRACTORY epochs (`train.CollapseWatch`, `oscillator.detect_events`)
+LOOKBACK = 2_000
+REFRACTORY = 2_000
 OPTIMIZERS = ("adamw", "sgd", "amsgrad", "adam_atan2")
 LOSSES = ("softmax", "stablemax")
 ADAM_FAMILY = ("adamw", "amsgrad")  # the optimizers with eps, a floor and update clipping
@@ -98,7 +102,7 @@ class ModelConfig:
                and all(_is_int(h) and h >= 1 for h in hidden),
                "hidden", "one or more integers >= 1", self.hidden)
         _check(self.init in INITS, "init", " | ".join(INITS), self.init)
-        _check(self.dtype in DTYPES, "dtype", " | ".join(DTYPES), self.dtype)
+        _check(self.dtype in DTYPE_NAMES, "dtype", " | ".join(DTYPE_NAMES), self.dtype)
         _check(self.loss in LOSSES, "loss", " | ".join(LOSSES), self.loss)
 
 

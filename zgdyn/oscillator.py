@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import ConfigError
+from .config import LOOKBACK, REFRACTORY, ConfigError
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def check_threshold(threshold: float) -> None:
 
 
 def detect_events(epochs: np.ndarray, train_loss: np.ndarray, *, threshold: float = 100.0,
-                  lookback: int = 2_000, refractory: int = 2_000,
+                  lookback: int = LOOKBACK, refractory: int = REFRACTORY,
                   test_acc: np.ndarray | None = None,
                   fourier: tuple[np.ndarray, np.ndarray] | None = None) -> list[Event]:
     """Collapse events in a train-loss trajectory (epochs (n,), train_loss (n,)).
@@ -109,7 +109,7 @@ def detect_events(epochs: np.ndarray, train_loss: np.ndarray, *, threshold: floa
     return events
 
 
-def drop_continuations(events: list[Event], *, refractory: int = 2_000,
+def drop_continuations(events: list[Event], *, refractory: int = REFRACTORY,
                        grid: float = 100.0) -> list[Event]:
     """The events without those that fire as soon as the detector's rest allows, within
     `grid` (the evaluation interval) of `refractory` epochs after the previous event: the

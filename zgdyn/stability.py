@@ -26,13 +26,13 @@ from .hessian import (adam_preconditioner, adam_stability_threshold, extreme_eig
                       make_hvp, per_pair_gradients, preconditioned_hvp, subspace_overlap,
                       unflatten, weighted_loss_fn)
 from .hvp import LOSS_HEADS, MLPHessian
+from .model import DTYPES
 from .krylov import block_extremes, preconditioned_block
 from .store import AnalysisWriter, open_run
 
 WHICH = ("top", "bottom", "both")
 METHODS = {"block": "|H u - λ u| <= {tol:g} * max|λ| (block Krylov, hand-written HVP)",
            "arpack": "|H u - λ u| <= {tol:g} * |λ| for each pair (ARPACK, torch.func HVP)"}
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import Config, ZgdynError
+from .config import LOOKBACK, REFRACTORY, Config, ZgdynError
 from .data import Split, make_split, zipf_weights
 from .hooks import make_hook
 from .model import build_model, log_probs
@@ -66,8 +66,6 @@ class Snapshot:
     max_exp_avg_sq: dict[str, Tensor] | None = None  # AMSGrad's running maximum of v
 
 
-LOOKBACK = 2_000  # epochs over which the collapse detector takes the loss minimum
-REFRACTORY = 2_000  # epochs after a collapse before the detector fires again
 
 
 @dataclass
