@@ -49,6 +49,20 @@ def test_replay_refusals(two_phase, tmp_path):
                  str(tmp_path / "w.h5")]) == 2
 
 
+def test_a_run_that_stops_after_its_collapses_replays_bitwise(tmp_path):
+    """A mechanism-suite run (stop_after_collapses) replays: the replay turns the detector
+    off, and with it the stop that needs the detector."""
+    from conftest import small_config
+    src = tmp_path / "r.h5"
+    train_run(small_config(300, p=7, hidden=(8,), zipf_s=1.5, ckpt_every=10,
+                           keyframe_every=100, stop_after_collapses=4), src)
+    replay_run(src, tmp_path / "w.h5", epoch_from=100, epoch_to=150, every=5)
+    with open_run(src) as a, open_run(tmp_path / "w.h5") as b:
+        assert b.config.record.window == 0 and b.config.schedule.stop_after_collapses is None
+        for e in (110, 150):
+            assert all(torch.equal(b.params_at(e)[k], v) for k, v in a.params_at(e).items())
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_plot_kind_renders(two_phase, tmp_path, kind):
     analyze_run(str(two_phase))

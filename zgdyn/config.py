@@ -26,6 +26,9 @@ DTYPE_NAMES = ("float32", "float64")  # torch dtypes by name: `model.DTYPES`
 # it rests REFRACTORY epochs (`train.CollapseWatch`, `oscillator.detect_events`)
 LOOKBACK = 2_000
 REFRACTORY = 2_000
+# the flat changes that turn the detector off, with what only it can do (stop a run after
+# its n-th collapse): a replay of any run, whose epochs the detector has already seen
+DETECTOR_OFF = {"window": 0, "stop_after_collapses": None}
 OPTIMIZERS = ("adamw", "sgd", "amsgrad", "adam_atan2")
 LOSSES = ("softmax", "stablemax")
 ADAM_FAMILY = ("adamw", "amsgrad")  # the optimizers with eps, a floor and update clipping
@@ -260,7 +263,7 @@ class RecordConfig:
                      "before to this many after (2 * window + 1 parameter records); 0 = off")
     collapse_threshold: float = _f(100.0, "a collapse is flagged when the per-step train "
                                    "loss exceeds this multiple of its minimum over the "
-                                   "preceding 2,000 epochs, > 1")
+                                   f"preceding {LOOKBACK:,} epochs, > 1")
     lambda_grad: bool = _f(False, "record at every evaluation the preconditioned sharpness "
                            "along the gradient, g P^-1 H P^-1 g / g P^-1 g (one gradient and "
                            "one Hessian-vector product each)")

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import ZgdynError
+from .config import DETECTOR_OFF, ZgdynError
 from .fourier import key_freqs_of, memorization_projector
 from .growth import adamw_direction, gamma_inst
 from .hessian import flatten_params, linearized_growth_rates, unflatten
@@ -123,8 +123,8 @@ def perturb_run(path: str | Path, *, epoch: int | None = None,
         if bar is not None:
             bar.set_postfix(s=f"{s:g}", stage="directions")
         run_cfg = cfg.replace(zipf_s=float(s), switch_s=None, switch_at_test_acc=None,
-                              switch_at_epoch=None, phase2_epochs=None, window=0,
-                              stop_after_collapses=None, epochs=epoch + epochs, dtype=dtype)
+                              switch_at_epoch=None, phase2_epochs=None, **DETECTOR_OFF,
+                              epochs=epoch + epochs, dtype=dtype)
         base = Trainer(run_cfg, snap)
         names = list(base.step.shapes)
         theta0 = base.step.theta.clone()

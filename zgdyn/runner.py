@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .budget import check_runs
-from .config import Config, ConfigError, ZgdynError, flatten
+from .config import DETECTOR_OFF, Config, ConfigError, ZgdynError, flatten
 from .store import RunFileError, RunWriter
 from .train import LOOKBACK, Callback, Diverged, ProgressBar, Trainer
 
@@ -287,7 +287,7 @@ def replay_run(path: str | Path, out: str | Path, *, epoch_from: int, epoch_to: 
                            "to replace it, or another --out")
     span = max(1, -(-(epoch_to - snap.epoch) // every))  # in steps of `every`, rounded up
     # dense already: no collapse windows
-    changes: dict[str, Any] = {"eval_every": every, "ckpt_every": every, "window": 0,
+    changes: dict[str, Any] = {"eval_every": every, "ckpt_every": every, **DETECTOR_OFF,
                                "keyframe_every": every * span}
     sch = cfg.schedule
     if sch.switch_s is None or (snap.phase == 0 and not 0 <= switch <= epoch_to):

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import ZgdynError
+from .config import DETECTOR_OFF, ZgdynError
 from .analyze import record_each, start_group
 from .data import zipf_weights
 from .hessian import adam_preconditioner, adam_stability_threshold, flatten_params
@@ -128,8 +128,7 @@ def adam_states(run: Run, epochs: list[int]) -> Iterator[tuple[int, Tensor, int,
         if not len(start):
             raise ZgdynError(f"{run.path}: epoch {e} has no keyframe before it to replay from")
         if trainer is None or trainer.epoch > e or trainer.epoch < int(start[-1]):
-            trainer = Trainer(cfg.replace(window=0, stop_after_collapses=None),
-                              run.snapshot_at(int(start[-1])))
+            trainer = Trainer(cfg.replace(**DETECTOR_OFF), run.snapshot_at(int(start[-1])))
         with _threads(threads):
             while trainer.epoch < e:
                 trainer.after_step(trainer.step.step(), check=True)
