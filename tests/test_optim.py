@@ -68,6 +68,22 @@ def _run_both(optim, reference_step, *, steps=100, switch_weights_at=50):
     return step, model, state
 
 
+def _torch_reference(make_optimizer, *, decoupled_decay=0.0):
+    """A `_run_both` reference step by a torch.optim optimizer (made on the model at the
+    first step, kept in state["opt"]), on the gradients `_grads` left on the parameters;
+    decoupled_decay = lr·wd multiplies θ by (1 − lr·wd) first, for SGD."""
+    def ref(model, grads, state, t):
+        if "opt" not in state:
+            state["opt"] = make_optimizer(model.parameters())
+        opt = state["opt"]
+        if decoupled_decay:
+            with torch.no_grad():  # the gradient is still the one at the undecayed θ
+                for p in model.parameters():
+                    p.mul_(1 - decoupled_decay)
+        opt.step()
+    return ref
+
+
 def _assert_params_equal(step, model, tol=1e-10):
     for name, t in model.named_parameters():
         torch.testing.assert_close(step.params[name], t.detach(), rtol=tol, atol=tol)
@@ -81,17 +97,10 @@ def _set(model, name, value):
 def test_amsgrad_equals_torch_optim_adamw_amsgrad():
     optim = OptimConfig(name="amsgrad", lr=1e-2, weight_decay=0.5, beta1=0.8, beta2=0.99,
                         eps=1e-7)
-    step, model, (a, b, y, w, w3) = _setup(optim)
-    opt = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay,
-                            betas=(optim.beta1, optim.beta2), eps=optim.eps, amsgrad=True)
-    for i in range(100):
-        if i == 50:
-            step.set_weights(w3)
-            w = w3
-        step.step()
-        opt.zero_grad()
-        _loss(dict(model.named_parameters()), a, b, y, w).backward()
-        opt.step()
+    step, model, state = _run_both(optim, _torch_reference(lambda params: torch.optim.AdamW(
+        params, lr=optim.lr, weight_decay=optim.weight_decay, betas=(optim.beta1, optim.beta2),
+        eps=optim.eps, amsgrad=True)))
+    opt = state["opt"]
     _assert_params_equal(step, model)
     for name, t in model.named_parameters():
         torch.testing.assert_close(step.views(step.max_exp_avg_sq)[name],
@@ -104,20 +113,10 @@ def test_amsgrad_equals_torch_optim_adamw_amsgrad():
 def test_sgd_equals_torch_optim_sgd_with_decoupled_decay(momentum, nesterov):
     optim = OptimConfig(name="sgd", lr=0.05, weight_decay=0.3, momentum=momentum,
                         nesterov=nesterov)
-    step, model, (a, b, y, w, w3) = _setup(optim)
-    opt = torch.optim.SGD(model.parameters(), lr=optim.lr, momentum=momentum,
-                          nesterov=nesterov)
-    for i in range(100):
-        if i == 50:
-            step.set_weights(w3)
-            w = w3
-        step.step()
-        opt.zero_grad()
-        _loss(dict(model.named_parameters()), a, b, y, w).backward()
-        with torch.no_grad():  # the decay, decoupled: theta (1 - lr wd), gradient at theta
-            for t in model.parameters():
-                t.mul_(1 - optim.lr * optim.weight_decay)
-        opt.step()
+    step, model, _ = _run_both(optim, _torch_reference(
+        lambda params: torch.optim.SGD(params, lr=optim.lr, momentum=momentum,
+                                       nesterov=nesterov),
+        decoupled_decay=optim.lr * optim.weight_decay))
     _assert_params_equal(step, model)
     assert float(step.exp_avg_sq.abs().max()) == 0.0  # sgd keeps no second moment
 

@@ -146,7 +146,7 @@ def test_progress_counts_every_hvp(grokked, monkeypatch):
         def close(self):
             self.closed = True
 
-    monkeypatch.setattr(st, "_progress_bar", lambda progress, desc, total=None:
+    monkeypatch.setattr(st, "progress_bar", lambda progress, total=None, **kw:
                         Bar(total) if progress else None)
     for method in ("block", "arpack"):
         r = hessian_at(str(grokked), zipf_s=1.5, k=2, method=method, store=False,

@@ -86,16 +86,22 @@ def start_group(writer: AnalysisWriter, settings: dict[str, Any], force: bool) -
     return set(int(e) for e in writer.done_epochs())
 
 
+def progress_bar(progress: bool, **kw: Any) -> Any:
+    """A tqdm bar on stderr with tqdm's keywords `kw` (hidden where stderr is not a
+    terminal), or None without `progress`."""
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(disable=None, **kw)
+
+
 def record_each(writer: AnalysisWriter, epochs: list[int],
                 measure: Callable[[int], dict[str, Any]], *, total: int, unit: str, desc: str,
                 progress: bool, commit_every: int) -> None:
     """Append measure(e) for each of `epochs` to the writer's group, committing every
     `commit_every` records, with a tqdm bar on stderr (out of `total`) if `progress`."""
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=total, initial=total - len(epochs), unit=unit, desc=desc,
-                   disable=None)
+    bar = progress_bar(progress, total=total, initial=total - len(epochs), unit=unit,
+                       desc=desc)
     try:
         for i, e in enumerate(epochs):
             writer.append(measure(e))
@@ -291,13 +297,6 @@ def fit_warnings(fits: dict[str, Any]) -> list[str]:
     return out
 
 
-def _fit_bar(progress: bool, total: int) -> Any:
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc="fit", unit="fit", disable=None)
-
-
 def _advance(bar: Any, stage: str) -> None:
     if bar is not None:
         bar.update(1)
@@ -369,7 +368,8 @@ def fit_run(path: str, *, model: str = "both", slow: str = "best", m_name: str =
                                        cfg.optim.beta2).to_dict()
         out["adam_clock"]["eps"] = cfg.optim.eps
     names = list(SLOW_VARIABLES) if slow == "best" else [slow]
-    bar = _fit_bar(progress, (2 if model != "2d" else 0) + (len(names) if model != "1d" else 0))
+    bar = progress_bar(progress, desc="fit", unit="fit",
+                       total=(2 if model != "2d" else 0) + (len(names) if model != "1d" else 0))
     if model in ("1d", "both"):
         near = np.zeros(len(t), bool)
         for e in events:  # "between events": leave out each collapse and its first response

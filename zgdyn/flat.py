@@ -114,5 +114,15 @@ def make_hvp(loss_fn: LossFn, theta: Tensor) -> Operator:
     return hvp
 
 
+def step_curvature(hvp: Operator, g: Tensor, d: Tensor) -> float:
+    """λ_grad = gᵀP⁻¹HP⁻¹g / gᵀP⁻¹g with P = diag(d): the curvature along the step P⁻¹g,
+    in P's metric (dot products in float64); NaN where gᵀP⁻¹g ≤ 0."""
+    u = g / d
+    gu = float(torch.dot(g.double(), u.double()))
+    if gu <= 0:
+        return math.nan
+    return float(torch.dot(u.double(), hvp(u).double())) / gu
+
+
 __all__ = ["Like", "LossFn", "Operator", "flatten_params", "gradient", "make_hvp",
-           "unflatten", "weighted_loss_fn"]
+           "step_curvature", "unflatten", "weighted_loss_fn"]

@@ -35,7 +35,7 @@ from .model import functional_logits
 # the flat view, the loss and its derivatives live with the model (`zgdyn.flat`), so that
 # training can measure along its step; they are part of this module's interface too
 from .flat import (Like, LossFn, Operator, _as_tensor, flatten_params,  # noqa: F401
-                   gradient, make_hvp, unflatten, weighted_loss_fn)
+                   gradient, make_hvp, step_curvature, unflatten, weighted_loss_fn)
 
 WHICH = {"top": ("LA",), "bottom": ("SA",), "both": ("LA", "SA")}
 

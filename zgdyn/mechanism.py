@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .config import Config
+from .config import DETECTOR_OFF, Config
 from .oscillator import cycle_statistics, detect_events, drop_continuations
 
 CLOCK_AFTER = 500  # epochs after a collapse in which √v̂'s peak is taken
@@ -181,7 +181,7 @@ def onset_curvature(run: Any, epoch: int, *, steps: int = 60, tol: float = 1e-3,
     import torch
 
     from .hessian import gradient, lanczos_extremes, make_hvp, preconditioned_hvp, \
-        weighted_loss_fn
+        step_curvature, weighted_loss_fn
     from .model import DTYPES
     from .optim import denominator
     from .train import Trainer
@@ -194,7 +194,7 @@ def onset_curvature(run: Any, epoch: int, *, steps: int = 60, tol: float = 1e-3,
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        trainer = Trainer(cfg.replace(window=0, stop_after_collapses=None), snap)
+        trainer = Trainer(cfg.replace(**DETECTOR_OFF), snap)
         trainer.advance_to(epoch)
     finally:
         torch.set_num_threads(old)
@@ -210,10 +210,7 @@ def onset_curvature(run: Any, epoch: int, *, steps: int = 60, tol: float = 1e-3,
                     else st.max_exp_avg_sq.to(dt), st.t, st.optim)
     hvp = make_hvp(loss_fn, theta)
     res = lanczos_extremes(preconditioned_hvp(hvp, d), theta.numel(), steps=steps, tol=tol)
-    g = gradient(loss_fn, theta)
-    u = g / d
-    gu = float(torch.dot(g, u))
-    lam_grad = float(torch.dot(u, hvp(u))) / gu if gu > 0 else math.nan
+    lam_grad = step_curvature(hvp, gradient(loss_fn, theta), d)
     return {"epoch": int(epoch), "lambda_max": float(res.eigenvalues[0]),
             "lambda_min": float(res.eigenvalues[-1]), "lambda_grad": lam_grad,
             "converged": bool(res.converged), "n_hvp": int(res.n_hvp)}

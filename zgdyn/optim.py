@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from .config import OptimConfig
+from .flat import unflatten
 
 # the fields that make two members' updates the same computation
 SETTINGS = ("name", "lr", "weight_decay", "beta1", "beta2", "eps", "momentum", "nesterov",
@@ -55,12 +56,8 @@ def _fused(o: OptimConfig) -> bool:
 
 
 def _views(flat: Tensor, shapes: Mapping[str, tuple[int, ...]]) -> list[Tensor]:
-    out, i = [], 0
-    for shape in shapes.values():
-        size = math.prod(shape)
-        out.append(flat[i:i + size])
-        i += size
-    return out
+    """The parameter tensors of a flat buffer, in layout order (views)."""
+    return list(unflatten(flat, shapes).values())
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .analyze import progress_bar
 from .config import ZgdynError
 from .data import zipf_weights
 from .fourier import key_freqs_of, memorization_projector
@@ -90,14 +91,6 @@ def load_point(path: str, epoch: int | None = None, *, dtype: str = "float64",
     return Point(run_path=str(path), epoch=epoch, p=p, like=params,
                  theta=flatten_params(params).detach(), pairs=split.tokens(split.train_idx),
                  split=split, config=cfg, key=key, v=v, step=snap.step if snap else None)
-
-
-def _progress_bar(progress: bool, desc: str, total: int | None = None) -> Any:
-    """A tqdm bar counting HVPs on stderr, or None."""
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, unit="HVP", disable=None)
 
 
 def _counted(op: Callable, bar: Any) -> Callable:
@@ -183,7 +176,7 @@ def hessian_at(path: str, *, epoch: int | None = None, zipf_s: float | None = No
     if zipf_s < 0:
         raise ZgdynError(f"zipf_s: must be a number >= 0, got {zipf_s}")
     tol = tol if tol is not None else (1e-6 if dtype == "float64" else 1e-4)
-    bar = _progress_bar(progress, f"hessian s={zipf_s:g}")
+    bar = progress_bar(progress, desc=f"hessian s={zipf_s:g}", unit="HVP")
     try:
         rec = _spectrum_record(point, zipf_s, k, which, preconditioned, tol, coupled_wd,
                                method=method, bar=bar)
@@ -259,7 +252,8 @@ def saddle_table(path: str, *, epoch: int | None = None,
     tol = tol if tol is not None else 1e-4  # relative; μ_min is compared with wd
     o = point.config.optim
     rows, bottom_vecs = [], []
-    bar = _progress_bar(progress, "saddle", total=2 * len(exponents) * (steps + 2))
+    bar = progress_bar(progress, desc="saddle", unit="HVP",
+                       total=2 * len(exponents) * (steps + 2))
     for s in exponents:
         if bar is not None:
             bar.set_postfix(s=f"{s:g}")

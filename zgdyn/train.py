@@ -66,8 +66,6 @@ class Snapshot:
     max_exp_avg_sq: dict[str, Tensor] | None = None  # AMSGrad's running maximum of v
 
 
-
-
 @dataclass
 class Window:
     """Every epoch around one detected collapse: epochs trigger - k ... trigger + k."""
@@ -345,7 +343,7 @@ class Trainer:
         weighted train loss along the next step's direction P⁻¹g, in the metric of the
         optimizer's preconditioner P (`optim.denominator`; P = I for sgd). One gradient and
         one Hessian-vector product (torch.func), in the run's dtype."""
-        from .flat import gradient, make_hvp, weighted_loss_fn
+        from .flat import gradient, make_hvp, step_curvature, weighted_loss_fn
         from .optim import denominator
 
         st = self.step
@@ -353,13 +351,8 @@ class Trainer:
         y = (a + b) % st.p
         theta = st.theta.detach().clone()
         loss_fn = weighted_loss_fn(st.p, a, b, y, st.w, like=st.shapes, loss=st.loss)
-        g = gradient(loss_fn, theta)
         d = denominator(st.exp_avg_sq, st.max_exp_avg_sq, st.t, st.optim)
-        u = g / d
-        gu = float(torch.dot(g.double(), u.double()))
-        if gu <= 0:
-            return math.nan
-        return float(torch.dot(u.double(), make_hvp(loss_fn, theta)(u).double())) / gu
+        return step_curvature(make_hvp(loss_fn, theta), gradient(loss_fn, theta), d)
 
     def _should_switch(self, metrics: dict[str, float] | None) -> bool:
         sch = self.config.schedule
