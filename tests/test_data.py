@@ -79,3 +79,23 @@ def test_distribution_stats_closed_form():
     assert st["ess"] == pytest.approx(1 / (0.25 + 0.0625 + 2 * 0.015625))
     assert st["top1"] == 0.5 and st["top2"] == 0.25
     assert st["top10_mass"] == 0.5  # n // 10 = 0 -> at least the heaviest one
+
+
+def test_default_rng_split_is_the_two_phase_scripts_permutation():
+    # the reference's two-phase script, densely: an a-major pair list, indices by
+    # default_rng(seed).permutation, the first int(n * frac) of them train
+    p, frac, seed = 97, 0.3, 42
+    pairs = [(a, b) for a in range(p) for b in range(p)]
+    indices = np.random.default_rng(seed).permutation(len(pairs))
+    n_train = int(len(pairs) * frac)
+    split = make_split(p, frac, seed, "default_rng")
+    a, b, y = split.tokens(split.train_idx)
+    assert [(int(i), int(j)) for i, j in zip(a, b)] == [pairs[i] for i in indices[:n_train]]
+    assert split.test_idx.tolist() == indices[n_train:].tolist()
+    assert split.train_idx.dtype == np.int64
+    # other pairs get the top Zipf ranks than under RandomState's shuffle
+    other = make_split(p, frac, seed)
+    assert split.train_idx[0] != other.train_idx[0]
+    assert len(set(split.train_idx[:10]) & set(other.train_idx[:10])) < 10
+    with pytest.raises(ValueError, match="rng: must be random_state | default_rng"):
+        make_split(p, frac, seed, "mt19937")

@@ -19,7 +19,7 @@ from zgdyn.data import make_split, zipf_weights
 from zgdyn.ensemble import Ensemble
 from zgdyn.hessian import dense_hessian, weighted_loss_fn
 from zgdyn.model import build_model, functional_logits, log_probs
-from zgdyn.optim import update_direction
+from zgdyn.optim import decay_segments, update_direction
 from zgdyn.runner import resume_run, train_run
 from zgdyn.step import FusedStep
 from zgdyn.store import open_run
@@ -122,9 +122,11 @@ def test_sgd_equals_torch_optim_sgd_with_decoupled_decay(momentum, nesterov):
 
 
 def _adam_reference(o, *, atan2=False, floor=0.0, clip=False):
-    """Adam's update written densely in numpy float64, one tensor at a time."""
+    """Adam's update written densely in numpy float64, one tensor at a time (the layers
+    of o.no_decay without decay)."""
     def ref(model, grads, state, t):
         for name, (th, g) in grads.items():
+            wd = 0.0 if name.split(".")[0] in o.no_decay else o.weight_decay
             m, v = state.get(name, (np.zeros_like(th), np.zeros_like(th)))
             m = o.beta1 * m + (1 - o.beta1) * g
             v = o.beta2 * v + (1 - o.beta2) * g * g
@@ -141,7 +143,7 @@ def _adam_reference(o, *, atan2=False, floor=0.0, clip=False):
                 u = m_hat / (np.maximum(np.sqrt(v_hat), floor) + o.eps)
                 if floor:
                     state.setdefault("floored", []).append(float(np.mean(np.sqrt(v_hat) < floor)))
-            _set(model, name, th * (1 - lr * o.weight_decay) - lr * u)
+            _set(model, name, th * (1 - lr * wd) - lr * u)
     return ref
 
 
@@ -165,6 +167,49 @@ def test_update_clip_equals_stableadamw_and_clips():
     step, model, state = _run_both(o, _adam_reference(o, clip=True))
     _assert_params_equal(step, model)
     assert max(state["rms"]) > 1.5  # the jump in the weights made it clip
+
+
+def _param_groups(params, exempt):
+    """torch.optim parameter groups of the model's parameters (in layout order): the
+    layers named in `exempt` with weight_decay 0."""
+    pairs = list(zip(model_names(), params))
+    return [{"params": [t for n, t in pairs if n.split(".")[0] in exempt], "weight_decay": 0.0},
+            {"params": [t for n, t in pairs if n.split(".")[0] not in exempt]}]
+
+
+def model_names():
+    return [n for n, _ in build_model(P, HIDDEN, init="torch", seed=0).named_parameters()]
+
+
+def test_no_decay_equals_torch_optim_adamw_with_an_undecayed_param_group():
+    kw = dict(lr=1e-2, weight_decay=0.5, beta1=0.8, beta2=0.99, eps=1e-7)
+    optim = OptimConfig(**kw, no_decay=("fc1", "out"))
+    step, model, _ = _run_both(optim, _torch_reference(lambda params: torch.optim.AdamW(
+        _param_groups(params, optim.no_decay), lr=optim.lr, weight_decay=optim.weight_decay,
+        betas=(optim.beta1, optim.beta2), eps=optim.eps)))
+    _assert_params_equal(step, model)
+    decayed, _, _ = _run_both(OptimConfig(**kw), lambda *args: None)
+    assert not torch.equal(step.params["out.weight"], decayed.params["out.weight"])
+
+
+@pytest.mark.parametrize("name", ["sgd", "clip"])
+def test_no_decay_with_sgd_and_update_clipping_equals_the_formula(name):
+    if name == "sgd":
+        optim = OptimConfig(name="sgd", lr=0.05, weight_decay=0.3, momentum=0.9,
+                            no_decay=("out",))
+        exempt = [n for n in model_names() if n.startswith("out")]
+
+        def ref(model, grads, state, t):
+            for n, (th, g) in grads.items():
+                buf = g if t == 1 else 0.9 * state[n] + g
+                state[n] = buf
+                wd = 0.0 if n in exempt else optim.weight_decay
+                _set(model, n, th * (1 - optim.lr * wd) - optim.lr * buf)
+    else:
+        optim = OptimConfig(lr=1e-2, weight_decay=0.5, update_clip=True, no_decay=("fc2",))
+        ref = _adam_reference(optim, clip=True)
+    step, model, _ = _run_both(optim, ref)
+    _assert_params_equal(step, model)
 
 
 def test_floor_zero_and_amsgrad_general_path_equal_the_fused_kernel():
@@ -275,6 +320,7 @@ VARIANTS = {
     "floor": dict(sqrt_v_floor=1e-4),
     "clip": dict(update_clip=True),
     "stablemax": dict(loss="stablemax"),
+    "no-decay-out": dict(no_decay=("out",)),
 }
 
 CHILD = KILL_PREAMBLE + """
@@ -289,7 +335,9 @@ FLAGS = ["--p", "11", "--train-frac", "0.5", "--hidden", "16", "--zipf-s", "1.5"
 def _flags(changes):
     out = []
     for k, v in changes.items():
-        out += ["--" + k.replace("_", "-"), str(v).lower() if isinstance(v, bool) else str(v)]
+        values = list(v) if isinstance(v, tuple) else [str(v).lower() if isinstance(v, bool)
+                                                       else str(v)]
+        out += ["--" + k.replace("_", "-"), *values]
     return out
 
 
@@ -375,7 +423,8 @@ def test_switch_to_amsgrad_keeps_its_maximum_in_keyframes(tmp_path):
 
 
 def test_update_direction_is_the_next_update():
-    """θ' = θ(1 − lr·wd) − lr·u for every optimizer (clipping off), from a live state."""
+    """θ' = θ(1 − lr·wd) − lr·u for every optimizer (clipping off), from a live state; wd
+    is 0 on the layers of no_decay."""
     for name, ch in VARIANTS.items():
         if name in ("clip", "stablemax"):
             continue
@@ -386,9 +435,13 @@ def test_update_direction_is_the_next_update():
         st.loss_and_grad()
         u = update_direction(st.grad, st.exp_avg, st.exp_avg_sq, st.max_exp_avg_sq, st.t, o,
                              st.shapes)
+        wd = torch.empty_like(st.theta)
+        for part, seg, _ in decay_segments(o, st.shapes):
+            wd[part] = seg.weight_decay
+        assert bool((wd == 0).any()) == bool(o.no_decay)
         before = st.theta.clone()
         st.optimizer_step()
-        torch.testing.assert_close(st.theta, before * (1 - o.lr * o.weight_decay) - o.lr * u,
+        torch.testing.assert_close(st.theta, before * (1 - o.lr * wd) - o.lr * u,
                                    rtol=1e-12, atol=1e-15)
 
 
@@ -402,6 +455,8 @@ def test_update_direction_is_the_next_update():
     (["--optimizer", "adam_atan2", "--sqrt-v-floor", "1e-7"], "sqrt_v_floor: applies only"),
     (["--optimizer", "sgd", "--nesterov", "true"], "nesterov: needs momentum > 0"),
     (["--update-clip", "maybe"], "must be true or false"),
+    (["--no-decay", "fc3"], "no_decay: must be layer names of this model (fc1, out), got 'fc3'"),
+    (["--no-decay", "out", "out"], "no_decay: must be a list of distinct layer names"),
     (["--switch-optimizer", "sgd"], "switch_optimizer: must be unset unless switch_s is set"),
     (["--zipf-s", "0", "--switch-s", "1", "--switch-at-epoch", "1", "--switch-lr", "2",
       "--wd", "1"], "switch_lr: must be below 1 / weight_decay"),

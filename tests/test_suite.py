@@ -396,6 +396,27 @@ def test_table_entries_each_with_their_own_length_and_variants(tmp_path):
         suite_from_dict({"single": [{"zipf_s": [0]}, {"zipf_s": [0, 1]}]})
 
 
+def test_table_entries_with_their_own_seeds_and_the_seeds_override(tmp_path):
+    """An entry's seeds run it on those seeds alone; --seeds keeps those it names."""
+    from zgdyn.suite import suite_from_dict, with_seeds
+
+    d = {"name": "t", "seeds": [1, 2, 3], "base": {"p": 7, "hidden": [8]},
+         "variants": {"default": {}, "wd": {"weight_decay": 0.5}},
+         "two_phase": [{"switch_s": [3], "switch_at_test_acc": 0.99, "epochs": 50,
+                        "phase2_epochs": 10, "variants": ["default"]},
+                       {"switch_s": [3], "switch_at_test_acc": 0.99, "epochs": 50,
+                        "phase2_epochs": 10, "variants": ["wd"], "seeds": [2]}]}
+    names = lambda suite: sorted(sp.path.name for sp in suite.runs(tmp_path))
+    assert names(suite_from_dict(d)) == ["two-phase-s3-seed1.h5", "two-phase-s3-seed2.h5",
+                                         "two-phase-s3-seed3.h5", "wd-two-phase-s3-seed2.h5"]
+    assert names(suite_from_dict(with_seeds(d, [2, 3]))) == [
+        "two-phase-s3-seed2.h5", "two-phase-s3-seed3.h5", "wd-two-phase-s3-seed2.h5"]
+    assert names(suite_from_dict(with_seeds(d, [3]))) == ["two-phase-s3-seed3.h5"]
+    bad = {**d, "two_phase": [{**d["two_phase"][1], "seeds": [2, 2]}]}
+    with pytest.raises(ConfigError, match=r"\[two_phase\] seeds: must be distinct"):
+        suite_from_dict(bad)
+
+
 @pytest.mark.parametrize("name", ["../../../../ESCAPED", "a/b", ".hidden", ""])
 def test_variant_names_cannot_escape_the_output_directory(tmp_path, capsys, name):
     """A variant names run files: one that is a path is refused before anything is written."""

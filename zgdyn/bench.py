@@ -50,7 +50,7 @@ def _plain_loop(cfg: Config, epochs: int) -> float:
 
 def _plain_loop_body(cfg: Config, epochs: int) -> float:
     d, o, dev = cfg.data, cfg.optim, cfg.device
-    split = make_split(d.p, d.train_frac, cfg.seed)
+    split = make_split(d.p, d.train_frac, cfg.seed, d.split_rng)
     grid = np.arange(d.p * d.p)
     a, b, y = (torch.as_tensor(t, device=dev) for t in split.tokens(grid))
     x = torch.cat([nn.functional.one_hot(a, d.p), nn.functional.one_hot(b, d.p)], 1).float()

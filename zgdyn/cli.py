@@ -81,6 +81,8 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (
                 kw.update(type=_bool, metavar="true|false")
             elif typ.startswith("tuple[int"):
                 kw.update(type=int, nargs="+", metavar="N")
+            elif typ.startswith("tuple[str"):
+                kw.update(nargs="*", metavar="LAYER")
             elif typ.startswith("int"):
                 kw.update(type=int, metavar="N")
             elif typ.startswith("float"):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 WEIGHTINGS = ("rank", "independent", "output_freq")
+SPLIT_RNGS = ("random_state", "default_rng")
 INITS = ("lecun", "torch")
 DTYPE_NAMES = ("float32", "float64")  # torch dtypes by name: `model.DTYPES`
 # the collapse detector: the recent minimum is over LOOKBACK epochs, and after a collapse
@@ -60,6 +61,11 @@ def _check(ok: bool, name: str, allowed: str, value: Any) -> None:
         raise ConfigError(f"{name}: must be {allowed}, got {value!r}")
 
 
+def layer_names(n_hidden: int) -> list[str]:
+    """The MLP's linear layer names in order: fc1 .. fc{n_hidden}, out (`model`'s)."""
+    return [f"fc{i + 1}" for i in range(n_hidden)] + ["out"]
+
+
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -74,6 +80,10 @@ class DataConfig:
     train_frac: float = _f(0.3, "fraction of the p^2 pairs in the training set, in (0, 1)")
     weighting: str = _f("rank", "Zipf weighting mode: rank | independent | output_freq")
     zipf_s: float = _f(0.0, "Zipf exponent s >= 0 of the training weights (0 = uniform)")
+    split_rng: str = _f("random_state", "how the seed shuffles the pairs: random_state "
+                        "(numpy RandomState(seed).shuffle, the reference's single-phase "
+                        "script) | default_rng (default_rng(seed).permutation, its two-phase "
+                        "script: other pairs get the top Zipf ranks)")
 
     def __post_init__(self) -> None:
         _check(_is_int(self.p) and self.p >= 2, "p", "an integer >= 2", self.p)
@@ -86,6 +96,7 @@ class DataConfig:
                self.train_frac)
         _check(self.weighting in WEIGHTINGS, "weighting", " | ".join(WEIGHTINGS), self.weighting)
         _check(_is_real(self.zipf_s) and self.zipf_s >= 0, "zipf_s", "a number >= 0", self.zipf_s)
+        _check(self.split_rng in SPLIT_RNGS, "split_rng", " | ".join(SPLIT_RNGS), self.split_rng)
 
 
 @dataclass(frozen=True)
@@ -118,6 +129,10 @@ class OptimConfig:
     lr: float = _f(1e-3, "learning rate, > 0")
     weight_decay: float = _f(1.0, "decoupled weight decay on every parameter, >= 0; "
                              "each step multiplies parameters by (1 - lr * weight_decay)")
+    no_decay: tuple[str, ...] = _f((), "layers exempt from the weight decay, by name (fc1 .. "
+                                   "fcN, out; the reference's two-phase script trains `out` "
+                                   "by plain Adam); the analyses still take the decay rate "
+                                   "as lr * weight_decay on every parameter")
     beta1: float = _f(0.9, "Adam first-moment decay, in [0, 1)")
     beta2: float = _f(0.999, "Adam second-moment decay, in [0, 1)")
     eps: float = _f(1e-8, "Adam epsilon, > 0 (adamw, amsgrad)")
@@ -145,6 +160,12 @@ class OptimConfig:
             v = getattr(self, name)
             _check(_is_real(v) and 0 <= v < 1, name, "a number in [0, 1)", v)
         _check(_is_real(self.eps) and self.eps > 0, "eps", "a number > 0", self.eps)
+        no_decay = tuple(self.no_decay) if isinstance(self.no_decay, (list, tuple)) \
+            else self.no_decay
+        object.__setattr__(self, "no_decay", no_decay)
+        _check(isinstance(no_decay, tuple) and all(isinstance(n, str) for n in no_decay)
+               and len(set(no_decay)) == len(no_decay), "no_decay",
+               "a list of distinct layer names", self.no_decay)
         if self.momentum is not None:
             _check(_is_real(self.momentum) and 0 <= self.momentum < 1, "momentum",
                    "a number in [0, 1)", self.momentum)
@@ -300,6 +321,10 @@ class Config:
                "device", "cpu | cuda | cuda:N", self.device)
         sch = self.schedule
         check_applies(self.optim, *self.optimizers)
+        layers = layer_names(len(self.model.hidden))
+        unknown = [n for n in self.optim.no_decay if n not in layers]
+        _check(not unknown, "no_decay", f"layer names of this model ({', '.join(layers)})",
+               unknown[0] if unknown else None)
         _check(sch.stop_after_collapses is None or self.record.window > 0,
                "stop_after_collapses", "unset unless the collapse detector is on (window > 0)",
                sch.stop_after_collapses)

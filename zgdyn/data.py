@@ -34,11 +34,18 @@ class Split:
         return a, b, (a + b) % self.p
 
 
-def make_split(p: int, train_frac: float, seed: int) -> Split:
-    """All p^2 pairs in a-major order, shuffled by RandomState(seed); the first
-    int(p*p*train_frac) are the training set (the reference's split, pair for pair)."""
-    order = np.arange(p * p, dtype=np.int64)
-    np.random.RandomState(seed).shuffle(order)
+def make_split(p: int, train_frac: float, seed: int, rng: str = "random_state") -> Split:
+    """All p^2 pairs in a-major order, shuffled by the seed; the first int(p*p*train_frac)
+    are the training set, pair for pair the reference's: `rng` "random_state" is its
+    single-phase script's RandomState(seed).shuffle, "default_rng" its two-phase script's
+    default_rng(seed).permutation."""
+    if rng == "random_state":
+        order = np.arange(p * p, dtype=np.int64)
+        np.random.RandomState(seed).shuffle(order)
+    elif rng == "default_rng":
+        order = np.random.default_rng(seed).permutation(p * p).astype(np.int64)
+    else:
+        raise ValueError(f"rng: must be random_state | default_rng, got {rng!r}")
     n_train = int(p * p * train_frac)
     return Split(p=p, train_idx=order[:n_train], test_idx=order[n_train:])
 

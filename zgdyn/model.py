@@ -18,14 +18,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .config import INITS, ConfigError
+from .config import INITS, ConfigError, layer_names
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def layer_names(n_hidden: int) -> list[str]:
-    """Linear layer names in order: fc1 .. fc{n_hidden}, out."""
-    return [f"fc{i + 1}" for i in range(n_hidden)] + ["out"]
 
 
 def param_shapes(p: int, hidden: tuple[int, ...]) -> dict[str, tuple[int, ...]]:

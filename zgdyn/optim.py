@@ -15,6 +15,7 @@ rate per epoch whichever optimizer takes the step; they differ in the step u:
   low-precision training for large-scale vision-language models", arXiv 2304.13013):
   per tensor, lr_t = lr / max(1, RMS_t) with RMS_t = √mean(g² / max(v̂, ε²)), and that
   lr_t both decays and steps the tensor.
+- ``no_decay`` (any optimizer): the layers it names take the same step with wd = 0.
 - ``sgd``: b ← μ b + g (b = g at the first step), u = b, or g + μ b with Nesterov: the
   update of torch.optim.SGD (dampening 0), with decoupled decay in place of its coupled one.
 
@@ -26,8 +27,10 @@ SGD); ``max_exp_avg_sq`` is AMSGrad's running maximum (None for the others).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -36,8 +39,8 @@ from .config import OptimConfig
 from .flat import unflatten
 
 # the fields that make two members' updates the same computation
-SETTINGS = ("name", "lr", "weight_decay", "beta1", "beta2", "eps", "momentum", "nesterov",
-            "sqrt_v_floor", "update_clip")
+SETTINGS = ("name", "lr", "weight_decay", "no_decay", "beta1", "beta2", "eps", "momentum",
+            "nesterov", "sqrt_v_floor", "update_clip")
 
 
 def has_second_moment(name: str) -> bool:
@@ -115,25 +118,55 @@ def update(thetas: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
     groups: dict[tuple, list[int]] = {}
     for k, (o, t) in enumerate(zip(optims, steps)):
         groups.setdefault((*(getattr(o, f) for f in SETTINGS), t), []).append(k)
+    buffers = (thetas, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs)
     for members in groups.values():
-        o, t = optims[members[0]], steps[members[0]]
-        if _fused(o):
-            step = torch.full((), float(t), dtype=torch.float32, device=thetas[0].device)
-            ams = o.name == "amsgrad"
-            torch._fused_adamw_([thetas[k] for k in members], [grads[k] for k in members],
-                                [exp_avgs[k] for k in members],
-                                [exp_avg_sqs[k] for k in members],
-                                [max_exp_avg_sqs[k] for k in members] if ams else [],
-                                [step] * len(members), lr=o.lr, beta1=o.beta1, beta2=o.beta2,
-                                weight_decay=o.weight_decay, eps=o.eps, amsgrad=ams,
-                                maximize=False)
-            continue
-        for k in members:
-            if o.name == "sgd":
-                _sgd(thetas[k], grads[k], exp_avgs[k], o)
-            else:
-                _adam(thetas[k], grads[k], exp_avgs[k], exp_avg_sqs[k], max_exp_avg_sqs[k],
-                      o, t, shapes)
+        t = steps[members[0]]
+        for part, o, part_shapes in decay_segments(optims[members[0]], shapes):
+            whole = part == slice(None)
+            _update_group(*([b[k] if b[k] is None or whole else b[k][part] for k in members]
+                            for b in buffers), o, t, part_shapes)
+
+
+def decay_segments(o: OptimConfig, shapes: Mapping[str, tuple[int, ...]]
+                   ) -> list[tuple[slice, OptimConfig, Mapping[str, tuple[int, ...]]]]:
+    """The flat layout as runs of parameters that share a weight decay: (slice, the
+    settings of the run, its tensors' shapes); one run of everything unless `o.no_decay`
+    names layers, whose runs get weight_decay 0."""
+    if not o.no_decay:
+        return [(slice(None), o, shapes)]
+    runs: list[list[Any]] = []  # [start, stop, weight decay, shapes]
+    start = 0
+    for name, shape in shapes.items():
+        stop = start + math.prod(shape)
+        wd = 0.0 if name.rsplit(".", 1)[0] in o.no_decay else o.weight_decay
+        if runs and runs[-1][2] == wd:
+            runs[-1][1] = stop
+            runs[-1][3][name] = shape
+        else:
+            runs.append([start, stop, wd, {name: shape}])
+        start = stop
+    return [(slice(a, b), dataclasses.replace(o, weight_decay=wd, no_decay=()), sh)
+            for a, b, wd, sh in runs]
+
+
+def _update_group(thetas: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
+                  exp_avg_sqs: list[Tensor], max_exp_avg_sqs: list[Tensor | None],
+                  o: OptimConfig, t: int, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """One update of members that share settings `o` and step count `t`."""
+    if _fused(o):
+        step = torch.full((), float(t), dtype=torch.float32, device=thetas[0].device)
+        ams = o.name == "amsgrad"
+        torch._fused_adamw_(thetas, grads, exp_avgs, exp_avg_sqs,
+                            max_exp_avg_sqs if ams else [], [step] * len(thetas), lr=o.lr,
+                            beta1=o.beta1, beta2=o.beta2, weight_decay=o.weight_decay,
+                            eps=o.eps, amsgrad=ams, maximize=False)
+        return
+    for k in range(len(thetas)):
+        if o.name == "sgd":
+            _sgd(thetas[k], grads[k], exp_avgs[k], o)
+        else:
+            _adam(thetas[k], grads[k], exp_avgs[k], exp_avg_sqs[k], max_exp_avg_sqs[k],
+                  o, t, shapes)
 
 
 @torch.no_grad()
@@ -180,5 +213,5 @@ def denominator(exp_avg_sq: Tensor, max_exp_avg_sq: Tensor | None, step: int,
     return sqrt_v.clamp_min(o.sqrt_v_floor) + o.eps
 
 
-__all__ = ["update", "update_direction", "denominator", "has_second_moment",
+__all__ = ["update", "update_direction", "decay_segments", "denominator", "has_second_moment",
            "needs_max_moment", "SETTINGS"]

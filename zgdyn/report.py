@@ -211,14 +211,14 @@ def reproduce(suite: str | Any, out: str | Path = "data/report", *,
     write OUT/REPORT.md. `seeds` overrides the suite's; `kw` goes to `suite.run_suite`
     (jobs, threads, plugins, progress, report_only, only). Returns run_suite's result with
     the report's path under "report"."""
-    from .suite import Suite, load_suite, suite_from_dict
+    from .suite import Suite, load_suite, suite_from_dict, with_seeds
 
     if not isinstance(suite, Suite):
         suite = load_suite(str(suite))
     if seeds:
         import tomllib
         with open(suite.source, "rb") as fh:
-            suite = suite_from_dict({**tomllib.load(fh), "seeds": list(seeds)}, suite.source)
+            suite = suite_from_dict(with_seeds(tomllib.load(fh), list(seeds)), suite.source)
     check_report_path(out)  # before hours of runs, not after
     from .suite import run_suite
     result = run_suite(suite, out, **kw)

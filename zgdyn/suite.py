@@ -24,6 +24,9 @@ A suite is a TOML file (``experiments/suite_*.toml``):
     eps = [1e-6, 1e-4]
     epochs = 200
 
+`[single]` and `[two_phase]` may be lists of entries (``[[two_phase]]``), each with its own
+fields and optional ``variants = [...]`` and ``seeds = [...]`` that run it.
+
 `run_suite` plans the runs (a finished run is skipped, an interrupted one resumed, one
 whose file holds another config is refused before anything starts), runs them in a
 process pool (`jobs` processes of `threads` torch threads each), analyzes every run, runs
@@ -103,12 +106,12 @@ class Suite:
         out: list[RunSpec] = []
         for table, key in SECTIONS.items():
             for sec in self.tables.get(table, []):
-                rest = {k: v for k, v in sec.items() if k not in (key, "variants")}
+                rest = {k: v for k, v in sec.items() if k not in (key, "variants", "seeds")}
                 for variant, changes in self.variants.items():
                     if variant not in sec.get("variants", self.variants):
                         continue
                     for s in sec[key]:
-                        for seed in self.seeds:
+                        for seed in sec.get("seeds", self.seeds):
                             out.append(self._spec(table, key, variant, changes, rest, float(s),
                                                   seed, root))
         return out
@@ -139,6 +142,36 @@ def _list(name: str, value: Any, kind: type | tuple = (int, float)) -> list:
     return value
 
 
+def _seeds(where: str, value: Any) -> list[int]:
+    seeds = _list(where, value, int)
+    if len(set(seeds)) != len(seeds) or any(not 0 <= s < 2**32 for s in seeds):
+        raise ConfigError(f"{where}: must be distinct integers in [0, 2^32), got {seeds}")
+    return seeds
+
+
+def with_seeds(d: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
+    """A suite's TOML table restricted to `seeds`: they replace its seeds, and a table
+    entry with seeds of its own keeps those of them that are in `seeds` (an entry left
+    with none is dropped)."""
+    out = {**d, "seeds": list(seeds)}
+    for table in SECTIONS:
+        if table not in d:
+            continue
+        entries = d[table] if isinstance(d[table], list) else [d[table]]
+        kept = []
+        for sec in entries:
+            if isinstance(sec, dict) and isinstance(sec.get("seeds"), list):
+                sec = {**sec, "seeds": [s for s in sec["seeds"] if s in seeds]}
+                if not sec["seeds"]:
+                    continue
+            kept.append(sec)
+        if kept:
+            out[table] = kept
+        else:
+            del out[table]
+    return out
+
+
 def _known(where: str, table: dict[str, Any], allowed: set[str]) -> None:
     bad = sorted(set(table) - allowed)
     if bad:
@@ -150,9 +183,7 @@ def suite_from_dict(d: dict[str, Any], source: str = "") -> Suite:
     """Validate a suite's TOML table (see the module docstring)."""
     where = f"suite {source}" if source else "suite"
     _known(where, d, TOP_KEYS)
-    seeds = _list(f"{where}: seeds", d.get("seeds", [42]), int)
-    if len(set(seeds)) != len(seeds) or any(not 0 <= s < 2**32 for s in seeds):
-        raise ConfigError(f"{where}: seeds: must be distinct integers in [0, 2^32), got {seeds}")
+    seeds = _seeds(f"{where}: seeds", d.get("seeds", [42]))
     base = d.get("base", {})
     variants = d.get("variants", {"default": {}})
     if not isinstance(base, dict) or not isinstance(variants, dict) or not variants \
@@ -170,6 +201,8 @@ def suite_from_dict(d: dict[str, Any], source: str = "") -> Suite:
             if not isinstance(sec, dict) or key not in sec:
                 raise ConfigError(f"{where}: [{table}] must be a table with {key} = [...] "
                                   f"(or [[{table}]] tables, each with its own)")
+            if "seeds" in sec:
+                sec = {**sec, "seeds": _seeds(f"{where}: [{table}] seeds", sec["seeds"])}
             if "variants" in sec:
                 names = _list(f"{where}: [{table}] variants", sec["variants"], str)
                 unknown = [v for v in names if v not in variants]

@@ -196,7 +196,7 @@ class Trainer:
     def __init__(self, config: Config, snapshot: Snapshot | None = None) -> None:
         self.config = config
         d, m = config.data, config.model
-        self.split: Split = make_split(d.p, d.train_frac, config.seed)
+        self.split: Split = make_split(d.p, d.train_frac, config.seed, d.split_rng)
         self.phase_s = [d.zipf_s]
         if config.schedule.switch_s is not None:
             self.phase_s.append(config.schedule.switch_s)
