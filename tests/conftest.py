@@ -1,7 +1,7 @@
 import pytest
 
 from zgdyn import Config, DataConfig, ModelConfig, RecordConfig, ScheduleConfig
-from zgdyn.train import Callback
+from zgdyn.core.train import Callback
 
 
 def small_config(epochs: int = 300, **changes) -> Config:

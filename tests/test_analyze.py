@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from zgdyn.analyze import analyze_run
+from zgdyn.analysis.analyze import analyze_run
 from zgdyn.cli import main
-from zgdyn.config import ZgdynError
-from zgdyn.data import zipf_weights
-from zgdyn.fourier import checkpoint_measures, memorization_projector
-from zgdyn.growth import adamw_direction
-from zgdyn.model import functional_logits
-from zgdyn.runner import train_run
-from zgdyn.store import open_run
+from zgdyn.core.config import ZgdynError
+from zgdyn.core.data import zipf_weights
+from zgdyn.analysis.fourier import checkpoint_measures, memorization_projector
+from zgdyn.analysis.growth import adamw_direction
+from zgdyn.core.model import functional_logits
+from zgdyn.store.runner import train_run
+from zgdyn.store.runfile import open_run
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def test_analyze_agrees_with_direct_recomputation(run_file):
 
 
 def test_analyze_resumes_and_guards_its_settings(run_file, monkeypatch):
-    import zgdyn.analyze as an
+    import zgdyn.analysis.analyze as an
     calls = {"n": 0}
     real = an.checkpoint_measures
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from zgdyn.bench import format_hessian, run_hessian_bench
+from zgdyn.present.bench import format_hessian, run_hessian_bench
 from zgdyn.cli import main
 
 
@@ -21,7 +21,7 @@ def test_hessian_rows_compare_like_with_like(tmp_path, capsys):
     assert "ARPACK on torch.func's HVP" in text and "block Krylov on the hand HVP" in text
     out = tmp_path / "h.json"
     from conftest import small_config
-    from zgdyn.runner import train_run
+    from zgdyn.store.runner import train_run
     train_run(small_config(epochs=100), tmp_path / "r.h5")
     assert main(["bench", "--hessian-run", str(tmp_path / "r.h5"), "--hessian-epoch", "60",
                  "--out", str(out)]) == 0

@@ -5,15 +5,15 @@ import pytest
 from conftest import count, mount_tmpfs, refusals, small_config, umount
 from zgdyn import Config
 from zgdyn.cli import main
-from zgdyn.config import ConfigError
-from zgdyn.runner import train_run
+from zgdyn.core.config import ConfigError
+from zgdyn.store.runner import train_run
 
 pytestmark = pytest.mark.heavy  # trains runs, kills processes: not in the inner loop
 
 
 def budget():
-    import zgdyn.budget
-    return zgdyn.budget
+    import zgdyn.store.budget
+    return zgdyn.store.budget
 
 
 @pytest.mark.parametrize("changes", [{}, {"ckpt_every": 10, "keyframe_every": 50},

@@ -5,7 +5,7 @@ import pytest
 
 from conftest import count
 from zgdyn.cli import main
-from zgdyn.store import open_run
+from zgdyn.store.runfile import open_run
 
 SMALL = ["--p", "13", "--train-frac", "0.5", "--hidden", "16", "16", "--eval-every", "10",
          "--ckpt-every", "20", "--keyframe-every", "40", "--no-progress"]

@@ -2,10 +2,10 @@
 
 import numpy as np
 
-from zgdyn.conclusions import (cycle_conclusion, full_cycle, grokking_conclusion,
+from zgdyn.present.conclusions import (cycle_conclusion, full_cycle, grokking_conclusion,
                                late_rate_agreement, perturb_conclusion, saddle_conclusion,
                                table1_conclusion, table2_conclusion, table3_conclusion)
-from zgdyn.report_sections import ESSAY_SINGLE, ESSAY_TWO_PHASE, _reads_as
+from zgdyn.present.report_sections import ESSAY_SINGLE, ESSAY_TWO_PHASE, _reads_as
 
 
 def _metrics(test):

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from zgdyn.config import Config, ConfigError, flatten, from_dict, from_flat, load_toml
+from zgdyn.core.config import Config, ConfigError, flatten, from_dict, from_flat, load_toml
 
 EXPERIMENTS = sorted(p for p in (Path(__file__).parent.parent / "experiments").glob("*.toml")
                      if not p.name.startswith(("suite_", "sweep_")))  # tested in test_suite

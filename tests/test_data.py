@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from zgdyn.data import distribution_stats, make_split, stats_table, zipf_weights
+from zgdyn.core.data import distribution_stats, make_split, stats_table, zipf_weights
 
 # REFERENCE.md, p = 97, 30% split: (s, ratio, ess, top-10% mass %, top-1 %, top-2 %), digits as shown
 TABLE = [

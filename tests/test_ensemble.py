@@ -5,9 +5,9 @@ import torch
 from conftest import StopAt, small_config
 from zgdyn import ConfigError, open_run
 from zgdyn.cli import main
-from zgdyn.ensemble import SMALL_STEP_FLOP, Ensemble, EnsembleStep, resolve_mode, step_flop
-from zgdyn.runner import train_ensemble, train_run
-from zgdyn.train import MetricsLog, Trainer
+from zgdyn.core.ensemble import SMALL_STEP_FLOP, Ensemble, EnsembleStep, resolve_mode, step_flop
+from zgdyn.store.runner import train_ensemble, train_run
+from zgdyn.core.train import MetricsLog, Trainer
 
 pytestmark = pytest.mark.heavy  # trains runs, kills processes: not in the inner loop
 
@@ -125,7 +125,7 @@ def test_interrupted_ensemble_resumes_bitwise(tmp_path):
     configs = _configs(epochs=400)[:3]
     paths = [tmp_path / f"m{k}.h5" for k in range(3)]
     trainers = [Trainer(c) for c in configs]
-    from zgdyn.store import RunWriter
+    from zgdyn.store.runfile import RunWriter
     writers = [RunWriter.create(p, c, t) for p, c, t in zip(paths, configs, trainers)]
     ens = Ensemble(trainers=trainers, mode="members")
     assert ens.run([[w, StopAt(150)] for w in writers]) == {}

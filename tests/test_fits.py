@@ -4,7 +4,7 @@ oscillator, a known 1-D law, and planted exponential growth and decay around col
 import numpy as np
 import pytest
 
-from zgdyn.oscillator import Event, event_rates, fit_1d, fit_2d, oscillation, simulate_fhn
+from zgdyn.analysis.oscillator import Event, event_rates, fit_1d, fit_2d, oscillation, simulate_fhn
 
 # tau (epochs), eps, a, b, then the observation map x = x0 + xs v, y = y0 + ys w
 TRUE = [40.0, 0.05, 0.3, 0.5, 10.0, 2.0, -3.0, 0.5]
@@ -88,7 +88,7 @@ def test_event_rates_recover_planted_growth_and_decay():
 
 
 def test_adam_clock_on_a_planted_sawtooth():
-    from zgdyn.oscillator import adam_clock
+    from zgdyn.analysis.oscillator import adam_clock
 
     t = np.arange(0, 100_000, 100.0)
     starts = [0, 30_000, 61_000, 80_000]
@@ -108,7 +108,7 @@ def test_adam_clock_on_a_planted_sawtooth():
 
 
 def test_fit_warnings_name_too_few_collapses_and_loose_parameters():
-    from zgdyn.analyze import fit_warnings
+    from zgdyn.analysis.analyze import fit_warnings
 
     law = {"names": ["g0", "g1"], "params": [9.7e-4, 4.3e-5], "stderr": [1.5e-6, 4.5e-6]}
     osc = {"names": ["tau", "eps"], "params": [3.2e3, 0.5], "stderr": [4.86e3, 0.01]}

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from conftest import count
 from zgdyn.cli import main
-from zgdyn.config import Config, ConfigError, flatten, from_flat, load_toml
+from zgdyn.core.config import Config, ConfigError, flatten, from_flat, load_toml
 
 FIELDS = list(flatten(Config()))
 values = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),

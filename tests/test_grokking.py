@@ -3,7 +3,7 @@
 import pytest
 
 from zgdyn import Config, ScheduleConfig
-from zgdyn.train import MetricsLog, Trainer
+from zgdyn.core.train import MetricsLog, Trainer
 
 
 @pytest.mark.slow

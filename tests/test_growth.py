@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from zgdyn.config import OptimConfig
-from zgdyn.growth import adamw_direction, crossing, gamma_curve, gamma_fd, gamma_inst
+from zgdyn.core.config import OptimConfig
+from zgdyn.analysis.growth import adamw_direction, crossing, gamma_curve, gamma_fd, gamma_inst
 
 
 @pytest.mark.parametrize("rate", [0.004, -0.002])

@@ -5,14 +5,14 @@ import pytest
 import torch
 from torch import nn
 
-from zgdyn.data import make_split, zipf_weights
-from zgdyn.hessian import (
+from zgdyn.core.data import make_split, zipf_weights
+from zgdyn.analysis.hessian import (
     adam_preconditioner, adam_stability_threshold, dense_hessian, extreme_eigs, flatten_params,
     gradient, gradient_overlaps, hutchinson_trace, linearized_growth_rates, make_hvp,
     per_pair_gradients, preconditioned_hvp, rademacher_probes, slq_density, smoothed_density,
     subspace_overlap, unflatten, weighted_loss_fn,
 )
-from zgdyn.model import build_model, functional_logits, param_shapes
+from zgdyn.core.model import build_model, functional_logits, param_shapes
 
 
 def _problem(p=7, hidden=(8, 6), s=1.5, seed=0, coupled_wd=0.0):
@@ -314,7 +314,7 @@ def test_float32_operator_runs_in_float32(prob):
 
 
 def test_lanczos_extremes_match_a_known_spectrum():
-    from zgdyn.hessian import lanczos_extremes
+    from zgdyn.analysis.hessian import lanczos_extremes
     rng = np.random.default_rng(0)
     n = 300
     q, _ = np.linalg.qr(rng.standard_normal((n, n)))
@@ -329,7 +329,7 @@ def test_lanczos_extremes_match_a_known_spectrum():
 
 
 def test_deflated_power_iteration_finds_the_dominant_pairs():
-    from zgdyn.hessian import deflated_power_iteration
+    from zgdyn.analysis.hessian import deflated_power_iteration
     rng = np.random.default_rng(1)
     n = 60
     q, _ = np.linalg.qr(rng.standard_normal((n, n)))
@@ -366,7 +366,7 @@ def test_torch_func_hvp_does_not_depend_on_where_the_vector_lives():
 def test_solvers_hand_the_operator_aligned_vectors(prob, solver):
     """ARPACK's work array and Lanczos's basis sit wherever numpy put them; the operator
     must see fresh 64-byte-aligned tensors, so its rounding is the same in every call."""
-    from zgdyn.hessian import lanczos_extremes
+    from zgdyn.analysis.hessian import lanczos_extremes
     hvp = make_hvp(prob["loss"], prob["theta"])
     offsets = []
 
@@ -384,8 +384,8 @@ def test_solvers_hand_the_operator_aligned_vectors(prob, solver):
 
 def test_hessian_and_saddle_repeat_bitwise_in_one_process(tmp_path):
     from conftest import small_config
-    from zgdyn.runner import train_run
-    from zgdyn.stability import hessian_at, saddle_table
+    from zgdyn.store.runner import train_run
+    from zgdyn.analysis.stability import hessian_at, saddle_table
     path = tmp_path / "r.h5"
     train_run(small_config(epochs=200).replace(p=11, hidden=(16, 16)), path)
     keep, runs = [], []

@@ -9,9 +9,9 @@ import torch
 
 from test_step import _autograd_loss, _setup
 from zgdyn.cli import main
-from zgdyn.config import OptimConfig
-from zgdyn.hooks import HOOKS, Hook, make_hook, register
-from zgdyn.store import open_run
+from zgdyn.core.config import OptimConfig
+from zgdyn.core.hooks import HOOKS, Hook, make_hook, register
+from zgdyn.store.runfile import open_run
 
 
 def test_coupled_l2_equals_torch_adam_with_l2():
@@ -64,7 +64,7 @@ def test_unknown_hook_is_a_one_line_error_and_no_file(tmp_path, capsys, small):
 
 def test_plugin_module_registers_a_hook_for_the_cli(tmp_path, capsys, monkeypatch):
     (tmp_path / "my_hooks_zz.py").write_text(textwrap.dedent("""
-        from zgdyn.hooks import Hook, register
+        from zgdyn.core.hooks import Hook, register
 
         @register("l1_zz")
         class L1(Hook):
@@ -90,6 +90,6 @@ def test_plugin_module_registers_a_hook_for_the_cli(tmp_path, capsys, monkeypatc
 
 @pytest.mark.parametrize("name", ["has space", "-x", "a" * 65])
 def test_bad_hook_names_are_config_errors(name):
-    from zgdyn.config import ConfigError
+    from zgdyn.core.config import ConfigError
     with pytest.raises(ConfigError, match="hook"):
         OptimConfig(hook=name)

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from zgdyn.data import make_split, zipf_weights
-from zgdyn.hessian import dense_hessian, flatten_params, gradient, make_hvp, weighted_loss_fn
-from zgdyn.hvp import MLPHessian
-from zgdyn.model import build_model
+from zgdyn.core.data import make_split, zipf_weights
+from zgdyn.analysis.hessian import dense_hessian, flatten_params, gradient, make_hvp, weighted_loss_fn
+from zgdyn.analysis.hvp import MLPHessian
+from zgdyn.core.model import build_model
 
 
 def _problem(p, hidden, s, *, train_frac=0.5, init="torch", seed=0, dtype="float64"):

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from conftest import count, small_config
-from zgdyn.analyze import analyze_run
+from zgdyn.analysis.analyze import analyze_run
 from zgdyn.cli import main
-from zgdyn.runner import train_run
-from zgdyn.store import RunFileError, verify_run
+from zgdyn.store.runner import train_run
+from zgdyn.store.runfile import RunFileError, verify_run
 
 pytestmark = pytest.mark.heavy  # trains runs, kills processes: not in the inner loop
 
@@ -131,8 +131,8 @@ def test_a_chunk_lost_from_its_index_is_caught(tmp_path, monkeypatch):
     """In a file of HDF5's earliest format (zgdyn's files before it chose checksummed
     indexes), one flipped bit in the chunk index moves checkpoints/fc2.bias record 5
     elsewhere: it reads as zeros, yet every checksum holds. verify must say so."""
-    import zgdyn.store
-    monkeypatch.setattr(zgdyn.store, "LIBVER", ("earliest", "latest"), raising=False)
+    import zgdyn.store.runfile
+    monkeypatch.setattr(zgdyn.store.runfile, "LIBVER", ("earliest", "latest"), raising=False)
     target = tmp_path / "r.h5"
     train_run(small_config(epochs=200, window=0), target)
     with h5py.File(target, "r") as f:
@@ -193,7 +193,7 @@ def _reseal(f):
     """Recompute the attribute checksum, as a crafted file would (files from before zgdyn
     had one carry none)."""
     try:
-        from zgdyn.integrity import ATTRS_CRC, attrs_checksum
+        from zgdyn.store.integrity import ATTRS_CRC, attrs_checksum
     except ImportError:
         return
     f.attrs[ATTRS_CRC] = attrs_checksum(f)

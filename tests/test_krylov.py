@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from zgdyn.data import make_split, zipf_weights
-from zgdyn.hessian import dense_hessian, extreme_eigs, flatten_params, weighted_loss_fn
-from zgdyn.hvp import MLPHessian
-from zgdyn.krylov import as_block, block_extremes
-from zgdyn.model import build_model
+from zgdyn.core.data import make_split, zipf_weights
+from zgdyn.analysis.hessian import dense_hessian, extreme_eigs, flatten_params, weighted_loss_fn
+from zgdyn.analysis.hvp import MLPHessian
+from zgdyn.analysis.krylov import as_block, block_extremes
+from zgdyn.core.model import build_model
 
 
 def _matrix(spec, seed=0):

@@ -1,62 +1,68 @@
-"""The package's floors (README, "Layout"): every module imports only from its own floor or
-below, h5py appears only in the store's two modules and matplotlib only in plots.py."""
+"""The package's floors (README, "Layout"): one subpackage per floor, each importing only
+from its own floor or below; h5py appears only in the store's run file and integrity
+modules, matplotlib only in present/plots.py."""
 
 import ast
 from pathlib import Path
 
 import zgdyn
 
-FLOORS = {
-    "core": "config data model flat step optim hooks train ensemble",
-    "store": "store integrity journal budget runner",
-    "analysis": "fourier growth hessian hvp krylov stability sharpness perturb oscillator "
-                "mechanism analyze",
-    "batch": "suite sweep scorecard",
-    "presentation": "cli report report_sections conclusions plots bench",
-}
-LEVEL = {m: i for i, names in enumerate(FLOORS.values()) for m in names.split()}
+FLOORS = ["core", "store", "analysis", "batch", "present cli"]  # bottom to top
+LEVEL = {pkg: i for i, names in enumerate(FLOORS) for pkg in names.split()}
 ROOT = Path(zgdyn.__file__).parent
-OUTSIDE = {"__init__", "__main__"}  # the package's front door and `python -m zgdyn`
+OUTSIDE = {"__init__.py", "__main__.py"}  # the package's front door and `python -m zgdyn`
+H5PY = {"store/runfile.py", "store/integrity.py"}
+MATPLOTLIB = {"present/plots.py"}
 
 
-def _imports(path):
-    """(line, module) of every import in a file, zgdyn's own as 'zgdyn.<module>'."""
+def _modules():
+    return sorted(p for p in ROOT.rglob("*.py") if p.relative_to(ROOT).as_posix() not in OUTSIDE)
+
+
+def _imports(path, package):
+    """(line, module) of every import in a file of subpackage `package`, zgdyn's own as
+    'zgdyn.<subpackage>.<module>'."""
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             yield from ((node.lineno, a.name) for a in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level == 1:
-                names = [node.module] if node.module else [a.name for a in node.names]
-                yield from ((node.lineno, f"zgdyn.{n.split('.')[0]}") for n in names)
+                yield node.lineno, f"zgdyn.{package}.{node.module or ''}"
+            elif node.level == 2:
+                yield node.lineno, f"zgdyn.{node.module or ''}"
             elif node.module:
                 yield node.lineno, node.module
 
 
-def test_every_module_has_a_floor():
-    modules = {p.stem for p in ROOT.glob("*.py")} - OUTSIDE
-    assert modules == set(LEVEL), (modules - set(LEVEL), set(LEVEL) - modules)
+def test_every_module_lives_in_a_floor():
+    loose = [p.name for p in _modules() if p.parent == ROOT]
+    assert loose == []
+    assert {p.parent.name for p in _modules()} == set(LEVEL)
 
 
 def test_imports_point_down_and_h5py_and_matplotlib_stay_in_their_rooms():
     wrong = []
-    for path in sorted(ROOT.glob("*.py")):
-        me = path.stem
-        for line, mod in _imports(path):
+    for path in _modules():
+        rel = path.relative_to(ROOT).as_posix()
+        me = path.parent.name
+        for line, mod in _imports(path, me):
             top = mod.split(".")[0]
-            if top == "h5py" and me not in ("store", "integrity"):
-                wrong.append(f"{me}:{line} imports h5py")
-            if top == "matplotlib" and me != "plots":
-                wrong.append(f"{me}:{line} imports matplotlib")
-            if me in OUTSIDE or not mod.startswith("zgdyn."):
+            if top == "h5py" and rel not in H5PY:
+                wrong.append(f"{rel}:{line} imports h5py")
+            if top == "matplotlib" and rel not in MATPLOTLIB:
+                wrong.append(f"{rel}:{line} imports matplotlib")
+            if not mod.startswith("zgdyn."):
                 continue
             other = mod.split(".")[1]
             if other in LEVEL and LEVEL[other] > LEVEL[me]:  # (zgdyn.__version__: the root)
-                wrong.append(f"{me}:{line} imports {other}, a floor above it")
+                wrong.append(f"{rel}:{line} imports {other}, a floor above it")
     assert wrong == []
 
 
 def test_the_check_sees_an_upward_import(tmp_path):
     """The walk finds an import inside a function, the way the lazy ones are written."""
     bad = tmp_path / "train.py"
-    bad.write_text("def f():\n    from .hessian import make_hvp\n    import h5py\n")
-    assert list(_imports(bad)) == [(2, "zgdyn.hessian"), (3, "h5py")]
+    bad.write_text("def f():\n    from ..analysis.hessian import make_hvp\n    import h5py\n"
+                   "    from .step import FusedStep\n")
+    assert list(_imports(bad, "core")) == [(2, "zgdyn.analysis.hessian"), (3, "h5py"),
+                                           (4, "zgdyn.core.step")]

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from conftest import small_config
-from zgdyn.config import Config
-from zgdyn.hessian import dense_hessian, weighted_loss_fn
-from zgdyn.mechanism import (EOS_BAND, RunRecord, mechanism_record, onset_curvature,
+from zgdyn.core.config import Config
+from zgdyn.analysis.hessian import dense_hessian, weighted_loss_fn
+from zgdyn.analysis.mechanism import (EOS_BAND, RunRecord, mechanism_record, onset_curvature,
                              period_predictions, run_record, stability_threshold, verdicts)
-from zgdyn.runner import train_run
-from zgdyn.store import open_run
+from zgdyn.store.runner import train_run
+from zgdyn.store.runfile import open_run
 
 
 def planted_cycle(period: float, *, beta2: float = 0.999, eps: float = 1e-8,
@@ -181,7 +181,7 @@ def test_onset_curvature_replays_bitwise_and_matches_the_dense_spectrum(tmp_path
         c = onset_curvature(run, 250, steps=400)
         recorded = run.params_at(250)
     # the replay reproduced epoch 250 exactly: the measurement is at the recorded point
-    from zgdyn.train import Trainer
+    from zgdyn.core.train import Trainer
     with open_run(path) as run:
         t = Trainer(cfg.replace(window=0, stop_after_collapses=None), run.snapshot_at(200))
     t.advance_to(250)
@@ -208,7 +208,7 @@ def test_mechanism_record_stores_and_reuses_its_curvature(tmp_path, monkeypatch)
                        window=0)
     path = tmp_path / "r.h5"
     train_run(cfg, path)
-    import zgdyn.mechanism as mech
+    import zgdyn.analysis.mechanism as mech
     real = mech.run_record
 
     def with_event(config, metrics, **kw):  # a spike at epoch 300 in the stored metrics
@@ -234,8 +234,8 @@ def test_a_mechanism_suite_reports_its_table_and_verdicts(tmp_path):
     import sys
     sys.path.insert(0, str(Path(__file__).parent))
     from test_train import _register_kick
-    from zgdyn.report import reproduce
-    from zgdyn.suite import suite_from_dict
+    from zgdyn.present.report import reproduce
+    from zgdyn.batch.suite import suite_from_dict
 
     _register_kick()
     suite = suite_from_dict({

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from zgdyn.model import build_model, functional_logits, n_params, param_shapes
+from zgdyn.core.model import build_model, functional_logits, n_params, param_shapes
 
 
 def test_parameter_count_at_p97():

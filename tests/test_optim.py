@@ -14,16 +14,16 @@ import torch
 
 from conftest import KILL_PREAMBLE, small_config
 from zgdyn.cli import main
-from zgdyn.config import Config, ConfigError, OptimConfig
-from zgdyn.data import make_split, zipf_weights
-from zgdyn.ensemble import Ensemble
-from zgdyn.hessian import dense_hessian, weighted_loss_fn
-from zgdyn.model import build_model, functional_logits, log_probs
-from zgdyn.optim import decay_segments, update_direction
-from zgdyn.runner import resume_run, train_run
-from zgdyn.step import FusedStep
-from zgdyn.store import open_run
-from zgdyn.train import MetricsLog, Trainer
+from zgdyn.core.config import Config, ConfigError, OptimConfig
+from zgdyn.core.data import make_split, zipf_weights
+from zgdyn.core.ensemble import Ensemble
+from zgdyn.analysis.hessian import dense_hessian, weighted_loss_fn
+from zgdyn.core.model import build_model, functional_logits, log_probs
+from zgdyn.core.optim import decay_segments, update_direction
+from zgdyn.store.runner import resume_run, train_run
+from zgdyn.core.step import FusedStep
+from zgdyn.store.runfile import open_run
+from zgdyn.core.train import MetricsLog, Trainer
 
 P, HIDDEN = 13, (24, 16)
 
@@ -483,7 +483,7 @@ class _no_raise:
 
 def test_config_round_trips_the_optimizer_through_toml_names():
     cfg = Config().replace(optimizer="sgd", lr=0.1, weight_decay=0.01, momentum=0.9)
-    from zgdyn.config import from_dict
+    from zgdyn.core.config import from_dict
     back = from_dict(cfg.to_dict())
     assert back == cfg and back.optim.name == "sgd"
     with pytest.raises(ConfigError, match="optim.optimizer: unknown field"):

@@ -9,11 +9,11 @@ import torch
 
 from zgdyn import Config
 from zgdyn.cli import main
-from zgdyn.fourier import memorization_projector
-from zgdyn.perturb import perturb_run, rates, stored_perturb
-from zgdyn.runner import train_run
-from zgdyn.store import open_run
-from zgdyn.train import Trainer
+from zgdyn.analysis.fourier import memorization_projector
+from zgdyn.analysis.perturb import perturb_run, rates, stored_perturb
+from zgdyn.store.runner import train_run
+from zgdyn.store.runfile import open_run
+from zgdyn.core.train import Trainer
 
 
 def test_rates_of_planted_exponentials():
@@ -76,7 +76,7 @@ def test_theta_m_direction_lies_in_the_memorization_subspace(grokked):
     # the perturbed start minus the point is eps |theta| v with v = theta_M / |theta_M|
     with open_run(grokked) as run:
         params = {k: t.double() for k, t in run.params_at(2500).items()}
-    from zgdyn.fourier import key_freqs_of
+    from zgdyn.analysis.fourier import key_freqs_of
     k = key_freqs_of(params, 23) if key is None else key["attrs"]["settings"]["key"]
     project = memorization_projector(23, k)
     pm = project(params)

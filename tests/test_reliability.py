@@ -15,10 +15,10 @@ import torch
 
 from conftest import KILL_PREAMBLE, count, remount, small_config
 from zgdyn.cli import main
-from zgdyn.config import ConfigError
-from zgdyn.runner import resume_run, train_run
-from zgdyn.store import RunFileError, open_run, verify_run
-from zgdyn.train import Callback, Diverged
+from zgdyn.core.config import ConfigError
+from zgdyn.store.runner import resume_run, train_run
+from zgdyn.store.runfile import RunFileError, open_run, verify_run
+from zgdyn.core.train import Callback, Diverged
 
 pytestmark = pytest.mark.heavy  # trains runs, kills processes: not in the inner loop
 
@@ -346,7 +346,7 @@ def test_analyze_on_a_nearly_full_disk_keeps_the_run(tmpfs, dense_reference):
 # rewrite an analysis group with a smaller one: HDF5 gives the freed tail back (a truncate)
 SHRINK = KILL_PREAMBLE + """
 import numpy as np
-from zgdyn.store import AnalysisWriter
+from zgdyn.store.runfile import AnalysisWriter
 w = AnalysisWriter(sys.argv[1], "saddle/x")
 w.reset({"n": 1})
 w.put("bottom_direction", np.zeros((1, 4000)))
@@ -356,7 +356,7 @@ w.close(commit=True)
 
 def _analysed(tmp_path, good_run):
     """A run with a large analysis group, the last one in the file (its tail)."""
-    from zgdyn.store import AnalysisWriter
+    from zgdyn.store.runfile import AnalysisWriter
     big = np.random.default_rng(0).normal(size=(5, 4000))
     w = AnalysisWriter(good_run, "saddle/x")
     w.reset({"n": 5})
@@ -415,7 +415,7 @@ def test_a_flipped_bit_in_a_complete_journal_stops_without_deleting(tmp_path, go
 def test_a_crafted_journal_outside_the_file_is_refused(tmp_path, good_run, capsys):
     """Journals with valid checksums whose sizes or offsets lie outside the file they would
     roll back: truncating it to nothing, growing it to a sparse terabyte, writing past it."""
-    from zgdyn.journal import Journal
+    from zgdyn.store.journal import Journal
     size = good_run.stat().st_size
     page = good_run.read_bytes()[:4096]
     crafted = {
@@ -701,8 +701,8 @@ def _alive(pid: int) -> bool:
 def test_workers_die_with_their_parent(tmp_path, command, sig):
     """Kill the parent of a 2-job pool: its workers stop at a keyframe (the run files marked
     interrupted), release their locks and exit, so that the next run can go on at once."""
-    from zgdyn.journal import writer_active
-    from zgdyn.store import RunWriter
+    from zgdyn.store.journal import writer_active
+    from zgdyn.store.runfile import RunWriter
     out = tmp_path / "out"
     if command == "sweep":
         spec = tmp_path / "s.toml"

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from zgdyn.analyze import analyze_run
+from zgdyn.analysis.analyze import analyze_run
 from zgdyn.cli import main
-from zgdyn.plots import KINDS, run_figure
-from zgdyn.runner import replay_run, train_run
-from zgdyn.store import RunFileError, open_run
+from zgdyn.present.plots import KINDS, run_figure
+from zgdyn.store.runner import replay_run, train_run
+from zgdyn.store.runfile import RunFileError, open_run
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_a_run_that_stops_after_its_collapses_replays_bitwise(tmp_path):
 def test_every_plot_kind_renders(two_phase, tmp_path, kind):
     analyze_run(str(two_phase))
     if kind == "sharpness":
-        from zgdyn.sharpness import sharpness_run
+        from zgdyn.analysis.sharpness import sharpness_run
         sharpness_run(str(two_phase), every=100, preconditioned=True)
     fig = run_figure(str(two_phase), kind)
     assert len(fig.axes) >= 1 and all(ax.has_data() for ax in fig.axes)

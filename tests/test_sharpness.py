@@ -12,12 +12,12 @@ import torch
 
 from conftest import small_config
 from zgdyn.cli import main
-from zgdyn.data import zipf_weights
-from zgdyn.hessian import dense_hessian, flatten_params, weighted_loss_fn
-from zgdyn.runner import replay_run, train_run
-from zgdyn.sharpness import (adam_states, measure_epochs, onset_table, onset_verdicts,
+from zgdyn.core.data import zipf_weights
+from zgdyn.analysis.hessian import dense_hessian, flatten_params, weighted_loss_fn
+from zgdyn.store.runner import replay_run, train_run
+from zgdyn.analysis.sharpness import (adam_states, measure_epochs, onset_table, onset_verdicts,
                              sharpness_onsets, sharpness_run, sorted_sharpness, thresholds)
-from zgdyn.store import open_run
+from zgdyn.store.runfile import open_run
 
 pytestmark = pytest.mark.heavy  # trains runs, kills processes: not in the inner loop
 
@@ -184,7 +184,7 @@ def test_onsets_and_figure_of_a_run(run):
     assert table["onsets"] == [ONSET] and table["rows"][0]["at_epoch"] == ONSET
     assert table["rows"][0]["before_epoch"] == ONSET - 1 and table["unmeasured_onsets"] == []
     assert len(table["verdicts"]) == 4
-    from zgdyn.plots import run_figure
+    from zgdyn.present.plots import run_figure
     fig = run_figure(str(run), "sharpness")
     ax_l, ax_top, ax_min = fig.axes[:3]
     lim = thresholds(open_run(run).config)
@@ -240,7 +240,7 @@ def test_a_two_phase_run_is_measured_with_each_phase_s_loss(tmp_path):
 
 
 def test_runs_it_cannot_measure_are_refused_in_one_line(tmp_path):
-    from zgdyn.config import ZgdynError
+    from zgdyn.core.config import ZgdynError
     for name, changes, message in (("sm.h5", dict(loss="stablemax"), "its loss is stablemax"),
                                    ("sgd.h5", dict(optimizer="sgd", lr=0.1),
                                     "this run trains with sgd")):

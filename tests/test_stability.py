@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from zgdyn.cli import main
-from zgdyn.hessian import dense_hessian
-from zgdyn.runner import train_run
-from zgdyn.stability import hessian_at, load_point, saddle_table
-from zgdyn.store import open_run
+from zgdyn.analysis.hessian import dense_hessian
+from zgdyn.store.runner import train_run
+from zgdyn.analysis.stability import hessian_at, load_point, saddle_table
+from zgdyn.store.runfile import open_run
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +103,8 @@ def test_a_stablemax_run_gets_stablemax_curvature(tmp_path):
     """The Hessian of a StableMax run is StableMax's (written out densely here), whichever
     method is asked for; preconditioning is refused for an optimizer that is not AdamW."""
     from conftest import small_config
-    from zgdyn.config import ZgdynError
-    from zgdyn.hessian import weighted_loss_fn
+    from zgdyn.core.config import ZgdynError
+    from zgdyn.analysis.hessian import weighted_loss_fn
     path = tmp_path / "r.h5"
     train_run(small_config(epochs=100).replace(p=7, hidden=(6,), train_frac=0.6,
                                                loss="stablemax"), path)
@@ -128,7 +128,7 @@ def test_a_stablemax_run_gets_stablemax_curvature(tmp_path):
 
 def test_progress_counts_every_hvp(grokked, monkeypatch):
     """The bars of hessian and saddle count the products the solvers report."""
-    import zgdyn.stability as st
+    import zgdyn.analysis.stability as st
 
     bars = []
 

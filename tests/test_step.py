@@ -2,10 +2,10 @@ import pytest
 import torch
 from torch import nn
 
-from zgdyn.config import OptimConfig
-from zgdyn.data import make_split, zipf_weights
-from zgdyn.model import build_model, functional_logits
-from zgdyn.step import FusedStep, _mkldnn_linear_available
+from zgdyn.core.config import OptimConfig
+from zgdyn.core.data import make_split, zipf_weights
+from zgdyn.core.model import build_model, functional_logits
+from zgdyn.core.step import FusedStep, _mkldnn_linear_available
 
 
 def _setup(p=13, hidden=(24, 16), s=1.5, dtype="float64", seed=0, use_onednn=None,

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from zgdyn.config import ConfigError
-from zgdyn.runner import resume_run, train_run
-from zgdyn.store import JournaledFile, RunFileError, RunWriter, open_run, recover
-from zgdyn.train import MetricsLog, Trainer
+from zgdyn.core.config import ConfigError
+from zgdyn.store.runner import resume_run, train_run
+from zgdyn.store.runfile import JournaledFile, RunFileError, RunWriter, open_run, recover
+from zgdyn.core.train import MetricsLog, Trainer
 
 
 def test_round_trip(tmp_path, small):

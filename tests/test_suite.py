@@ -12,13 +12,13 @@ import torch
 
 from conftest import StopAt, count, small_config
 from zgdyn.cli import main
-from zgdyn.config import ConfigError, ZgdynError
-from zgdyn.report import MARKER, write_report
-from zgdyn.runner import train_run
-from zgdyn.scorecard import aggregate, scorecard
-from zgdyn.store import open_run
-from zgdyn.suite import execute, plan, run_suite, suite_from_dict
-from zgdyn.train import MetricsLog, Trainer
+from zgdyn.core.config import ConfigError, ZgdynError
+from zgdyn.present.report import MARKER, write_report
+from zgdyn.store.runner import train_run
+from zgdyn.batch.scorecard import aggregate, scorecard
+from zgdyn.store.runfile import open_run
+from zgdyn.batch.suite import execute, plan, run_suite, suite_from_dict
+from zgdyn.core.train import MetricsLog, Trainer
 
 pytestmark = pytest.mark.heavy  # trains runs, kills processes: not in the inner loop
 
@@ -103,7 +103,7 @@ def test_report_lists_the_essays_numbers_beside_ours(tiny):
     for fig in ("grokking", "two-phase", "perturb"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 10_000
         assert f"figures/{fig}.png" in text
-    from zgdyn.report_sections import _ms
+    from zgdyn.present.report_sections import _ms
     row = next(r for r in result["tables"] if r["table"] == "two_phase" and r["s"] == 3.0)
     assert f"| {_ms(row['phase2_frac_below_50'], pct=True)} |" in text  # over both seeds
 
@@ -118,7 +118,7 @@ def test_a_finished_suite_is_skipped_and_reports_again(tiny):
     assert again["saddle"]["stored"]  # read back, not recomputed
     assert [r["converged"] for r in again["saddle"]["rows"]] == \
         [r["converged"] for r in result["saddle"]["rows"]]
-    from zgdyn.cli import format_saddle
+    from zgdyn.cli.text import format_saddle
     assert format_saddle(again["saddle"]) == format_saddle(result["saddle"])
     assert [r["growth_rate"] for r in again["saddle"]["rows"]] == \
         [r["growth_rate"] for r in result["saddle"]["rows"]]
@@ -246,7 +246,7 @@ def test_cli_reproduce_errors(tmp_path, capsys):
 
 
 def test_the_shipped_suites_are_valid():
-    from zgdyn.suite import load_suite
+    from zgdyn.batch.suite import load_suite
     for name in ("quick", "essay", "float64"):
         suite = load_suite(name)
         assert suite.runs("x")
@@ -276,8 +276,8 @@ def test_demo_shows_the_phenomenon(tmp_path, capsys):
     """The main job at full size (about 9 minutes on 2 cores): grokking, a full s = 1.5
     cycle and no collapse with eps = 1e-6, the two-phase split the essay reports, and a
     saddle whose predicted growth rises with s."""
-    from zgdyn.conclusions import full_cycle
-    from zgdyn.store import open_run
+    from zgdyn.present.conclusions import full_cycle
+    from zgdyn.store.runfile import open_run
 
     assert main(["demo", "--out", str(tmp_path), "--no-progress", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -358,8 +358,8 @@ def test_suite_ensemble_flag_bad_values_are_one_line(tmp_path, capsys):
 
 def test_plan_resumes_a_run_whose_stop_after_collapses_changed(tmp_path):
     """When a run stops is a schedule change, like its length: the file is resumed."""
-    from zgdyn.runner import train_run
-    from zgdyn.suite import RunSpec, plan
+    from zgdyn.store.runner import train_run
+    from zgdyn.batch.suite import RunSpec, plan
 
     cfg = small_config(60)
     path = tmp_path / "r.h5"
@@ -375,7 +375,7 @@ def test_plan_resumes_a_run_whose_stop_after_collapses_changed(tmp_path):
 def test_table_entries_each_with_their_own_length_and_variants(tmp_path):
     """[[single]] entries: s = 0 runs shorter than s = 1.5, and a variant runs only where an
     entry names it."""
-    from zgdyn.suite import suite_from_dict
+    from zgdyn.batch.suite import suite_from_dict
 
     suite = suite_from_dict({
         "name": "t", "seeds": [1], "base": {"p": 7, "hidden": [8]},
@@ -398,7 +398,7 @@ def test_table_entries_each_with_their_own_length_and_variants(tmp_path):
 
 def test_table_entries_with_their_own_seeds_and_the_seeds_override(tmp_path):
     """An entry's seeds run it on those seeds alone; --seeds keeps those it names."""
-    from zgdyn.suite import suite_from_dict, with_seeds
+    from zgdyn.batch.suite import suite_from_dict, with_seeds
 
     d = {"name": "t", "seeds": [1, 2, 3], "base": {"p": 7, "hidden": [8]},
          "variants": {"default": {}, "wd": {"weight_decay": 0.5}},
@@ -430,3 +430,11 @@ def test_variant_names_cannot_escape_the_output_directory(tmp_path, capsys, name
     assert err.count("\n") == 1 and "[variants] name" in err
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["s.toml"]
     count("bad sweeps and suites refused")
+
+
+def test_shipped_suites_are_found_from_any_directory(tmp_path, monkeypatch):
+    from zgdyn.batch.suite import find_suite
+
+    monkeypatch.chdir(tmp_path)
+    found = find_suite("quick")
+    assert found.is_file() and found.name == "suite_quick.toml" and found.is_absolute()

@@ -12,11 +12,11 @@ import torch
 
 from conftest import KILL_PREAMBLE, count, refusals
 from zgdyn.cli import main
-from zgdyn.config import ConfigError, ZgdynError, flatten
-from zgdyn.runner import train_run
-from zgdyn.scorecard import scorecard
-from zgdyn.store import open_run
-from zgdyn.sweep import phase_grid, run_label, run_sweep, sweep_from_dict, sweep_report
+from zgdyn.core.config import ConfigError, ZgdynError, flatten
+from zgdyn.store.runner import train_run
+from zgdyn.batch.scorecard import scorecard
+from zgdyn.store.runfile import open_run
+from zgdyn.batch.sweep import phase_grid, run_label, run_sweep, sweep_from_dict, sweep_report
 
 pytestmark = pytest.mark.heavy  # trains runs, kills processes: not in the inner loop
 
@@ -86,7 +86,7 @@ def test_a_local_sweep_runs_every_grid_point_as_an_ordinary_run(local, tmp_path)
     train_run(cfg, tmp_path / "runs" / f"{LABELS[3]}.h5")
     _same_runs(out, tmp_path, LABELS[3:])
     desc = json.loads((out / "sweep.json").read_text())
-    assert desc["format"] == "zgdyn.sweep" and desc["axes"] == ["zipf_s", "weight_decay"]
+    assert desc["format"] == "zgdyn.batch.sweep" and desc["axes"] == ["zipf_s", "weight_decay"]
     assert [r["ok"] for r in desc["runs"]] == [True] * 4
 
 
@@ -262,7 +262,7 @@ def test_ray_missing_or_unreachable_is_one_line(tmp_path, monkeypatch, capsys):
 def test_the_shipped_sweeps_are_valid():
     from pathlib import Path
 
-    from zgdyn.sweep import load_sweep
+    from zgdyn.batch.sweep import load_sweep
     files = sorted((Path(__file__).parent.parent / "experiments").glob("sweep_*.toml"))
     assert files
     for path in files:
@@ -303,8 +303,8 @@ def test_labels_tell_every_float_apart():
                                                "zipf_s=1.5", "zipf_s=1e-05"]
 
 
-@pytest.mark.parametrize("text", ['{"format": "zgdyn.sweep", "name": "tiny"}',
-                                  '{"format": "zgdyn.sweep", "name": "tiny", "axes": [], '
+@pytest.mark.parametrize("text", ['{"format": "zgdyn.batch.sweep", "name": "tiny"}',
+                                  '{"format": "zgdyn.batch.sweep", "name": "tiny", "axes": [], '
                                   '"runs": [{"label": "x", "fields": {}, "path": "../../x"}]}',
                                   "[" * 100_000 + "]" * 100_000])
 def test_a_malformed_sweep_json_is_one_line(tmp_path, capsys, text):

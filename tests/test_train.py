@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from zgdyn.data import zipf_weights
-from zgdyn.model import functional_logits
-from zgdyn.train import Callback, MetricsLog, Trainer
+from zgdyn.core.data import zipf_weights
+from zgdyn.core.model import functional_logits
+from zgdyn.core.train import Callback, MetricsLog, Trainer
 
 
 class Events(Callback):
@@ -129,7 +129,7 @@ def test_stop_request_ends_with_a_keyframe(small):
 
 
 def test_divergence_is_reported_with_its_epoch(small):
-    from zgdyn.train import Diverged
+    from zgdyn.core.train import Diverged
     cfg = small(epochs=50).replace(lr=1e37, weight_decay=0.0)
     with pytest.raises(Diverged, match="epoch"):
         Trainer(cfg).run()
@@ -150,7 +150,7 @@ KICKS = (300, 2_600, 4_900)  # epochs 2,300 apart: beyond the detector's 2,000-e
 def _register_kick():
     """A step hook that throws the parameters off at the epochs in KICKS: planted
     collapses, each a spike of the train loss far above its recent minimum."""
-    from zgdyn.hooks import HOOKS, Hook, register
+    from zgdyn.core.hooks import HOOKS, Hook, register
 
     if "test_kick" in HOOKS:
         return
@@ -167,8 +167,8 @@ def _register_kick():
 
 def test_stop_after_collapses_ends_a_run_complete_after_the_nth_window(tmp_path):
     """The detector's count survives a resume, and the run ends at the window's keyframe."""
-    from zgdyn.runner import resume_run, train_run
-    from zgdyn.store import open_run
+    from zgdyn.store.runner import resume_run, train_run
+    from zgdyn.store.runfile import open_run
 
     from conftest import StopAt, small_config
 

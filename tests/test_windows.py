@@ -15,10 +15,10 @@ import torch
 
 from conftest import KILL_PREAMBLE, count
 from zgdyn import Config
-from zgdyn.oscillator import detect_events
-from zgdyn.runner import replay_run, resume_run, train_run
-from zgdyn.store import open_run, verify_run
-from zgdyn.train import CollapseWatch
+from zgdyn.analysis.oscillator import detect_events
+from zgdyn.store.runner import replay_run, resume_run, train_run
+from zgdyn.store.runfile import open_run, verify_run
+from zgdyn.core.train import CollapseWatch
 
 pytestmark = pytest.mark.heavy  # trains runs, kills processes: not in the inner loop
 
@@ -155,7 +155,7 @@ def test_an_uninterrupted_run_records_the_same_window(reference, base, tmp_path)
 
 
 def test_a_stop_request_waits_for_the_open_window(base, tmp_path):
-    from zgdyn.train import Callback
+    from zgdyn.core.train import Callback
 
     class StopInside(Callback):
         def on_eval(self, trainer, metrics):
@@ -173,7 +173,7 @@ def test_a_stop_request_waits_for_the_open_window(base, tmp_path):
 
 
 CHILD = KILL_PREAMBLE + """
-from zgdyn.runner import resume_run
+from zgdyn.store.runner import resume_run
 resume_run(sys.argv[1], changes={"epochs": int(sys.argv[2])})
 """
 
@@ -213,9 +213,9 @@ def test_windows_off_records_nothing(tmp_path):
 def test_analysis_fit_and_figures_see_the_window(reference, tmp_path, capsys):
     import json
 
-    from zgdyn.analyze import analyze_run
+    from zgdyn.analysis.analyze import analyze_run
     from zgdyn.cli import main
-    from zgdyn.plots import run_figure
+    from zgdyn.present.plots import run_figure
 
     path = tmp_path / "a.h5"
     shutil.copy(reference[0], path)

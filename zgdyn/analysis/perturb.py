@@ -1,0 +1,219 @@
+"""The perturbation experiment: the saddle-point prediction tested directly.
+
+Start from a keyframe of a converged run (parameters and Adam's state), switch the loss to
+Zipf exponent s, and train two copies side by side: the unperturbed one, and one moved by
+ε·‖θ‖·v along a unit direction v. The distance δ(t) = ‖θ_pert(t) − θ_base(t)‖ grows or
+decays. Two rates of it (see `rates`) meet two predictions:
+
+- the early rate (first `early` epochs) meets the Hessian's: along the most negative
+  eigenvector of Adam's preconditioned Hessian D^{-1/2} H_s D^{-1/2} at the point
+  (eigenvalue μ_min), −lr·μ_min − lr·wd per epoch, with D frozen;
+- the late rate (the second half) meets the 1-D law's: γ_inst − λ, the growth rate of the
+  memorization amplitude m under L_s at the point (the AdamW direction projected on θ_M),
+  against λ = lr·wd.
+
+Directions: ``theta_m`` (the point's own memorization component θ_M, normalized),
+``hessian`` (that eigenvector) and ``random`` (a seeded Gaussian direction). Each is unit
+norm, so the three start at the same distance. Both copies run in float64 by default, so
+rounding does not drown the smallest ε.
+
+    >>> r = perturb_run("data/runs/grok-s0.h5", zipf_s=(1.5,), eps=(1e-4, 1e-3), epochs=300)
+    >>> r["rows"][0]["rate_early"], r["predictions"][0]["hessian_rate"]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..core.config import DETECTOR_OFF, ZgdynError
+from .fourier import key_freqs_of, memorization_projector
+from .growth import adamw_direction, gamma_inst
+from .hessian import flatten_params, linearized_growth_rates, unflatten
+from ..store.runfile import open_run
+from ..core.train import Trainer
+
+DIRECTIONS = ("theta_m", "hessian", "random")
+
+
+def rates(dist: np.ndarray, early: int) -> dict[str, float | None]:
+    """Growth rates of a distance curve δ(t), t = 0..T, per epoch.
+
+    rate_early = ln(δ(early) / δ(0)) / early: the linear regime, where the Hessian's
+    prediction applies; rate_late = the least-squares slope of ln δ over [T/2, T]: what is
+    left once the fast transients are over, where the 1-D law's γ − λ applies.
+    """
+    t = np.arange(len(dist), dtype=np.float64)
+    y = np.log(np.maximum(np.asarray(dist, dtype=np.float64), 1e-300))
+    early = min(early, len(dist) - 1)
+    half = slice(len(dist) // 2, len(dist))
+    late = float(np.polyfit(t[half], y[half], 1)[0]) if len(t[half]) >= 2 else None
+    return {"rate_early": float((y[early] - y[0]) / early) if early >= 1 else None,
+            "rate_late": late}
+
+
+def check_settings(zipf_s: tuple[float, ...], eps: tuple[float, ...], epochs: int,
+                   directions: tuple[str, ...], early: int, dtype: str, seed: int = 0) -> None:
+    """Raise a one-line ZgdynError for settings `perturb_run` cannot use."""
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63):
+        raise ZgdynError(f"seed: must be an integer in [0, 2^63), got {seed!r}")
+    bad = [d for d in directions if d not in DIRECTIONS]
+    if bad or not directions:
+        raise ZgdynError(f"directions: must be among {', '.join(DIRECTIONS)}, got "
+                         f"{', '.join(map(str, directions)) or 'none'}")
+    if not eps or any(not (isinstance(e, (int, float)) and 0 < e < 1) for e in eps):
+        raise ZgdynError(f"eps: must be numbers in (0, 1) (relative to |theta|), got {list(eps)}")
+    if not zipf_s or any(not isinstance(s, (int, float)) or s < 0 for s in zipf_s):
+        raise ZgdynError(f"zipf_s: must be numbers >= 0, got {list(zipf_s)}")
+    if not isinstance(early, int) or early < 1:
+        raise ZgdynError(f"early: must be an integer >= 1, got {early}")
+    if not isinstance(epochs, int) or epochs < max(early, 4):
+        raise ZgdynError(f"epochs: must be an integer >= {max(early, 4)}, got {epochs}")
+    if dtype not in ("float32", "float64"):
+        raise ZgdynError(f"dtype: must be float32 | float64, got {dtype!r}")
+
+
+def perturb_run(path: str | Path, *, epoch: int | None = None,
+                zipf_s: tuple[float, ...] = (1.5,),
+                eps: tuple[float, ...] = (1e-4, 1e-3, 1e-2), epochs: int = 300,
+                directions: tuple[str, ...] = DIRECTIONS, seed: int = 0,
+                dtype: str = "float64", early: int = 5, lanczos_steps: int = 150,
+                store: bool = True, progress: bool = False) -> dict[str, Any]:
+    """Run the perturbation experiment at a keyframe (default: the last) of `path`.
+
+    Returns {"rows": one per (s, direction, ε) with rate_early and rate_late,
+    "curves": δ(t) per row (len epochs + 1), "predictions": per s, ...}; with `store`, the
+    summary and curves also go to the run's ``analysis/perturb/epoch<E>`` group.
+    progress: a tqdm bar on stderr, over the exponents' epochs.
+    """
+    from .stability import _spectrum_record, load_point
+
+    check_settings(zipf_s, eps, epochs, directions, early, dtype, seed)
+    with open_run(path) as run:
+        if epoch is None:
+            if not len(run.keyframe_epochs):
+                raise ZgdynError(f"{path}: has no keyframes")
+            epoch = int(run.keyframe_epochs[-1])
+        snap = run.snapshot_at(epoch)
+        cfg = run.config
+        analysis = run.analysis("trajectory")
+    key = (analysis["attrs"]["settings"]["key"] if analysis is not None
+           and analysis["attrs"]["settings"].get("key") else None)
+    p = cfg.data.p
+    if key is None:
+        key = key_freqs_of(snap.params, p)
+    o = cfg.optim
+    lam = o.lr * o.weight_decay
+    snap = dataclasses.replace(snap, phase=0, switch_epoch=-1)
+    point = load_point(str(path), epoch, dtype=dtype) if "hessian" in directions else None
+    project = memorization_projector(p, key)
+
+    rows: list[dict[str, Any]] = []
+    curves: list[np.ndarray] = []
+    predictions: list[dict[str, Any]] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(zipf_s) * epochs, desc="perturb", unit="epoch")
+    for s in zipf_s:
+        if bar is not None:
+            bar.set_postfix(s=f"{s:g}", stage="directions")
+        run_cfg = cfg.replace(zipf_s=float(s), switch_s=None, switch_at_test_acc=None,
+                              switch_at_epoch=None, phase2_epochs=None, **DETECTOR_OFF,
+                              epochs=epoch + epochs, dtype=dtype)
+        base = Trainer(run_cfg, snap)
+        names = list(base.step.shapes)
+        theta0 = base.step.theta.clone()
+        theta_norm = float(theta0.norm())
+        # the 1-D law's prediction: gamma_inst - lambda under L_s at the point
+        base.step.loss_and_grad()
+        u = adamw_direction(base.step.grad, base.step.exp_avg, base.step.exp_avg_sq,
+                            base.step.t, o)
+        theta_m = flatten_params(project(base.step.views(theta0)), order=names)
+        g_inst = gamma_inst(flatten_params(project(base.step.views(u)), order=names), theta_m,
+                            o.lr)
+        pred = {"zipf_s": float(s), "gamma_inst": g_inst, "law_rate": g_inst - lam,
+                "hessian_rate": None, "mu_min": None, "theta_norm": theta_norm,
+                "m_w": float(theta_m.norm())}
+        vecs: dict[str, torch.Tensor] = {}
+        overlap: dict[str, float] = {}  # |P_M v| of each unit direction v
+        for d in directions:
+            if d == "theta_m":
+                v = theta_m
+            elif d == "random":
+                gen = torch.Generator().manual_seed(seed)
+                v = torch.randn(theta0.numel(), generator=gen, dtype=torch.float64)
+            else:
+                rec = _spectrum_record(point, float(s), 1, "both", True, 1e-4, 0.0,
+                                       steps=lanczos_steps)
+                mu = float(rec["eigenvalues"][-1])
+                pred["mu_min"] = mu
+                pred["hessian_rate"] = float(linearized_growth_rates([mu], o.lr,
+                                                                     o.weight_decay)[0])
+                v = rec["eigenvectors"][:, -1]  # flattened in the checkpoint's name order
+                v = flatten_params(unflatten(v, point.like), order=names)
+            vecs[d] = (v / v.norm()).to(theta0)  # dtype and device
+            overlap[d] = float(flatten_params(project(base.step.views(vecs[d])),
+                                              order=names).norm())
+        predictions.append(pred)
+        if bar is not None:
+            bar.set_postfix(s=f"{s:g}", stage="train")
+        trainers = []
+        for d in directions:
+            for e in eps:
+                t = Trainer(run_cfg, snap)
+                t.step.theta.add_(vecs[d], alpha=e * theta_norm)
+                trainers.append((d, float(e), t))
+        dist = np.zeros((len(trainers), epochs + 1))
+        proj = np.zeros_like(dist)
+        for k in range(epochs + 1):
+            for i, (d, _, t) in enumerate(trainers):
+                delta = t.step.theta - base.step.theta
+                dist[i, k] = float(delta.norm())
+                proj[i, k] = float(delta @ vecs[d])
+            if k < epochs:
+                base.step.step()
+                for _, _, t in trainers:
+                    t.step.step()
+                if bar is not None:
+                    bar.update(1)
+        base_acc = base.evaluate()["test_acc"]
+        for i, (d, e, t) in enumerate(trainers):
+            rows.append({"zipf_s": float(s), "direction": d, "eps": e,
+                         "overlap_theta_m": overlap[d],
+                         **rates(dist[i], early), "start": dist[i, 0],
+                         "end": dist[i, -1], "growth_factor": dist[i, -1] / dist[i, 0],
+                         "test_acc_end": t.evaluate()["test_acc"],
+                         "base_test_acc_end": base_acc})
+            curves.append(dist[i])
+    if bar is not None:
+        bar.close()
+    result = {"path": str(path), "epoch": epoch, "epochs": epochs, "dtype": dtype,
+              "zipf_s": [float(s) for s in zipf_s],
+              "lambda": lam, "early": early, "seed": seed,
+              "n_key": len(key), "directions": list(directions), "eps": [float(e) for e in eps],
+              "predictions": predictions, "rows": rows}
+    if store:
+        from .stability import _write
+        _write(str(path), f"perturb/epoch{epoch}", {"summary": result},
+               {"curves": np.stack(curves)})
+    result["curves"] = [c.tolist() for c in curves]
+    return result
+
+
+def stored_perturb(path: str | Path, epoch: int) -> dict[str, Any] | None:
+    """The result `perturb_run` stored for keyframe `epoch`, or None."""
+    with open_run(path) as run:
+        a = run.analysis(f"perturb/epoch{epoch}")
+    if a is None:
+        return None
+    result = dict(a["attrs"]["settings"]["summary"])
+    result["curves"] = a["curves"].tolist()
+    return result
+
+
+__all__ = ["perturb_run", "stored_perturb", "DIRECTIONS"]

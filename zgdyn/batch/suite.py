@@ -1,0 +1,803 @@
+"""Suites: every run an experiment needs, run resumably in parallel, then analyzed.
+
+A suite is a TOML file (``experiments/suite_*.toml``):
+
+    name = "quick"
+    description = "..."
+    seeds = [42]
+    [base]                 # flat config fields for every run (as `zgdyn train` flags)
+    eval_every = 100
+    [variants]             # optional: a name -> flat config fields; one copy of every run
+    float64 = { dtype = "float64" }
+    [single]               # the essay's table 2: one run per (variant, s, seed)
+    zipf_s = [0, 1.5]
+    epochs = 30000
+    [two_phase]            # the essay's table 3: uniform, then s at 99% test accuracy
+    switch_s = [1, 3]
+    switch_at_test_acc = 0.99
+    epochs = 50000
+    phase2_epochs = 10000
+    [saddle]               # the saddle table at the last keyframe of the s = 0 run
+    exponents = [0, 1, 1.5, 2, 3]
+    [perturb]              # the perturbation experiment at the same keyframe
+    zipf_s = [1.5, 3]
+    eps = [1e-6, 1e-4]
+    epochs = 200
+
+`[single]` and `[two_phase]` may be lists of entries (``[[two_phase]]``), each with its own
+fields and optional ``variants = [...]`` and ``seeds = [...]`` that run it.
+
+`run_suite` plans the runs (a finished run is skipped, an interrupted one resumed, one
+whose file holds another config is refused before anything starts), runs them in a
+process pool (`jobs` processes of `threads` torch threads each), analyzes every run, runs
+the saddle table and the perturbation experiment, and returns everything the report needs.
+A run that fails is reported and the others go on.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue as queue_mod
+import re
+import signal
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from ..core.config import Config, ConfigError, ZgdynError, flatten, from_flat, read_toml
+from ..core.train import Callback, Trainer
+
+SECTIONS = {"single": "zipf_s", "two_phase": "switch_s"}
+TOP_KEYS = {"name", "description", "seeds", "base", "variants", "single", "two_phase",
+            "saddle", "perturb", "mechanism"}
+MECHANISM_KEYS = {"baseline", "onset_sharpness"}
+SADDLE_KEYS = {"exponents", "dtype", "run"}
+PERTURB_KEYS = {"zipf_s", "eps", "epochs", "directions", "dtype", "early", "seed"}
+SUITES_DIR = Path("experiments")
+# a suite's, a variant's or a sweep's name: it names a folder or files, so no path in it
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_name(where: str, name: Any, names: str) -> str:
+    """`name` if it is a NAME, else a ConfigError saying so (`names`: what it names)."""
+    if not (isinstance(name, str) and NAME.fullmatch(name)):
+        raise ConfigError(f"{where}: must be 1 to 64 letters, digits, '_', '-', '.', not "
+                          f"starting with '_', '-' or '.' (it names {names}), got {name!r}")
+    return name
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a suite."""
+
+    table: str  # "single" | "two_phase"
+    variant: str
+    s: float  # the exponent of the table: zipf_s (single) or switch_s (two-phase)
+    seed: int
+    config: Config
+    path: Path
+
+    @property
+    def label(self) -> str:
+        return self.path.stem
+
+
+@dataclass
+class Suite:
+    name: str  # also the folder of its runs: <out>/runs/<name>/
+    description: str
+    seeds: list[int]
+    base: dict[str, Any]
+    variants: dict[str, dict[str, Any]]
+    tables: dict[str, list[dict[str, Any]]]  # "single" / "two_phase" -> their entries
+    saddle: dict[str, Any] | None
+    perturb: dict[str, Any] | None
+    source: str = ""
+    mechanism: dict[str, Any] | None = None  # the mechanism table: its baseline variant
+
+    def runs(self, root: str | Path) -> list[RunSpec]:
+        """Every run, with its config and its file under `root`/runs."""
+        root = Path(root)
+        out: list[RunSpec] = []
+        for table, key in SECTIONS.items():
+            for sec in self.tables.get(table, []):
+                rest = {k: v for k, v in sec.items() if k not in (key, "variants", "seeds")}
+                for variant, changes in self.variants.items():
+                    if variant not in sec.get("variants", self.variants):
+                        continue
+                    for s in sec[key]:
+                        for seed in sec.get("seeds", self.seeds):
+                            out.append(self._spec(table, key, variant, changes, rest, float(s),
+                                                  seed, root))
+        return out
+
+    def _spec(self, table: str, key: str, variant: str, changes: dict[str, Any],
+              rest: dict[str, Any], s: float, seed: int, root: Path) -> RunSpec:
+        flat = {**flatten(Config()), **self.base, **changes, **rest, key: s, "seed": seed}
+        try:
+            cfg = from_flat(flat)
+        except ConfigError as e:
+            raise ConfigError(f"suite {self.source or self.name}, [{table}]: {e}") from None
+        prefix = "" if variant == "default" else f"{variant}-"
+        name = f"{prefix}{table.replace('_', '-')}-s{s:g}-seed{seed}.h5"
+        return RunSpec(table, variant, s, seed, cfg, root / "runs" / self.name / name)
+
+    def anchor(self, specs: list[RunSpec]) -> RunSpec | None:
+        """The run the saddle table and the perturbation experiment start from: the first
+        single-phase run at s = 0 (first variant, first seed)."""
+        return next((r for r in specs if r.table == "single" and r.s == 0), None)
+
+
+def _list(name: str, value: Any, kind: type | tuple = (int, float)) -> list:
+    if not isinstance(value, list):
+        value = [value]
+    if not value or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+        what = "names" if kind is str else "numbers"
+        raise ConfigError(f"{name}: must be a non-empty list of {what}, got {value!r}")
+    return value
+
+
+def _seeds(where: str, value: Any) -> list[int]:
+    seeds = _list(where, value, int)
+    if len(set(seeds)) != len(seeds) or any(not 0 <= s < 2**32 for s in seeds):
+        raise ConfigError(f"{where}: must be distinct integers in [0, 2^32), got {seeds}")
+    return seeds
+
+
+def with_seeds(d: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
+    """A suite's TOML table restricted to `seeds`: they replace its seeds, and a table
+    entry with seeds of its own keeps those of them that are in `seeds` (an entry left
+    with none is dropped)."""
+    out = {**d, "seeds": list(seeds)}
+    for table in SECTIONS:
+        if table not in d:
+            continue
+        entries = d[table] if isinstance(d[table], list) else [d[table]]
+        kept = []
+        for sec in entries:
+            if isinstance(sec, dict) and isinstance(sec.get("seeds"), list):
+                sec = {**sec, "seeds": [s for s in sec["seeds"] if s in seeds]}
+                if not sec["seeds"]:
+                    continue
+            kept.append(sec)
+        if kept:
+            out[table] = kept
+        else:
+            del out[table]
+    return out
+
+
+def _known(where: str, table: dict[str, Any], allowed: set[str]) -> None:
+    bad = sorted(set(table) - allowed)
+    if bad:
+        raise ConfigError(f"{where}: unknown key {bad[0]!r}; allowed: "
+                          f"{', '.join(sorted(allowed))}")
+
+
+def suite_from_dict(d: dict[str, Any], source: str = "") -> Suite:
+    """Validate a suite's TOML table (see the module docstring)."""
+    where = f"suite {source}" if source else "suite"
+    _known(where, d, TOP_KEYS)
+    seeds = _seeds(f"{where}: seeds", d.get("seeds", [42]))
+    base = d.get("base", {})
+    variants = d.get("variants", {"default": {}})
+    if not isinstance(base, dict) or not isinstance(variants, dict) or not variants \
+            or not all(isinstance(v, dict) for v in variants.values()):
+        raise ConfigError(f"{where}: [base] must be a table of config fields and [variants] a "
+                          "table of name = {{config fields}}")
+    for variant in variants:
+        check_name(f"{where}: [variants] name", variant, "the variant's run files")
+    tables: dict[str, list[dict[str, Any]]] = {}
+    for table, key in SECTIONS.items():
+        if table not in d:
+            continue
+        entries = d[table] if isinstance(d[table], list) else [d[table]]
+        for sec in entries:
+            if not isinstance(sec, dict) or key not in sec:
+                raise ConfigError(f"{where}: [{table}] must be a table with {key} = [...] "
+                                  f"(or [[{table}]] tables, each with its own)")
+            if "seeds" in sec:
+                sec = {**sec, "seeds": _seeds(f"{where}: [{table}] seeds", sec["seeds"])}
+            if "variants" in sec:
+                names = _list(f"{where}: [{table}] variants", sec["variants"], str)
+                unknown = [v for v in names if v not in variants]
+                if unknown:
+                    raise ConfigError(f"{where}: [{table}] variants: {unknown[0]!r} is not a "
+                                      f"variant ({', '.join(variants)})")
+            tables.setdefault(table, []).append(
+                {**sec, key: _list(f"{where}: [{table}] {key}", sec[key])})
+    if not tables:
+        raise ConfigError(f"{where}: needs a [single] or a [two_phase] table")
+    saddle, perturb, mechanism = d.get("saddle"), d.get("perturb"), d.get("mechanism")
+    for name, sec, allowed in (("saddle", saddle, SADDLE_KEYS), ("perturb", perturb,
+                                                                   PERTURB_KEYS),
+                               ("mechanism", mechanism, MECHANISM_KEYS)):
+        if sec is not None:
+            if not isinstance(sec, dict):
+                raise ConfigError(f"{where}: [{name}] must be a table")
+            _known(f"{where}: [{name}]", sec, allowed)
+    name = check_name(f"{where}: name", d.get("name", Path(source).stem if source
+                                              else "suite"), "the runs' folder")
+    if mechanism is not None:
+        first = next(iter(variants))
+        if mechanism.setdefault("baseline", first) not in variants:
+            raise ConfigError(f"{where}: [mechanism] baseline: must name a variant "
+                              f"({', '.join(variants)}), got {mechanism['baseline']!r}")
+        if not isinstance(mechanism.setdefault("onset_sharpness", True), bool):
+            raise ConfigError(f"{where}: [mechanism] onset_sharpness: must be true or false")
+    suite = Suite(name=name,
+                  description=str(d.get("description", "")), seeds=seeds, base=base,
+                  variants=variants, tables=tables, saddle=saddle, perturb=perturb,
+                  source=source, mechanism=mechanism)
+    specs = suite.runs(".")  # validates every run's config
+    paths = [sp.path for sp in specs]
+    twice = next((p for p in paths if paths.count(p) > 1), None)
+    if twice is not None:
+        raise ConfigError(f"{where}: two entries ask for the same run {twice.name}; give each "
+                          "(table, variant, s) once")
+    if perturb is not None:
+        _perturb_settings(perturb)
+    if saddle is not None:
+        if any(x < 0 for x in _list(f"{where}: [saddle] exponents",
+                                    saddle.get("exponents", [0]))):
+            raise ConfigError(f"{where}: [saddle] exponents: must be numbers >= 0")
+        if saddle.get("dtype", "float64") not in ("float32", "float64"):
+            raise ConfigError(f"{where}: [saddle] dtype: must be float32 | float64")
+    if (saddle is not None or perturb is not None) and suite.anchor(specs) is None:
+        raise ConfigError(f"{where}: [saddle] and [perturb] start from a single-phase s = 0 "
+                          "run; add 0 to [single] zipf_s")
+    return suite
+
+
+def find_suite(name: str) -> Path:
+    """A suite file: `name` itself if it is a file, else experiments/suite_<name>.toml here
+    or in the source tree zgdyn was installed from."""
+    candidates = [Path(name), SUITES_DIR / f"suite_{name}.toml",
+                  Path(__file__).resolve().parents[2] / SUITES_DIR / f"suite_{name}.toml"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    known = sorted({p.stem[len("suite_"):] for d in (SUITES_DIR, candidates[-1].parent)
+                    if d.is_dir() for p in d.glob("suite_*.toml")})
+    raise ConfigError(f"suite {name!r}: no such suite file; known suites: "
+                      f"{', '.join(known) or 'none'} (or give a path to a suite TOML)")
+
+
+def load_suite(name: str) -> Suite:
+    path = find_suite(name)
+    return suite_from_dict(read_toml(path, "suite file"), str(path))
+
+
+# -- planning --------------------------------------------------------------------------------
+
+
+@dataclass
+class Task:
+    """What to do for one run: "train", "resume" (with config changes) or "done"."""
+
+    spec: RunSpec
+    action: str
+    changes: dict[str, Any] = field(default_factory=dict)
+    start_epoch: int = 0
+    note: str = ""
+
+
+def plan(specs: list[RunSpec]) -> list[Task]:
+    """One task per run. A file that holds another config is an error (nothing is touched),
+    unless only `epochs` / `phase2_epochs` grew: then the run is extended."""
+    from ..store.runner import RESUMABLE_CHANGES
+    from ..store.runfile import open_run, writer_active
+
+    tasks = []
+    for spec in specs:
+        if not spec.path.exists():
+            tasks.append(Task(spec, "train"))
+            continue
+        if writer_active(spec.path):
+            raise ZgdynError(f"{spec.path}: is being written by another process; wait for it "
+                             "or stop it")
+        with open_run(spec.path) as run:
+            stored, status = run.config, run.attrs["status"]
+            done = int(run.attrs["epochs_done"])
+            switch = int(run.attrs["switch_epoch"])
+        a, b = flatten(stored), flatten(spec.config)
+        diff = {k: b[k] for k in b if a[k] != b[k]}
+        # a run may grow (epochs, phase2_epochs) and change when it stops after collapses
+        growing = all((k in RESUMABLE_CHANGES[:2] and b[k] is not None and a[k] is not None
+                       and b[k] >= a[k]) or k == "stop_after_collapses" for k in diff)
+        if diff and not growing:
+            k = next(iter(diff))
+            raise ZgdynError(f"{spec.path}: holds a run with another config ({k} = {a[k]!r}, "
+                             f"the suite wants {b[k]!r}); move the file away or give the "
+                             "suite another --out")
+        if status == "diverged":
+            tasks.append(Task(spec, "failed", start_epoch=done, note="diverged earlier"))
+        elif status == "complete" and not diff:
+            tasks.append(Task(spec, "done", start_epoch=done))
+        else:
+            tasks.append(Task(spec, "resume", diff, start_epoch=max(done, 0),
+                              note=f"{status} at epoch {done}"
+                              + (f", switched at {switch}" if switch >= 0 else "")))
+    return tasks
+
+
+def expected_epochs(cfg: Config, epoch: int = 0) -> int:
+    """The epochs a run will take, seen from `epoch` before its switch: a two-phase run's
+    switch is guessed at 60% of its cap (and not before `epoch`)."""
+    sch = cfg.schedule
+    if sch.switch_s is None or sch.phase2_epochs is None:
+        return sch.epochs
+    switch = sch.switch_at_epoch if sch.switch_at_epoch is not None else int(0.6 * sch.epochs)
+    return max(switch, epoch) + sch.phase2_epochs
+
+
+# -- execution -------------------------------------------------------------------------------
+
+
+class _Report(Callback):
+    """Sends (task index, epoch, end epoch) at every evaluation."""
+
+    def __init__(self, index: int, send: Callable[[tuple[int, int, int]], None]) -> None:
+        self.index, self.send = index, send
+
+    def on_eval(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        end = (trainer.end_epoch if trainer.phase == 1 else
+               expected_epochs(trainer.config, trainer.epoch))
+        self.send((self.index, trainer.epoch, end))
+
+    def on_end(self, trainer: Trainer) -> None:
+        self.send((self.index, trainer.epoch, trainer.epoch))
+
+
+_QUEUE: Any = None
+# in a pool worker: set once the parent process is gone; held while a run trains
+_ORPHANED = threading.Event()
+_BUSY = threading.Lock()
+STOPPED = "stopped (resume it by running the suite again)"
+
+
+def _init_worker(q: Any, threads: int, plugins: list[str]) -> None:
+    import torch
+
+    from ..core.hooks import load_plugins
+
+    global _QUEUE
+    _QUEUE = q
+    torch.set_num_threads(threads)
+    # Ctrl-C reaches the whole process group; the parent asks the workers to stop instead
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    load_plugins(plugins)
+
+
+def _watch_parent(parent: int, every: float = 0.2) -> None:
+    """A pool worker dies with its parent: once the parent is gone (this process is
+    re-parented), the run under way stops at its next evaluation with a keyframe
+    (`_StopWhenOrphaned`), and the worker exits, releasing its run file."""
+    while os.getppid() == parent:
+        time.sleep(every)
+    _ORPHANED.set()
+    with _BUSY:  # waits for the run under way to stop and close its file
+        os._exit(0)
+
+
+class _StopWhenOrphaned(Callback):
+    """Asks the trainer to stop (keyframe, commit) once the parent process is gone."""
+
+    def on_eval(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        if _ORPHANED.is_set():
+            trainer.stop_requested = True
+
+
+def _run_task(index: int, path: str, config_json: str, action: str,
+              changes: dict[str, Any], force_disk: bool = False) -> dict[str, Any]:
+    """Train or resume one run; in a worker process or in this one."""
+    import json
+
+    from ..core.config import from_dict
+    from ..store.runner import resume_run, train_run
+
+    send = _QUEUE.put if _QUEUE is not None else _LOCAL_SEND[0]
+    cb = [_Report(index, send), _StopWhenOrphaned()]
+    t0 = time.perf_counter()
+    with _BUSY:
+        if _ORPHANED.is_set():
+            return {"ok": False, "error": STOPPED, "stopped": True, "seconds": 0.0}
+        try:
+            if action == "train":
+                trainer = train_run(from_dict(json.loads(config_json)), path, callbacks=cb,
+                                    force_disk=force_disk)
+            else:
+                trainer = resume_run(path, changes=changes, callbacks=cb,
+                                     force_disk=force_disk)
+            if trainer.stopped_early:  # Ctrl-C, SIGTERM, the parent gone: at a keyframe
+                return {"ok": False, "error": STOPPED, "stopped": True,
+                        "seconds": time.perf_counter() - t0}
+        except ZgdynError as e:
+            return {"ok": False, "error": str(e), "seconds": time.perf_counter() - t0}
+        except Exception as e:  # a bug or an I/O failure in one run must not stop the others
+            return {"ok": False, "error": f"{type(e).__name__}: {e}",
+                    "seconds": time.perf_counter() - t0}
+    return {"ok": True, "error": None, "seconds": time.perf_counter() - t0}
+
+
+_LOCAL_SEND: list[Callable[[tuple[int, int, int]], None]] = [lambda msg: None]
+
+
+# runs tasks elsewhere: backend(todo, args, receive, done) calls done(i, result) for every
+# task index in `todo`, with args(i) the arguments of `_run_task`, and passes each progress
+# message (i, epoch, end epoch) to receive
+Backend = Callable[[list[int], Callable[[int], tuple], Callable, Callable], None]
+
+
+def ensemble_backend(size: int | None = None, *, mode: str = "auto") -> Backend:
+    """A backend that trains the tasks here as ensembles (`zgdyn.core.ensemble`) of at most
+    `size` members: runs that share their shapes, fresh ones and resumed ones apart. On a
+    GPU this is the fast way through a suite."""
+
+    def run(todo: list[int], args: Callable[[int], tuple], receive: Callable,
+            done: Callable) -> None:
+        import json
+
+        from ..core.config import from_dict
+        from ..core.ensemble import _shared
+        from ..store.runner import train_ensemble
+
+        groups: dict[tuple, list[tuple[int, Config, str]]] = {}
+        for i in todo:
+            _, path, config_json, action, changes, _ = args(i)
+            cfg = from_dict(json.loads(config_json))
+            groups.setdefault((action, json.dumps(changes, sort_keys=True), _shared(cfg)),
+                              []).append((i, cfg, path))
+        for (action, changes, _), members in groups.items():
+            step = size or len(members)
+            for start in range(0, len(members), step):
+                chunk = members[start:start + step]
+                t0 = time.perf_counter()
+                try:
+                    results = train_ensemble(
+                        [c for _, c, _ in chunk], [p for _, _, p in chunk],
+                        mode=mode, resume=action == "resume",
+                        changes=json.loads(changes) if action == "resume" else None,
+                        callbacks=[[_Report(i, receive)] for i, _, _ in chunk])
+                except ZgdynError as e:
+                    for i, _, _ in chunk:
+                        done(i, {"ok": False, "error": str(e), "seconds": 0.0})
+                    continue
+                seconds = time.perf_counter() - t0
+                for (i, _, _), r in zip(chunk, results):
+                    stopped = r.error is None and r.trainer.stopped_early
+                    done(i, {"ok": r.error is None and not stopped, "seconds": seconds,
+                             "error": STOPPED if stopped else r.error, "stopped": stopped})
+                if any(r.trainer.stopped_early for r in results):
+                    raise KeyboardInterrupt  # Ctrl-C: start nothing more
+
+    return run
+
+
+def execute(tasks: list[Task], *, jobs: int = 1, threads: int | None = None,
+            plugins: tuple[str, ...] = (), progress: bool = False,
+            desc: str = "runs", backend: Backend | None = None,
+            force_disk: bool = False) -> list[dict[str, Any]]:
+    """Run the "train" and "resume" tasks, `jobs` at a time. Returns one result per task:
+    {"path", "action", "ok", "error", "seconds"}; "done" tasks are ok with 0 seconds.
+
+    jobs > 1 runs each task in its own process (spawned) with `threads` torch threads
+    (default: the cores divided among the jobs); jobs = 1 runs them here, one by one;
+    a `backend` (a cluster's scheduler, see zgdyn.batch.sweep) runs them wherever it runs them.
+    SIGTERM stops them as Ctrl-C does; a worker whose parent dies stops at a keyframe and
+    exits. `force_disk`: start runs even where the disk estimate says they will not fit.
+    """
+    import multiprocessing as mp
+
+    import torch
+
+    todo = [i for i, t in enumerate(tasks) if t.action in ("train", "resume")]
+    results: list[dict[str, Any]] = [
+        {"path": str(t.spec.path), "action": t.action, "ok": t.action == "done",
+         "error": t.note if t.action == "failed" else None, "note": t.note, "seconds": 0.0}
+        for t in tasks]
+    if not todo:
+        return results
+    jobs = max(1, min(jobs, len(todo)))
+    if threads is None:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+    start = {i: tasks[i].start_epoch for i in todo}
+    ends = {i: max(expected_epochs(tasks[i].spec.config), start[i]) for i in todo}
+    now = dict(start)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=sum(ends[i] - start[i] for i in todo), desc=desc,
+                   unit="epoch", unit_scale=True, smoothing=0.05)
+        bar.set_postfix(runs=f"0/{len(todo)}")
+    finished, failed = [0], [0]
+
+    def receive(msg: tuple[int, int, int]) -> None:
+        i, epoch, end = msg
+        step = epoch - now[i]
+        now[i] = epoch
+        if bar is not None:
+            if end != ends[i]:
+                ends[i] = end
+                bar.total = sum(ends[j] - start[j] for j in todo)
+            bar.update(step)  # tqdm redraws at most every mininterval
+
+    def done(i: int, res: dict[str, Any]) -> None:
+        results[i].update(res)
+        finished[0] += 1
+        failed[0] += not res["ok"]
+        if bar is not None:
+            bar.set_postfix(runs=f"{finished[0]}/{len(todo)}", failed=failed[0])
+
+    def args(i: int) -> tuple:
+        t = tasks[i]
+        return (i, str(t.spec.path), t.spec.config.to_json(), t.action, t.changes, force_disk)
+
+    try:
+        if backend is not None:
+            for i in todo:
+                tasks[i].spec.path.parent.mkdir(parents=True, exist_ok=True)
+            backend(todo, args, receive, done)
+        elif jobs == 1:
+            old_threads = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            _LOCAL_SEND[0] = receive
+            try:
+                for i in todo:
+                    tasks[i].spec.path.parent.mkdir(parents=True, exist_ok=True)
+                    res = _run_task(*args(i))
+                    done(i, res)
+                    if res.get("stopped"):  # the user asked to stop: start nothing more
+                        raise KeyboardInterrupt
+            finally:
+                _LOCAL_SEND[0] = lambda msg: None
+                torch.set_num_threads(old_threads)
+        else:
+            with _sigterm_interrupts():
+                _run_pool(tasks, todo, jobs, threads, plugins, args, receive, done, mp)
+    finally:
+        if bar is not None:
+            bar.close()
+    return results
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, taken as Ctrl-C."""
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt here (main thread only), so that the pool's
+    workers are stopped at their keyframes and waited for, as on Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Terminated
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _run_pool(tasks: list[Task], todo: list[int], jobs: int, threads: int,
+              plugins: tuple[str, ...], args: Callable, receive: Callable, done: Callable,
+              mp: Any) -> None:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    for i in todo:
+        tasks[i].spec.path.parent.mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
+                             initargs=(q, threads, list(plugins))) as pool:
+        # the longest first, so the pool's last run to finish is a short one
+        order = sorted(todo, key=lambda i: -(expected_epochs(tasks[i].spec.config)
+                                             - tasks[i].start_epoch))
+        futures: dict[Future, int] = {pool.submit(_run_task, *args(i)): i for i in order}
+        pending = set(futures)
+        try:
+            while pending:
+                ready, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                _drain(q, receive)
+                for f in ready:
+                    try:
+                        res = f.result()
+                    except Exception as e:  # the worker process died
+                        res = {"ok": False, "error": f"worker died: {e}", "seconds": math.nan}
+                    done(futures[f], res)
+                    if res.get("stopped"):  # a worker was told to stop: so is the suite
+                        raise KeyboardInterrupt
+            _drain(q, receive)
+        except KeyboardInterrupt:
+            # workers ignore SIGINT; cancel what has not started, then stop the running
+            # runs at their next epoch (SIGTERM: the trainer keyframes and commits)
+            for f in pending:
+                f.cancel()
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                if proc.is_alive():
+                    proc.terminate()
+            raise
+
+
+def _drain(q: Any, receive: Callable) -> None:
+    while True:
+        try:
+            receive(q.get_nowait())
+        except queue_mod.Empty:
+            return
+
+
+# -- the whole suite -------------------------------------------------------------------------
+
+
+def _stored_saddle(path: Path, epoch: int, dtype: str,
+                   exponents: list[float]) -> dict[str, Any] | None:
+    from ..store.runfile import open_run
+
+    with open_run(path) as run:
+        a = run.analysis(f"saddle/epoch{epoch}_{dtype}")
+    if a is None or [float(x) for x in a["zipf_s"]] != [float(x) for x in exponents]:
+        return None
+    cols = [k for k in a if k not in ("attrs", "bottom_direction")]
+    rows = [{c: float(a[c][i]) for c in cols} for i in range(len(a["zipf_s"]))]
+    for row in rows:  # files written before convergence was stored: unknown, say no
+        row["converged"] = bool(row.get("converged", 0.0))
+    return {**a["attrs"]["settings"], "rows": rows, "stored": True}
+
+
+def _perturb_settings(sec: dict[str, Any]) -> dict[str, Any]:
+    """The [perturb] table as `perturb_run` keywords, checked (ConfigError if bad)."""
+    from ..analysis.perturb import DIRECTIONS, check_settings
+
+    ps = {"zipf_s": tuple(_list("perturb: zipf_s", sec.get("zipf_s", [1.5]))),
+          "eps": tuple(_list("perturb: eps", sec.get("eps", [1e-4]))),
+          "epochs": sec.get("epochs", 200),
+          "directions": tuple(_list("perturb: directions", sec.get("directions",
+                                                                    list(DIRECTIONS)), str)),
+          "dtype": sec.get("dtype", "float64"), "early": sec.get("early", 5),
+          "seed": sec.get("seed", 0)}
+    try:
+        check_settings(**ps)
+    except ZgdynError as e:
+        raise ConfigError(f"[perturb] {e}") from None
+    ps["zipf_s"] = tuple(float(x) for x in ps["zipf_s"])
+    ps["eps"] = tuple(float(x) for x in ps["eps"])
+    return ps
+
+
+def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | None = None,
+              plugins: tuple[str, ...] = (), progress: bool = False,
+              report_only: bool = False, only: tuple[str, ...] | None = None,
+              analyze: bool = True, device: str | None = None,
+              ensemble: int | None = None,
+              on_stage: Callable[[str], None] = lambda stage: None) -> dict[str, Any]:
+    """Run (unless `report_only`; with `only`, just the runs of those tables) and analyze
+    every run of `suite` under `out`/runs/<name>; return everything the report shows.
+    `on_stage` hears the name of each stage as it starts. With `analyze` False, runs are
+    only scored (no Fourier analysis, no saddle table, no perturbations). `device` sets
+    every run's device; `ensemble` (K, or 0 for all at once) trains the runs here as
+    ensembles of up to K members instead of in a process pool."""
+    from ..analysis.analyze import analyze_run
+    from ..core.data import stats_table
+    from ..analysis.perturb import perturb_run, stored_perturb
+    from .scorecard import aggregate, scorecard
+    from ..analysis.stability import saddle_table
+    from ..store.runfile import open_run
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    specs = suite.runs(out)
+    if device is not None:
+        specs = [replace(sp, config=sp.config.replace(device=device)) for sp in specs]
+    tasks = plan(specs)
+    for t in tasks:  # runs left out this time: reported as not run
+        if t.action in ("train", "resume") and (report_only or (only is not None
+                                                                 and t.spec.table not in only)):
+            t.action, t.note = "skipped", f"not run: {t.note or 'no file yet'}"
+    on_stage("runs")
+    backend = None if ensemble is None else ensemble_backend(ensemble or None)
+    results = execute(tasks, jobs=jobs, threads=threads, plugins=plugins,
+                      progress=progress and not report_only, desc=f"{suite.name}: runs",
+                      backend=backend)
+    t_runs = time.perf_counter() - t0
+    on_stage("analysis")
+    cards: dict[str, dict[str, Any]] = {}
+    errors: dict[str, str] = {r["path"]: r["error"] for r in results if r["error"]}
+    for spec in specs:
+        if not spec.path.exists() or str(spec.path) in errors:
+            continue
+        try:
+            if analyze:
+                analyze_run(str(spec.path), progress=progress, desc=f"analyze {spec.label}")
+            cards[str(spec.path)] = scorecard(spec.path)
+        except ZgdynError as e:
+            errors[str(spec.path)] = str(e)
+    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
+    for spec in specs:
+        card = cards.get(str(spec.path))
+        if card is not None and card["status"] == "complete":
+            groups.setdefault((spec.table, spec.variant, spec.s), []).append(card)
+    tables = [{"table": t, "variant": v, "s": s, **aggregate(c)}
+              for (t, v, s), c in groups.items()]
+    anchor = suite.anchor(specs)
+    saddle = perturb = None
+    anchor_epoch = None
+    anchor_card = cards.get(str(anchor.path), {}) if anchor is not None else {}
+    if analyze and anchor_card.get("status") == "complete":
+        with open_run(anchor.path) as run:
+            anchor_epoch = int(run.keyframe_epochs[-1])
+        if suite.saddle is not None:
+            on_stage("saddle")
+            exps = _list("saddle: exponents", suite.saddle.get("exponents",
+                                                               [0, 1, 1.5, 2, 3]))
+            dtype = str(suite.saddle.get("dtype", "float64"))
+            saddle = _stored_saddle(anchor.path, anchor_epoch, dtype, exps) or saddle_table(
+                str(anchor.path), epoch=anchor_epoch, exponents=tuple(map(float, exps)),
+                dtype=dtype)
+        if suite.perturb is not None:
+            on_stage("perturb")
+            ps = _perturb_settings(suite.perturb)
+            old = stored_perturb(anchor.path, anchor_epoch)
+            same = old is not None and all(
+                (tuple(old[k]) if isinstance(old[k], list) else old[k]) == v
+                for k, v in ps.items() if k in old)
+            perturb = old if same else perturb_run(str(anchor.path), epoch=anchor_epoch,
+                                                   progress=progress, **ps)
+    mechanism = None
+    if suite.mechanism is not None:
+        on_stage("mechanism")
+        mechanism = _mechanism(suite, specs, cards, curvature=analyze and bool(
+            suite.mechanism["onset_sharpness"]), progress=progress)
+    p = next(iter(specs)).config.data
+    stats = stats_table(p.p, p.train_frac, [0, 1, 1.5, 2, 3], seed=specs[0].seed,
+                        mode=p.weighting)
+    return {"suite": {"name": suite.name, "description": suite.description,
+                      "source": suite.source, "seeds": suite.seeds,
+                      "variants": suite.variants, "base": suite.base},
+            "out": str(out), "tasks": [{"path": str(t.spec.path), "table": t.spec.table,
+                                        "variant": t.spec.variant, "s": t.spec.s,
+                                        "seed": t.spec.seed, "planned": t.action,
+                                        "note": t.note} for t in tasks],
+            "results": results, "errors": errors, "cards": list(cards.values()),
+            "tables": tables, "anchor": None if anchor is None else str(anchor.path),
+            "anchor_epoch": anchor_epoch, "saddle": saddle, "perturb": perturb,
+            "anchor_weight_decay": None if anchor is None
+            else anchor.config.optim.weight_decay,
+            "stats": stats, "seconds": {"runs": t_runs, "total": time.perf_counter() - t0},
+            "jobs": jobs, "threads": threads, "mechanism": mechanism}
+
+
+def _mechanism(suite: Suite, specs: list[RunSpec], cards: dict[str, dict[str, Any]], *,
+               curvature: bool, progress: bool) -> dict[str, Any]:
+    """The mechanism table of the suite's complete runs: each run's record (with the
+    curvature at its onsets), the verdicts and the onset summary (`zgdyn.analysis.mechanism`)."""
+    from ..analysis.mechanism import mechanism_record, onset_summary, verdicts
+
+    done = [sp for sp in specs if cards.get(str(sp.path), {}).get("status") == "complete"]
+    bar = None
+    if progress and curvature:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=sum(cards[str(sp.path)]["collapses"] for sp in done),
+                   desc=f"{suite.name}: curvature at onsets", unit="onset")
+    records = []
+    try:
+        for sp in done:
+            records.append(mechanism_record(
+                sp.path, variant=sp.variant, curvature=curvature,
+                progress=None if bar is None else lambda i, n: bar.update(1)))
+    finally:
+        if bar is not None:
+            bar.close()
+    baseline = suite.mechanism["baseline"]
+    return {"baseline": baseline, "variants": list(suite.variants),
+            "records": [r.to_dict() for r in records],
+            "verdicts": [v.to_dict() for v in verdicts(records, baseline=baseline)],
+            "onset": onset_summary(records)}

@@ -1,0 +1,2 @@
+"""What people read: REPORT.md with its computed conclusions, every figure, and the
+benchmarks."""
