@@ -12,7 +12,7 @@ from zgdyn.analysis.fourier import checkpoint_measures, memorization_projector
 from zgdyn.analysis.growth import adamw_direction
 from zgdyn.core.model import functional_logits
 from zgdyn.store.runner import train_run
-from zgdyn.store.runfile import open_run
+from zgdyn.store.reader import open_run
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ def test_hessian_rows_compare_like_with_like(tmp_path, capsys):
     text = format_hessian(r)
     assert "ARPACK on torch.func's HVP" in text and "block Krylov on the hand HVP" in text
     out = tmp_path / "h.json"
-    from conftest import small_config
+    from helpers import small_config
     from zgdyn.store.runner import train_run
     train_run(small_config(epochs=100), tmp_path / "r.h5")
     assert main(["bench", "--hessian-run", str(tmp_path / "r.h5"), "--hessian-epoch", "60",

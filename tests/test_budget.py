@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import count, mount_tmpfs, refusals, small_config, umount
+from helpers import count, mount_tmpfs, refusals, small_config, umount
 from zgdyn import Config
 from zgdyn.cli import main
 from zgdyn.core.config import ConfigError

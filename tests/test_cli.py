@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import count
+from helpers import count
 from zgdyn.cli import main
-from zgdyn.store.runfile import open_run
+from zgdyn.store.reader import open_run
 
 SMALL = ["--p", "13", "--train-frac", "0.5", "--hidden", "16", "16", "--eval-every", "10",
          "--ckpt-every", "20", "--keyframe-every", "40", "--no-progress"]
@@ -276,7 +276,7 @@ def test_a_250_byte_file_name_trains_and_resumes(tmp_path, capsys):
 def test_read_only_storage_is_one_line(a_run, tmp_path, capsys):
     """A run on a read-only file system: analyze, plot into it and train into it are refused
     in one line; info and verify still read it."""
-    from conftest import mount_tmpfs, remount, umount
+    from helpers import mount_tmpfs, remount, umount
     ro = tmp_path / "ro"
     mount_tmpfs(ro, "4m")
     try:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import StopAt, small_config
+from helpers import StopAt, small_config
 from zgdyn import ConfigError, open_run
 from zgdyn.cli import main
 from zgdyn.core.ensemble import SMALL_STEP_FLOP, Ensemble, EnsembleStep, resolve_mode, step_flop
@@ -125,7 +125,7 @@ def test_interrupted_ensemble_resumes_bitwise(tmp_path):
     configs = _configs(epochs=400)[:3]
     paths = [tmp_path / f"m{k}.h5" for k in range(3)]
     trainers = [Trainer(c) for c in configs]
-    from zgdyn.store.runfile import RunWriter
+    from zgdyn.store.writer import RunWriter
     writers = [RunWriter.create(p, c, t) for p, c, t in zip(paths, configs, trainers)]
     ens = Ensemble(trainers=trainers, mode="members")
     assert ens.run([[w, StopAt(150)] for w in writers]) == {}

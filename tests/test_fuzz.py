@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import count
+from helpers import count
 from zgdyn.cli import main
 from zgdyn.core.config import Config, ConfigError, flatten, from_flat, load_toml
 

@@ -383,7 +383,7 @@ def test_solvers_hand_the_operator_aligned_vectors(prob, solver):
 
 
 def test_hessian_and_saddle_repeat_bitwise_in_one_process(tmp_path):
-    from conftest import small_config
+    from helpers import small_config
     from zgdyn.store.runner import train_run
     from zgdyn.analysis.stability import hessian_at, saddle_table
     path = tmp_path / "r.h5"

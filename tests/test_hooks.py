@@ -11,7 +11,7 @@ from test_step import _autograd_loss, _setup
 from zgdyn.cli import main
 from zgdyn.core.config import OptimConfig
 from zgdyn.core.hooks import HOOKS, Hook, make_hook, register
-from zgdyn.store.runfile import open_run
+from zgdyn.store.reader import open_run
 
 
 def test_coupled_l2_equals_torch_adam_with_l2():

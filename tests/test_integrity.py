@@ -10,11 +10,12 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import count, small_config
+from helpers import count, small_config
 from zgdyn.analysis.analyze import analyze_run
 from zgdyn.cli import main
 from zgdyn.store.runner import train_run
-from zgdyn.store.runfile import RunFileError, verify_run
+from zgdyn.store.journal import RunFileError
+from zgdyn.store.reader import verify_run
 
 pytestmark = pytest.mark.heavy  # trains runs, kills processes: not in the inner loop
 
@@ -131,8 +132,8 @@ def test_a_chunk_lost_from_its_index_is_caught(tmp_path, monkeypatch):
     """In a file of HDF5's earliest format (zgdyn's files before it chose checksummed
     indexes), one flipped bit in the chunk index moves checkpoints/fc2.bias record 5
     elsewhere: it reads as zeros, yet every checksum holds. verify must say so."""
-    import zgdyn.store.runfile
-    monkeypatch.setattr(zgdyn.store.runfile, "LIBVER", ("earliest", "latest"), raising=False)
+    import zgdyn.store.writer
+    monkeypatch.setattr(zgdyn.store.writer, "LIBVER", ("earliest", "latest"))
     target = tmp_path / "r.h5"
     train_run(small_config(epochs=200, window=0), target)
     with h5py.File(target, "r") as f:

@@ -1,5 +1,5 @@
 """The package's floors (README, "Layout"): one subpackage per floor, each importing only
-from its own floor or below; h5py appears only in the store's run file and integrity
+from its own floor or below; h5py appears only in the store's writer, reader and integrity
 modules, matplotlib only in present/plots.py."""
 
 import ast
@@ -11,7 +11,7 @@ FLOORS = ["core", "store", "analysis", "batch", "present cli"]  # bottom to top
 LEVEL = {pkg: i for i, names in enumerate(FLOORS) for pkg in names.split()}
 ROOT = Path(zgdyn.__file__).parent
 OUTSIDE = {"__init__.py", "__main__.py"}  # the package's front door and `python -m zgdyn`
-H5PY = {"store/runfile.py", "store/integrity.py"}
+H5PY = {"store/writer.py", "store/reader.py", "store/integrity.py"}
 MATPLOTLIB = {"present/plots.py"}
 
 
@@ -66,3 +66,20 @@ def test_the_check_sees_an_upward_import(tmp_path):
                    "    from .step import FusedStep\n")
     assert list(_imports(bad, "core")) == [(2, "zgdyn.analysis.hessian"), (3, "h5py"),
                                            (4, "zgdyn.core.step")]
+
+
+def test_every_module_declares_its_public_surface():
+    """`__all__` in every module, naming only what the module has."""
+    import importlib
+
+    missing, dangling = [], []
+    for path in _modules():
+        name = "zgdyn." + path.relative_to(ROOT).with_suffix("").as_posix().replace("/", ".")
+        if path.name == "__init__.py":
+            continue
+        module = importlib.import_module(name)
+        if not hasattr(module, "__all__"):
+            missing.append(name)
+        dangling += [f"{name}.{n}" for n in getattr(module, "__all__", [])
+                     if not hasattr(module, n)]
+    assert missing == [] and dangling == []

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import small_config
+from helpers import small_config
 from zgdyn.core.config import Config
 from zgdyn.analysis.hessian import dense_hessian, weighted_loss_fn
 from zgdyn.analysis.mechanism import (EOS_BAND, RunRecord, mechanism_record, onset_curvature,
                              period_predictions, run_record, stability_threshold, verdicts)
 from zgdyn.store.runner import train_run
-from zgdyn.store.runfile import open_run
+from zgdyn.store.reader import open_run
 
 
 def planted_cycle(period: float, *, beta2: float = 0.999, eps: float = 1e-8,

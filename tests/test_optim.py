@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import KILL_PREAMBLE, small_config
+from helpers import KILL_PREAMBLE, small_config
 from zgdyn.cli import main
 from zgdyn.core.config import Config, ConfigError, OptimConfig
 from zgdyn.core.data import make_split, zipf_weights
@@ -22,7 +22,7 @@ from zgdyn.core.model import build_model, functional_logits, log_probs
 from zgdyn.core.optim import decay_segments, update_direction
 from zgdyn.store.runner import resume_run, train_run
 from zgdyn.core.step import FusedStep
-from zgdyn.store.runfile import open_run
+from zgdyn.store.reader import open_run
 from zgdyn.core.train import MetricsLog, Trainer
 
 P, HIDDEN = 13, (24, 16)

@@ -61,7 +61,7 @@ def test_threshold_must_exceed_one():
 def test_events_cli_on_a_run(tmp_path, capsys):
     import json
 
-    from conftest import small_config
+    from helpers import small_config
     from zgdyn.cli import main
     from zgdyn.store.runner import train_run
     train_run(small_config(epochs=200), tmp_path / "r.h5")

@@ -12,7 +12,7 @@ from zgdyn.cli import main
 from zgdyn.analysis.fourier import memorization_projector
 from zgdyn.analysis.perturb import perturb_run, rates, stored_perturb
 from zgdyn.store.runner import train_run
-from zgdyn.store.runfile import open_run
+from zgdyn.store.reader import open_run
 from zgdyn.core.train import Trainer
 
 

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import KILL_PREAMBLE, count, remount, small_config
+from helpers import KILL_PREAMBLE, count, remount, small_config
 from zgdyn.cli import main
 from zgdyn.core.config import ConfigError
 from zgdyn.store.runner import resume_run, train_run
-from zgdyn.store.runfile import RunFileError, open_run, verify_run
+from zgdyn.store.journal import RunFileError
+from zgdyn.store.reader import open_run, verify_run
 from zgdyn.core.train import Callback, Diverged
 
 pytestmark = pytest.mark.heavy  # trains runs, kills processes: not in the inner loop
@@ -346,7 +347,7 @@ def test_analyze_on_a_nearly_full_disk_keeps_the_run(tmpfs, dense_reference):
 # rewrite an analysis group with a smaller one: HDF5 gives the freed tail back (a truncate)
 SHRINK = KILL_PREAMBLE + """
 import numpy as np
-from zgdyn.store.runfile import AnalysisWriter
+from zgdyn.store.writer import AnalysisWriter
 w = AnalysisWriter(sys.argv[1], "saddle/x")
 w.reset({"n": 1})
 w.put("bottom_direction", np.zeros((1, 4000)))
@@ -356,7 +357,7 @@ w.close(commit=True)
 
 def _analysed(tmp_path, good_run):
     """A run with a large analysis group, the last one in the file (its tail)."""
-    from zgdyn.store.runfile import AnalysisWriter
+    from zgdyn.store.writer import AnalysisWriter
     big = np.random.default_rng(0).normal(size=(5, 4000))
     w = AnalysisWriter(good_run, "saddle/x")
     w.reset({"n": 5})
@@ -702,7 +703,7 @@ def test_workers_die_with_their_parent(tmp_path, command, sig):
     """Kill the parent of a 2-job pool: its workers stop at a keyframe (the run files marked
     interrupted), release their locks and exit, so that the next run can go on at once."""
     from zgdyn.store.journal import writer_active
-    from zgdyn.store.runfile import RunWriter
+    from zgdyn.store.writer import RunWriter
     out = tmp_path / "out"
     if command == "sweep":
         spec = tmp_path / "s.toml"

@@ -5,12 +5,13 @@ from zgdyn.analysis.analyze import analyze_run
 from zgdyn.cli import main
 from zgdyn.present.plots import KINDS, run_figure
 from zgdyn.store.runner import replay_run, train_run
-from zgdyn.store.runfile import RunFileError, open_run
+from zgdyn.store.journal import RunFileError
+from zgdyn.store.reader import open_run
 
 
 @pytest.fixture(scope="module")
 def two_phase(tmp_path_factory):
-    from conftest import small_config
+    from helpers import small_config
     path = tmp_path_factory.mktemp("rp") / "r.h5"
     train_run(small_config(epochs=400, switch_s=2.0, switch_at_epoch=130,
                            phase2_epochs=200), path)
@@ -52,7 +53,7 @@ def test_replay_refusals(two_phase, tmp_path):
 def test_a_run_that_stops_after_its_collapses_replays_bitwise(tmp_path):
     """A mechanism-suite run (stop_after_collapses) replays: the replay turns the detector
     off, and with it the stop that needs the detector."""
-    from conftest import small_config
+    from helpers import small_config
     src = tmp_path / "r.h5"
     train_run(small_config(300, p=7, hidden=(8,), zipf_s=1.5, ckpt_every=10,
                            keyframe_every=100, stop_after_collapses=4), src)
@@ -78,7 +79,7 @@ def test_every_plot_kind_renders(two_phase, tmp_path, kind):
 
 
 def test_plot_needs_analysis(tmp_path):
-    from conftest import small_config
+    from helpers import small_config
     train_run(small_config(epochs=30), tmp_path / "r.h5")
     assert main(["plot", str(tmp_path / "r.h5"), "--kind", "gamma", "--out",
                  str(tmp_path / "g.png")]) == 2

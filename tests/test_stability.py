@@ -8,13 +8,13 @@ from zgdyn.cli import main
 from zgdyn.analysis.hessian import dense_hessian
 from zgdyn.store.runner import train_run
 from zgdyn.analysis.stability import hessian_at, load_point, saddle_table
-from zgdyn.store.runfile import open_run
+from zgdyn.store.reader import open_run
 
 
 @pytest.fixture(scope="module")
 def grokked(tmp_path_factory):
     """A small s = 0 run; its last keyframe has Adam state."""
-    from conftest import small_config
+    from helpers import small_config
     path = tmp_path_factory.mktemp("stab") / "r.h5"
     cfg = small_config(epochs=400).replace(p=7, hidden=(6,), train_frac=0.6)
     train_run(cfg, path)
@@ -102,7 +102,7 @@ def test_hessian_cli_text_and_errors(grokked, capsys):
 def test_a_stablemax_run_gets_stablemax_curvature(tmp_path):
     """The Hessian of a StableMax run is StableMax's (written out densely here), whichever
     method is asked for; preconditioning is refused for an optimizer that is not AdamW."""
-    from conftest import small_config
+    from helpers import small_config
     from zgdyn.core.config import ZgdynError
     from zgdyn.analysis.hessian import weighted_loss_fn
     path = tmp_path / "r.h5"

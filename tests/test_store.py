@@ -12,7 +12,9 @@ import torch
 
 from zgdyn.core.config import ConfigError
 from zgdyn.store.runner import resume_run, train_run
-from zgdyn.store.runfile import JournaledFile, RunFileError, RunWriter, open_run, recover
+from zgdyn.store.journal import JournaledFile, RunFileError, recover
+from zgdyn.store.reader import open_run
+from zgdyn.store.writer import RunWriter
 from zgdyn.core.train import MetricsLog, Trainer
 
 
@@ -240,3 +242,18 @@ def test_sigkill_then_resume_is_bitwise(tmp_path):
                 assert torch.equal(v, final[k])
         survived += 1
     assert survived == 3
+
+
+def test_run_weights_are_the_loss_weights_of_each_phase(tmp_path):
+    from helpers import small_config
+    from zgdyn.core.data import zipf_weights
+    from zgdyn.store.runner import train_run
+
+    cfg = small_config(200, zipf_s=0.0, switch_s=1.5, switch_at_epoch=100, phase2_epochs=50)
+    path = tmp_path / "two.h5"
+    train_run(cfg, path)
+    with open_run(path) as run:
+        np.testing.assert_array_equal(run.weights(0), zipf_weights(run.split, 0.0))
+        np.testing.assert_array_equal(run.weights(1), zipf_weights(run.split, 1.5))
+        with pytest.raises(ValueError, match="no loss weights of phase 2"):
+            run.weights(2)

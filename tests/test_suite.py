@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import StopAt, count, small_config
+from helpers import StopAt, count, small_config
 from zgdyn.cli import main
 from zgdyn.core.config import ConfigError, ZgdynError
 from zgdyn.present.report import MARKER, write_report
 from zgdyn.store.runner import train_run
 from zgdyn.batch.scorecard import aggregate, scorecard
-from zgdyn.store.runfile import open_run
-from zgdyn.batch.suite import execute, plan, run_suite, suite_from_dict
+from zgdyn.store.reader import open_run
+from zgdyn.batch.execute import execute
+from zgdyn.batch.suite import plan, run_suite, suite_from_dict
 from zgdyn.core.train import MetricsLog, Trainer
 
 pytestmark = pytest.mark.heavy  # trains runs, kills processes: not in the inner loop
@@ -277,7 +278,7 @@ def test_demo_shows_the_phenomenon(tmp_path, capsys):
     cycle and no collapse with eps = 1e-6, the two-phase split the essay reports, and a
     saddle whose predicted growth rises with s."""
     from zgdyn.present.conclusions import full_cycle
-    from zgdyn.store.runfile import open_run
+    from zgdyn.store.reader import open_run
 
     assert main(["demo", "--out", str(tmp_path), "--no-progress", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import KILL_PREAMBLE, count, refusals
+from helpers import KILL_PREAMBLE, count, refusals
 from zgdyn.cli import main
 from zgdyn.core.config import ConfigError, ZgdynError, flatten
 from zgdyn.store.runner import train_run
 from zgdyn.batch.scorecard import scorecard
-from zgdyn.store.runfile import open_run
+from zgdyn.store.reader import open_run
 from zgdyn.batch.sweep import phase_grid, run_label, run_sweep, sweep_from_dict, sweep_report
 
 pytestmark = pytest.mark.heavy  # trains runs, kills processes: not in the inner loop

@@ -168,9 +168,9 @@ def _register_kick():
 def test_stop_after_collapses_ends_a_run_complete_after_the_nth_window(tmp_path):
     """The detector's count survives a resume, and the run ends at the window's keyframe."""
     from zgdyn.store.runner import resume_run, train_run
-    from zgdyn.store.runfile import open_run
+    from zgdyn.store.reader import open_run
 
-    from conftest import StopAt, small_config
+    from helpers import StopAt, small_config
 
     _register_kick()
     cfg = small_config(6_000, zipf_s=1.5, window=5, hook="test_kick", hook_strength=2.0,

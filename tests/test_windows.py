@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import KILL_PREAMBLE, count
+from helpers import KILL_PREAMBLE, count
 from zgdyn import Config
 from zgdyn.analysis.oscillator import detect_events
 from zgdyn.store.runner import replay_run, resume_run, train_run
-from zgdyn.store.runfile import open_run, verify_run
-from zgdyn.core.train import CollapseWatch
+from zgdyn.store.reader import open_run, verify_run
+from zgdyn.core.watch import CollapseWatch
 
 pytestmark = pytest.mark.heavy  # trains runs, kills processes: not in the inner loop
 

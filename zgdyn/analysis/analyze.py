@@ -19,11 +19,13 @@ import numpy as np
 import torch
 
 from ..core.config import LOOKBACK, REFRACTORY, ZgdynError
+from ..core.runtime import progress_bar
+from ..core.step import FusedStep
+from ..store.reader import Run
+from ..store.writer import AnalysisWriter
 from .fourier import checkpoint_measures, key_freqs_of, memorization_projector
 from .growth import adamw_direction, gamma_curve, gamma_fd, gamma_inst
 from .hessian import flatten_params
-from ..core.step import FusedStep
-from ..store.runfile import AnalysisWriter, Run
 
 GROUP = "trajectory"
 KEY_MODES = ("fixed", "auto")
@@ -42,8 +44,7 @@ def reference_epoch(run: Run) -> int:
 def _phase_weights(run: Run) -> Callable[[int], torch.Tensor]:
     """epoch -> the weights of the loss that the step after `epoch` uses (read once)."""
     switch = run.attrs["switch_epoch"]
-    weights = [torch.from_numpy(run.h5[f"weights/phase{i}"][:])
-               for i in range(2 if switch >= 0 else 1)]
+    weights = [torch.from_numpy(run.weights(i)) for i in range(2 if switch >= 0 else 1)]
     return lambda epoch: weights[1 if 0 <= switch <= epoch else 0]
 
 
@@ -86,15 +87,6 @@ def start_group(writer: AnalysisWriter, settings: dict[str, Any], force: bool) -
     return set(int(e) for e in writer.done_epochs())
 
 
-def progress_bar(progress: bool, **kw: Any) -> Any:
-    """A tqdm bar on stderr with tqdm's keywords `kw` (hidden where stderr is not a
-    terminal), or None without `progress`."""
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-    return tqdm(disable=None, **kw)
-
-
 def record_each(writer: AnalysisWriter, epochs: list[int],
                 measure: Callable[[int], dict[str, Any]], *, total: int, unit: str, desc: str,
                 progress: bool, commit_every: int) -> None:
@@ -127,16 +119,9 @@ def analyze_run(path: str, *, key_freqs: str = "fixed", ref_epoch: int | None = 
         raise ZgdynError(f"key_freqs: must be {' | '.join(KEY_MODES)}, got {key_freqs!r}")
     if top_k is not None and top_k < 1:
         raise ZgdynError(f"top_k: must be an integer >= 1, got {top_k}")
-    writer = AnalysisWriter(path, GROUP)
-    try:
-        run = writer.reader()
-        summary = _analyze(writer, run, key_freqs, ref_epoch, top_k, force, progress,
-                           commit_every, desc)
-    except BaseException:
-        writer.close(commit=False)
-        raise
-    writer.close(commit=True)
-    return summary
+    with AnalysisWriter(path, GROUP) as writer:
+        return _analyze(writer, writer.reader(), key_freqs, ref_epoch, top_k, force,
+                        progress, commit_every, desc)
 
 
 def _analyze(writer: AnalysisWriter, run: Run, key_freqs: str, ref_epoch: int | None,
@@ -219,7 +204,7 @@ def run_events(path: str, *, threshold: float = 100.0, lookback: int = LOOKBACK,
                refractory: int = REFRACTORY) -> dict[str, Any]:
     """Collapse events and cycle statistics of a run (Fourier energy if it was analyzed)."""
     from .oscillator import check_threshold, cycle_statistics, detect_events
-    from ..store.runfile import open_run
+    from ..store.reader import open_run
 
     check_threshold(threshold)
     if lookback < 1 or refractory < 1:
@@ -316,7 +301,7 @@ def fit_run(path: str, *, model: str = "both", slow: str = "best", m_name: str =
     """
     from .oscillator import adam_clock, cycle_statistics, detect_events, event_rates, fit_1d, \
         fit_2d, oscillation
-    from ..store.runfile import open_run
+    from ..store.reader import open_run
 
     if model not in ("1d", "2d", "both"):
         raise ZgdynError(f"model: must be 1d | 2d | both, got {model!r}")
@@ -407,13 +392,13 @@ def fit_run(path: str, *, model: str = "both", slow: str = "best", m_name: str =
         out["aic"] = {"1d": a1, "2d": a2, "delta_1d_minus_2d": a1 - a2,
                       "preferred": "2d" if a2 < a1 else "1d"}
     out["warnings"] = fit_warnings(out)
-    writer = AnalysisWriter(path, FIT_GROUP)
-    try:
+    with AnalysisWriter(path, FIT_GROUP) as writer:
         writer.reset({"model": model, "slow": slow, "m": m_name, "segment": segment,
                       "threshold": threshold})
         writer.put_attrs({"summary": out})
-    except BaseException:
-        writer.close(commit=False)
-        raise
-    writer.close(commit=True)
     return out
+
+
+__all__ = ["GROUP", "KEY_MODES", "NEAR_SOLUTION", "reference_epoch", "start_group",
+           "record_each", "analyze_run", "run_events", "FIT_GROUP", "SLOW_VARIABLES",
+           "sorted_trajectory", "MIN_EVENTS_2D", "fit_warnings", "fit_run"]

@@ -334,3 +334,11 @@ def checkpoint_measures(params: dict[str, Tensor], p: int, key: list[int], train
         "gini": gini(frequency_norms(params, p)),
     }
     return row, spec.diagonal / spec.total
+
+
+__all__ = ["fourier_basis", "n_freqs", "all_logits", "Spectrum", "center", "spectrum",
+           "energy_map", "KeyFreqs", "detect_key_freqs", "key_freqs_of", "fourier_energy",
+           "diagonal_fraction", "split_logits", "ProgressMeasures", "progress_measures", "gini",
+           "token_weights", "frequency_norms", "key_projector", "constant_projector",
+           "WeightDecomposition", "split_token_weights", "weight_decomposition",
+           "memorization_projector", "checkpoint_measures"]

@@ -102,3 +102,6 @@ def crossing(x: np.ndarray, y: np.ndarray) -> float | None:
     lx0, lx1 = math.log(x[i]), math.log(x[i + 1])
     t = y[i] / (y[i] - y[i + 1])
     return float(math.exp(lx0 + t * (lx1 - lx0)))
+
+
+__all__ = ["gamma_fd", "adamw_direction", "gamma_inst", "GammaCurve", "gamma_curve", "crossing"]

@@ -385,3 +385,12 @@ def per_pair_gradients(p: int, params_flat: Tensor, like: Like, a: Tensor | np.n
 
     return torch.func.vmap(torch.func.grad(ce_one), in_dims=(None, 0, 0, 0),
                            chunk_size=chunk_size)(theta, a_s, b_s, y_s)
+
+
+__all__ = ["WHICH", "dense_hessian", "EigResult", "extreme_eigs", "deflated_power_iteration",
+           "rademacher_probes", "hutchinson_trace", "lanczos_extremes", "slq_density",
+           "smoothed_density", "adam_preconditioner", "preconditioned_hvp",
+           "adam_stability_threshold", "linearized_growth_rates", "subspace_overlap",
+           "gradient_overlaps", "per_pair_gradients", "Like", "LossFn", "Operator",
+           "flatten_params", "gradient", "make_hvp", "step_curvature", "unflatten",
+           "weighted_loss_fn"]

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..core.model import layer_names, param_shapes
+from ..core.config import layer_names
+from ..core.model import param_shapes
 from ..core.step import param_views
 
 

@@ -37,6 +37,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..core.config import DETECTOR_OFF, Config
+from ..core.runtime import torch_threads
 from .oscillator import cycle_statistics, detect_events, drop_continuations
 
 CLOCK_AFTER = 500  # epochs after a collapse in which √v̂'s peak is taken
@@ -191,13 +192,9 @@ def onset_curvature(run: Any, epoch: int, *, steps: int = 60, tol: float = 1e-3,
     if not len(starts):
         raise ValueError(f"{run.path}: no keyframe at or before epoch {epoch}")
     snap = run.snapshot_at(int(starts[-1]))
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         trainer = Trainer(cfg.replace(**DETECTOR_OFF), snap)
         trainer.advance_to(epoch)
-    finally:
-        torch.set_num_threads(old)
     st = trainer.step
     dt = DTYPES[dtype]
     a, b, _ = trainer.split.tokens(trainer.split.train_idx)
@@ -221,7 +218,8 @@ def mechanism_record(path: str | Path, *, variant: str = "", curvature: bool = T
                      progress: Callable[[int, int], None] | None = None) -> RunRecord:
     """The `RunRecord` of a run file, its onset curvatures computed (or read back from
     ``analysis/mechanism``, where they are stored as they are computed)."""
-    from ..store.runfile import AnalysisWriter, open_run
+    from ..store.reader import open_run
+    from ..store.writer import AnalysisWriter
 
     path = Path(path)
     with open_run(path) as run:
@@ -242,8 +240,7 @@ def mechanism_record(path: str | Path, *, variant: str = "", curvature: bool = T
                                       "converged")}
     todo = [o.epoch for o in rec.onsets if o.epoch not in have]
     if todo:
-        writer = AnalysisWriter(path, "mechanism")
-        try:
+        with AnalysisWriter(path, "mechanism") as writer:  # each onset commits as it is done
             if writer.settings != _SETTINGS:
                 writer.reset(_SETTINGS)
                 have = {}
@@ -259,8 +256,6 @@ def mechanism_record(path: str | Path, *, variant: str = "", curvature: bool = T
                 have[e] = c
                 if progress is not None:
                     progress(i + 1, len(todo))
-        finally:
-            writer.close(commit=True)
     return run_record(cfg, dense, label=path.stem, variant=variant, epochs_done=done,
                       status=status, threshold=threshold, curvature=have)
 

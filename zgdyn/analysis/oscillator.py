@@ -553,3 +553,8 @@ def adam_clock(events: list[Event], epochs: np.ndarray, adam_scale: np.ndarray, 
         obs.append(float(ev[k + 1] - ev[k]))
     return AdamClock(rate=rate, rate_expected=(1 - beta2) / 2, a_onset=onset, a_peak=peak,
                      period_predicted=pred, period_observed=obs)
+
+
+__all__ = ["Event", "check_threshold", "detect_events", "drop_continuations", "CycleStats",
+           "cycle_statistics", "EventRates", "event_rates", "Oscillation", "oscillation", "Fit",
+           "fit_1d", "fhn_rhs", "FHN_NAMES", "fit_2d", "simulate_fhn", "AdamClock", "adam_clock"]

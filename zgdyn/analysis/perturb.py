@@ -31,11 +31,12 @@ import numpy as np
 import torch
 
 from ..core.config import DETECTOR_OFF, ZgdynError
+from ..core.runtime import progress_bar
+from ..core.train import Trainer
+from ..store.reader import open_run
 from .fourier import key_freqs_of, memorization_projector
 from .growth import adamw_direction, gamma_inst
 from .hessian import flatten_params, linearized_growth_rates, unflatten
-from ..store.runfile import open_run
-from ..core.train import Trainer
 
 DIRECTIONS = ("theta_m", "hessian", "random")
 
@@ -90,7 +91,7 @@ def perturb_run(path: str | Path, *, epoch: int | None = None,
     summary and curves also go to the run's ``analysis/perturb/epoch<E>`` group.
     progress: a tqdm bar on stderr, over the exponents' epochs.
     """
-    from .stability import _spectrum_record, load_point
+    from .stability import spectrum_record, load_point
 
     check_settings(zipf_s, eps, epochs, directions, early, dtype, seed)
     with open_run(path) as run:
@@ -115,10 +116,7 @@ def perturb_run(path: str | Path, *, epoch: int | None = None,
     rows: list[dict[str, Any]] = []
     curves: list[np.ndarray] = []
     predictions: list[dict[str, Any]] = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(zipf_s) * epochs, desc="perturb", unit="epoch")
+    bar = progress_bar(progress, total=len(zipf_s) * epochs, desc="perturb", unit="epoch")
     for s in zipf_s:
         if bar is not None:
             bar.set_postfix(s=f"{s:g}", stage="directions")
@@ -148,7 +146,7 @@ def perturb_run(path: str | Path, *, epoch: int | None = None,
                 gen = torch.Generator().manual_seed(seed)
                 v = torch.randn(theta0.numel(), generator=gen, dtype=torch.float64)
             else:
-                rec = _spectrum_record(point, float(s), 1, "both", True, 1e-4, 0.0,
+                rec = spectrum_record(point, float(s), 1, "both", True, 1e-4, 0.0,
                                        steps=lanczos_steps)
                 mu = float(rec["eigenvalues"][-1])
                 pred["mu_min"] = mu
@@ -198,8 +196,8 @@ def perturb_run(path: str | Path, *, epoch: int | None = None,
               "n_key": len(key), "directions": list(directions), "eps": [float(e) for e in eps],
               "predictions": predictions, "rows": rows}
     if store:
-        from .stability import _write
-        _write(str(path), f"perturb/epoch{epoch}", {"summary": result},
+        from .stability import write_result
+        write_result(str(path), f"perturb/epoch{epoch}", {"summary": result},
                {"curves": np.stack(curves)})
     result["curves"] = [c.tolist() for c in curves]
     return result

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,13 +34,15 @@ import torch
 from torch import Tensor
 
 from ..core.config import DETECTOR_OFF, ZgdynError
-from .analyze import record_each, start_group
 from ..core.data import zipf_weights
+from ..core.runtime import torch_threads
+from ..core.train import Trainer
+from ..store.reader import Run, open_run
+from ..store.writer import AnalysisWriter
+from .analyze import record_each, start_group
 from .hessian import adam_preconditioner, adam_stability_threshold, flatten_params
 from .hvp import LOSS_HEADS, MLPHessian
 from .krylov import BlockOperator, block_extremes, preconditioned_block
-from ..store.runfile import AnalysisWriter, Run, open_run
-from ..core.train import Trainer
 
 GROUP = "sharpness"
 COLUMNS = ("lambda_max", "lambda_min", "residual_max", "residual_min", "lambda_grad")
@@ -97,18 +98,6 @@ def measure_epochs(run: Run, *, every: int, epoch_from: int | None = None,
     return sorted(e for e in picked if lo <= e <= hi)
 
 
-@contextmanager
-def _threads(n: int) -> Iterator[None]:
-    """torch's CPU thread count set to n inside, restored after (replay is bitwise only
-    with the thread count the run was trained with)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def adam_states(run: Run, epochs: list[int]) -> Iterator[tuple[int, Tensor, int, bool]]:
     """(epoch, v (N,), Adam's step t, replayed) at each of the sorted `epochs`: read at a
     keyframe, else replayed in memory from the previous keyframe, bitwise, and checked
@@ -129,7 +118,7 @@ def adam_states(run: Run, epochs: list[int]) -> Iterator[tuple[int, Tensor, int,
             raise ZgdynError(f"{run.path}: epoch {e} has no keyframe before it to replay from")
         if trainer is None or trainer.epoch > e or trainer.epoch < int(start[-1]):
             trainer = Trainer(cfg.replace(**DETECTOR_OFF), run.snapshot_at(int(start[-1])))
-        with _threads(threads):
+        with torch_threads(threads):
             while trainer.epoch < e:
                 trainer.after_step(trainer.step.step(), check=True)
                 trainer.at_epoch([])
@@ -185,15 +174,9 @@ def sharpness_run(path: str, *, every: int = 500, epoch_from: int | None = None,
             raise ZgdynError(f"--{name}: must be an epoch >= 0, got {e}")
     if epoch_from is not None and epoch_to is not None and epoch_from > epoch_to:
         raise ZgdynError(f"--from/--to: need from <= to, got {epoch_from}, {epoch_to}")
-    writer = AnalysisWriter(path, GROUP)
-    try:
-        summary = _sharpness(writer, every, epoch_from, epoch_to, zipf_s, preconditioned,
-                             windows, window_every, tol, force, progress, commit_every, seed)
-    except BaseException:
-        writer.close(commit=False)
-        raise
-    writer.close(commit=True)
-    return summary
+    with AnalysisWriter(path, GROUP) as writer:
+        return _sharpness(writer, every, epoch_from, epoch_to, zipf_s, preconditioned,
+                          windows, window_every, tol, force, progress, commit_every, seed)
 
 
 def _sharpness(writer: AnalysisWriter, every: int, epoch_from: int | None,
@@ -412,6 +395,5 @@ def sharpness_onsets(path: str, *, threshold: float | None = None) -> dict[str, 
             "verdicts": onset_verdicts(rows, limits)}
 
 
-__all__ = ["sharpness_run", "sharpness_onsets", "onset_table", "onset_verdicts",
-           "measure_epochs", "adam_states", "curvature", "thresholds", "sorted_sharpness",
-           "Curvature"]
+__all__ = ["sharpness_run", "sharpness_onsets", "onset_table", "onset_verdicts", "measure_epochs",
+           "adam_states", "curvature", "thresholds", "sorted_sharpness", "Curvature"]

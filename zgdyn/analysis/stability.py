@@ -17,18 +17,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from .analyze import progress_bar
 from ..core.config import ZgdynError
 from ..core.data import zipf_weights
+from ..core.model import DTYPES
+from ..core.runtime import progress_bar
+from ..store.reader import open_run
+from ..store.writer import AnalysisWriter
 from .fourier import key_freqs_of, memorization_projector
 from .hessian import (adam_preconditioner, adam_stability_threshold, extreme_eigs,
     lanczos_extremes, flatten_params, gradient, gradient_overlaps, linearized_growth_rates,
     make_hvp, per_pair_gradients, preconditioned_hvp, subspace_overlap, unflatten,
     weighted_loss_fn)
 from .hvp import LOSS_HEADS, MLPHessian
-from ..core.model import DTYPES
 from .krylov import block_extremes, preconditioned_block
-from ..store.runfile import AnalysisWriter, open_run
 
 WHICH = ("top", "bottom", "both")
 METHODS = {"block": "|H u - λ u| <= {tol:g} * max|λ| (block Krylov, hand-written HVP)",
@@ -105,7 +106,7 @@ def _counted(op: Callable, bar: Any) -> Callable:
     return counted
 
 
-def _spectrum_record(point: Point, s: float, k: int, which: str, preconditioned: bool,
+def spectrum_record(point: Point, s: float, k: int, which: str, preconditioned: bool,
                      tol: float, coupled_wd: float, *, steps: int | None = None,
                      method: str = "arpack", bar: Any = None) -> dict[str, Any]:
     """Eigenpairs by ARPACK on torch.func's HVP (method="arpack", steps=None), by a
@@ -177,7 +178,7 @@ def hessian_at(path: str, *, epoch: int | None = None, zipf_s: float | None = No
     tol = tol if tol is not None else (1e-6 if dtype == "float64" else 1e-4)
     bar = progress_bar(progress, desc=f"hessian s={zipf_s:g}", unit="HVP")
     try:
-        rec = _spectrum_record(point, zipf_s, k, which, preconditioned, tol, coupled_wd,
+        rec = spectrum_record(point, zipf_s, k, which, preconditioned, tol, coupled_wd,
                                method=method, bar=bar)
     finally:
         if bar is not None:
@@ -206,22 +207,20 @@ def hessian_at(path: str, *, epoch: int | None = None, zipf_s: float | None = No
     if store:
         name = (f"hessian/epoch{point.epoch}_s{zipf_s:g}_{which}_k{k}"
                 f"{'_pre' if preconditioned else ''}_{dtype}")
-        _write(path, name, result, {"eigenvectors": vecs.float().cpu().numpy(),
+        write_result(path, name, result, {"eigenvectors": vecs.float().cpu().numpy(),
                                     "eigenvalues": rec["eigenvalues"],
                                     "overlap_theta_m": overlap_m})
     return result
 
 
-def _write(path: str, group: str, attrs: dict[str, Any], arrays: dict[str, Any]) -> None:
-    w = AnalysisWriter(path, group)
-    try:
+def write_result(path: str, group: str, attrs: dict[str, Any],
+                 arrays: dict[str, Any]) -> None:
+    """Store a result in `analysis/<group>`: its attributes (lists of 64 or more items left
+    out) as the group's settings, and `arrays` as datasets."""
+    with AnalysisWriter(path, group) as w:
         w.reset({k: v for k, v in attrs.items() if not isinstance(v, list) or len(v) < 64})
         for name, arr in arrays.items():
             w.put(name, arr)
-    except BaseException:
-        w.close(commit=False)
-        raise
-    w.close(commit=True)
 
 
 def saddle_table(path: str, *, epoch: int | None = None,
@@ -256,8 +255,8 @@ def saddle_table(path: str, *, epoch: int | None = None,
     for s in exponents:
         if bar is not None:
             bar.set_postfix(s=f"{s:g}")
-        raw = _spectrum_record(point, s, 1, "both", False, tol, 0.0, steps=steps, bar=bar)
-        pre = _spectrum_record(point, s, 1, "both", True, tol, 0.0, steps=steps, bar=bar)
+        raw = spectrum_record(point, s, 1, "both", False, tol, 0.0, steps=steps, bar=bar)
+        pre = spectrum_record(point, s, 1, "both", True, tol, 0.0, steps=steps, bar=bar)
         v_min = pre["eigenvectors"][:, -1:].to(point.theta)
         mu_min = float(pre["eigenvalues"][-1])
         rows.append({
@@ -283,7 +282,7 @@ def saddle_table(path: str, *, epoch: int | None = None,
     if store:
         cols = {c: np.array([r[c] for r in rows], dtype=np.float64)
                 for c in rows[0]}  # converged as 1.0 / 0.0
-        _write(path, f"saddle/epoch{epoch}_{dtype}", {k: v for k, v in result.items()
+        write_result(path, f"saddle/epoch{epoch}_{dtype}", {k: v for k, v in result.items()
                                                       if k != "rows"},
                {**cols, "bottom_direction": np.stack(bottom_vecs)})
     return result

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..analysis.oscillator import (check_threshold, cycle_statistics, detect_events,
     drop_continuations)
-from ..store.runfile import Run, open_run
+from ..store.reader import Run, open_run
 
 # the fields `aggregate` averages over seeds
 NUMERIC = ("first_95", "frac_above_95", "collapses_per_100k", "period_mean",

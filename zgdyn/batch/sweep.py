@@ -41,10 +41,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import suite as suite_mod
-from ..store.budget import check_disk, check_memory, memory_bytes
 from ..core.config import Config, ConfigError, ZgdynError, flatten, from_flat, read_toml
-from .suite import RunSpec, check_name, execute, plan
+from ..store.budget import check_disk, check_memory, memory_bytes
+from . import execute as execute_mod
+from .execute import execute
+from .suite import RunSpec, check_name, plan
 
 TOP_KEYS = {"name", "description", "base", "grid", "points", "resources"}
 RESOURCE_KEYS = {"num_cpus", "num_gpus"}
@@ -298,18 +299,14 @@ class _Sender:
 
 
 def _ray_task(actor: Any, threads: int, plugins: list[str], *args: Any) -> dict[str, Any]:
-    """One run as a Ray task: `suite._run_task` with progress sent to `actor`."""
+    """One run as a Ray task: `execute.run_task` with progress sent to `actor`."""
     import torch
 
     from ..core.hooks import load_plugins
 
     torch.set_num_threads(threads)
     load_plugins(plugins)
-    suite_mod._QUEUE = _Sender(actor)
-    try:
-        return suite_mod._run_task(*args)
-    finally:
-        suite_mod._QUEUE = None
+    return execute_mod.run_task(*args, send=_Sender(actor).put)
 
 
 def _one_line(e: BaseException) -> str:
@@ -318,7 +315,7 @@ def _one_line(e: BaseException) -> str:
 
 
 def _ray_backend(ray: Any, sweep: Sweep, threads: int,
-                 plugins: tuple[str, ...]) -> suite_mod.Backend:
+                 plugins: tuple[str, ...]) -> execute_mod.Backend:
     """Runs each task as a Ray task requesting the sweep's CPUs and GPUs."""
 
     def backend(todo: list[int], args: Callable[[int], tuple], receive: Callable,

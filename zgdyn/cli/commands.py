@@ -119,7 +119,7 @@ def _print_json(obj: Any) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ..store.runner import resume_run, train_run
-    from ..store.runfile import open_run
+    from ..store.reader import open_run
 
     _threads(args.threads)
     _load_plugins(args)
@@ -156,7 +156,7 @@ def _train_ensemble(args: argparse.Namespace, configs: list[Config],
                     given: dict[str, Any]) -> int:
     """zgdyn train with lists of values: the members as ensembles of --ensemble-size."""
     from ..store.runner import train_ensemble
-    from ..store.runfile import open_run
+    from ..store.reader import open_run
 
     if args.ensemble_size is not None and args.ensemble_size < 1:
         return fail(f"--ensemble-size: must be an integer >= 1, got {args.ensemble_size}")
@@ -214,7 +214,7 @@ def _load_plugins(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from ..store.runfile import open_run
+    from ..store.reader import open_run
 
     with open_run(args.run) as run:
         summary = run.summary()
@@ -302,7 +302,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from ..store.runfile import verify_run
+    from ..store.reader import verify_run
 
     r = verify_run(args.run)
     if args.json:
@@ -408,7 +408,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from ..store.runner import replay_run
-    from ..store.runfile import open_run
+    from ..store.reader import open_run
 
     replay_run(args.run, args.out, epoch_from=args.epoch_from, epoch_to=args.epoch_to,
                every=args.every, force=args.force, force_disk=args.force,
@@ -675,3 +675,10 @@ def cmd_sweep_report(args: argparse.Namespace) -> int:
         sys.stdout.write(format_sweep_report(r) + (f"wrote {', '.join(map(str, outs))}\n"
                                                    if outs else ""))
     return 0
+
+
+__all__ = ["RUNS_DIR", "fail", "NAME_ALIASES", "MAX_NAME", "cmd_train", "cmd_info", "cmd_stats",
+           "cmd_analyze", "cmd_plot", "cmd_verify", "cmd_events", "cmd_fit", "cmd_replay",
+           "cmd_hessian", "cmd_saddle", "cmd_sharpness", "cmd_bench", "cmd_scorecard",
+           "cmd_two_phase", "cmd_perturb", "cmd_reproduce", "cmd_demo", "cmd_sweep",
+           "cmd_sweep_report"]

@@ -135,3 +135,8 @@ def add_pool_flags(p: argparse.ArgumentParser, jobs: str, threads: str) -> None:
 
 def field_default(f: Any) -> Any:
     return f.default
+
+
+__all__ = ["CHOICES", "Parser", "flag", "ENSEMBLE_FIELDS", "add_config_flags", "parse_bool",
+           "add_device_flag", "add_plugin_flag", "add_suite_flags", "json_flag", "progress_flag",
+           "figure_flag", "threshold_flag", "add_pool_flags", "field_default"]

@@ -437,3 +437,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("zgdyn: interrupted\n")
         return 130
+
+
+__all__ = ["build_parser", "main"]

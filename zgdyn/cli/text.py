@@ -157,33 +157,14 @@ def format_scorecards(cards: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def cell(c: dict[str, Any], percent: bool = False) -> str:
-    if c["n"] == 0:
-        return "never" if c["never"] else "-"
-    f = pct if percent else (lambda x: f"{x:,.0f}")
-    return f(c["mean"]) + ("" if c["std"] is None else f" ± {f(c['std'])}") + \
-        (f" ({c['never']} never)" if c["never"] else "")
-
-
 def format_two_phase(result: dict[str, Any]) -> str:
-    from ..present.report import ESSAY_TWO_PHASE
+    from ..present.report_sections import TABLE3_COLUMNS, table3_cells
 
-    rows = sorted((r for r in result["tables"] if r["table"] == "two_phase"),
-                  key=lambda r: (r["variant"], r["s"]))
+    rows = [list(TABLE3_COLUMNS), *table3_cells(result)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE3_COLUMNS))]
     lines = [f"two-phase runs under {result['out']}/runs/{result['suite']['name']} "
-             f"(phase-2 statistics over evaluations; mean ± std over seeds)",
-             f"{'s':>5} {'seeds':>5} {'mean test':>17} {'(essay)':>8} {'std':>15} "
-             f"{'lowest':>15} {'< 50%':>15} {'(essay)':>8} {'collapses':>9} "
-             f"{'to 1st collapse':>17} {'to test < 50%':>17}"]
-    for r in rows:
-        e = ESSAY_TWO_PHASE.get(r["s"], (None, None, None))
-        lines.append(
-            f"{r['s']:>5g} {r['n_runs']:>5} {cell(r['phase2_mean_test'], True):>17} "
-            f"{pct(e[0]):>8} {cell(r['phase2_std_test'], True):>15} "
-            f"{cell(r['phase2_min_test'], True):>15} "
-            f"{cell(r['phase2_frac_below_50'], True):>15} {pct(e[2]):>8} "
-            f"{opt(r['phase2_collapses']['mean'], '.1f'):>9} "
-            f"{cell(r['phase2_first_collapse']):>17} {cell(r['phase2_first_below_50']):>17}")
+             f"(phase-2 statistics over evaluations; mean ± std over seeds)"]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     lines += [f"failed: {p}: {e}" for p, e in result["errors"].items()]
     return "\n".join(lines) + "\n"
 
@@ -244,3 +225,8 @@ def format_sweep_report(r: dict[str, Any]) -> str:
                      f"{pct(c.get('final_test_acc')):>6}")
     lines += [f"failed: {x['label']}: {x['error']}" for x in r["rows"] if x["error"]]
     return "\n".join(lines) + "\n"
+
+
+__all__ = ["pct", "optimizer_text", "format_info", "opt", "fmt_ratio", "fmt_sig", "pm", "fmt",
+           "format_saddle", "format_sharpness", "format_scorecards", "format_two_phase",
+           "format_perturb", "format_summary", "format_sweep_report"]

@@ -24,7 +24,7 @@ SPLIT_RNGS = ("random_state", "default_rng")
 INITS = ("lecun", "torch")
 DTYPE_NAMES = ("float32", "float64")  # torch dtypes by name: `model.DTYPES`
 # the collapse detector: the recent minimum is over LOOKBACK epochs, and after a collapse
-# it rests REFRACTORY epochs (`train.CollapseWatch`, `oscillator.detect_events`)
+# it rests REFRACTORY epochs (`watch.CollapseWatch`, `oscillator.detect_events`)
 LOOKBACK = 2_000
 REFRACTORY = 2_000
 # the flat changes that turn the detector off, with what only it can do (stop a run after
@@ -442,3 +442,10 @@ def load_toml(path: str | Path) -> Config:
         return from_dict(d)
     except TypeError as e:  # e.g. a value of the wrong shape in a section
         raise ConfigError(f"config file {path}: {e}") from None
+
+
+__all__ = ["WEIGHTINGS", "SPLIT_RNGS", "INITS", "DTYPE_NAMES", "LOOKBACK", "REFRACTORY",
+           "DETECTOR_OFF", "OPTIMIZERS", "LOSSES", "ADAM_FAMILY", "HOOK_NAME", "ZgdynError",
+           "ConfigError", "flat_name", "layer_names", "DataConfig", "ModelConfig", "OptimConfig",
+           "check_applies", "ScheduleConfig", "RecordConfig", "Config", "SECTIONS",
+           "fields_by_section", "flatten", "from_flat", "from_dict", "read_toml", "load_toml"]

@@ -103,3 +103,6 @@ def stats_table(p: int, train_frac: float, exponents: list[float], *, seed: int 
     split = make_split(p, train_frac, seed)
     return [{"s": float(s), **distribution_stats(zipf_weights(split, s, mode))}
             for s in exponents]
+
+
+__all__ = ["Split", "make_split", "zipf_weights", "distribution_stats", "stats_table"]

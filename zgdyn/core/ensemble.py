@@ -34,7 +34,8 @@ import torch
 from torch import Tensor
 
 from .config import Config, ConfigError
-from .model import log_probs, matmul_flops
+from .evaluate import batched_losses
+from .model import matmul_flops
 from .optim import has_second_moment, update
 from .step import FusedStep, column_backprop, dense_layers, padded_rows, param_views
 from .train import Callback, Trainer, adam_scale_of
@@ -299,33 +300,17 @@ class Ensemble:
 
     def _evaluate_due(self, members: list[Trainer]) -> None:
         """The evaluations due at the members' next epochs, as one batched forward; each
-        member's `evaluate` then returns its own (`Trainer.pending_eval`)."""
+        member's `evaluate` then returns its own (`Trainer.provide_eval`)."""
         due = [m.epoch + 1 for m in members]  # the step is taken, the epoch not yet counted
-        if not all(m._eval_due(e) for m, e in zip(members, due)):
+        if not all(m.eval_due(e) for m, e in zip(members, due)):
             return  # the others evaluate one by one
-        first = members[0]
-        a, b, y = first._grid
-        logits = self.step.logits(a, b)  # (K, p^2, p)
-        ce = -log_probs(logits.view(-1, self.step.p), self.step.steps[0].loss).view(
-            logits.shape).gather(2, y[None, :, None].expand(len(members), -1, 1)).squeeze(2)
-        correct = (logits.argmax(dim=2) == y[None, :]).to(logits.dtype)  # (K, p^2)
-        tr = torch.stack([m._train_idx for m in members])  # (K, n_train)
-        te = torch.stack([m._test_idx for m in members])
-        w = torch.stack([m.phase_weights[m.phase] for m in members]).to(ce.device)
-        ce_tr, ok_tr = ce.gather(1, tr).double(), correct.gather(1, tr).double()
-        cols = torch.stack([(ce_tr * w).sum(1), ce_tr.mean(1), ok_tr.mean(1), (ok_tr * w).sum(1),
-                            ce.gather(1, te).double().mean(1),
-                            correct.gather(1, te).double().mean(1),
-                            ((ce_tr == 0).double() * w).sum(1)], 1).tolist()
-        scales = self.step.adam_scales()
-        for m, e, row, scale in zip(members, due, cols, scales):
-            m.pending_eval = {
-                "epoch": float(e), "phase": float(m.phase),
-                "zipf_s": float(m.phase_s[m.phase]), "train_loss": row[0],
-                "train_loss_unweighted": row[1], "train_acc": row[2],
-                "train_acc_weighted": row[3], "test_loss": row[4], "test_acc": row[5],
-                "adam_scale": scale, "saturated_mass": row[6],
-                **m.optimizer_diagnostics()}
+        evaluators = [m.evaluator for m in members]
+        logits = self.step.logits(*evaluators[0].grid[:2])  # (K, p^2, p)
+        rows = batched_losses(evaluators, logits, loss=self.step.steps[0].loss,
+                              phases=[m.phase for m in members])
+        for m, e, losses, scale in zip(members, due, rows, self.step.adam_scales()):
+            m.provide_eval(m.evaluator.record(e, m.phase, losses, scale,
+                                              m.optimizer_diagnostics()))
 
 
 __all__ = ["Ensemble", "EnsembleStep", "check_members", "resolve_mode", "MODES"]

@@ -121,3 +121,7 @@ def build_model(p: int, hidden: tuple[int, ...], *, init: str, seed: int,
     model = MLP(p, hidden, dtype=DTYPES[dtype], device=device)
     init_params(model, init, torch.Generator().manual_seed(seed))
     return model
+
+
+__all__ = ["DTYPES", "param_shapes", "n_params", "matmul_flops", "functional_logits",
+           "stablemax_s", "log_probs", "MLP", "init_params", "build_model"]

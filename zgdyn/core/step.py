@@ -23,8 +23,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .config import OptimConfig
-from .model import DTYPES, layer_names, param_shapes
+from .config import OptimConfig, layer_names
+from .model import DTYPES, param_shapes
 from .optim import needs_max_moment, update
 
 
@@ -315,3 +315,7 @@ class FusedStep:
         """Logits (n, p) at the current parameters for pairs (a, b)."""
         a = a.to(self.device, torch.int64)
         return self.forward(a, b.to(self.device, torch.int64) + self.p)[-1]
+
+
+__all__ = ["keep_heap_mapped", "dense_layers", "column_backprop", "output_grad", "param_views",
+           "padded_rows", "FusedStep"]

@@ -16,19 +16,20 @@ to close, and a stop request waits too (at most `window` epochs).
 from __future__ import annotations
 
 import math
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .config import LOOKBACK, REFRACTORY, Config, ZgdynError
+from .config import Config, ZgdynError
 from .data import Split, make_split, zipf_weights
+from .evaluate import Evaluator
 from .hooks import make_hook
-from .model import build_model, log_probs
+from .model import build_model
 from .optim import has_second_moment, needs_max_moment
 from .step import FusedStep
+from .watch import CollapseWatch, Window
 
 METRICS = ("epoch", "phase", "zipf_s", "train_loss", "train_loss_unweighted", "train_acc",
            "train_acc_weighted", "test_loss", "test_acc", "adam_scale", "sqrt_v_median",
@@ -66,109 +67,6 @@ class Snapshot:
     max_exp_avg_sq: dict[str, Tensor] | None = None  # AMSGrad's running maximum of v
 
 
-@dataclass
-class Window:
-    """Every epoch around one detected collapse: epochs trigger - k ... trigger + k."""
-
-    trigger: int  # the first epoch whose train loss exceeded threshold x base_loss
-    base_loss: float  # the minimum train loss over the preceding LOOKBACK epochs
-    trigger_loss: float
-    epochs: list[int] = field(default_factory=list)
-    thetas: list[Tensor] = field(default_factory=list)  # flat parameter vectors (copies)
-    scales: list[float] = field(default_factory=list)  # Adam's second-moment scale
-    metrics: list[dict[str, float]] = field(default_factory=list)  # filled when it closes
-
-
-class CollapseWatch:
-    """Online collapse detector with a ring buffer of the last `k` + 2 parameter vectors.
-
-    It sees every step's train loss, L(theta_t), once theta_{t+1} exists. It fires at epoch t
-    when L(theta_t) > threshold x min{L(theta_s): t - LOOKBACK <= s < t, s after the last
-    collapse's peak}, the rule of `oscillator.detect_events`, then rests REFRACTORY epochs.
-    A firing opens a `Window` holding the buffered epochs t - k ... t + 1; it collects every
-    epoch up to t + k and is then due. Its scalar state (`state()`) is small and goes into
-    every keyframe; the buffers are rebuilt on resume by recomputing from an earlier keyframe.
-    """
-
-    def __init__(self, k: int, threshold: float, n: int, *, dtype: torch.dtype,
-                 device: torch.device) -> None:
-        self.k, self.threshold = k, threshold
-        self._ring = torch.empty(k + 2, n, dtype=dtype, device=device)
-        self._ring_epochs: deque[int] = deque(maxlen=k + 2)  # epochs held, oldest first
-        self._ring_scales: list[float] = [math.nan] * (k + 2)
-        self._mins: deque[tuple[int, float]] = deque()  # sliding minimum, increasing losses
-        self.resting_until, self.last_peak = -1, -1
-        self._peak = (-1, -math.inf)
-        self.open: Window | None = None
-        self.filling = False  # rebuilding buffers on resume: no detection
-        self.fired = 0  # collapses detected so far
-
-    def state(self) -> dict[str, float]:
-        return {"resting_until": self.resting_until, "last_peak": self.last_peak,
-                "peak_epoch": self._peak[0], "peak_loss": self._peak[1], "fired": self.fired}
-
-    def load_state(self, state: dict[str, float]) -> None:
-        self.resting_until, self.last_peak = int(state["resting_until"]), int(state["last_peak"])
-        self._peak = (int(state["peak_epoch"]), float(state["peak_loss"]))
-        self.fired = int(state.get("fired", 0))  # files from before it was counted: 0
-
-    def reset_minimum(self) -> None:
-        """Forget the loss history (the loss changes meaning at a switch of weights)."""
-        self._mins.clear()
-
-    def remember(self, epoch: int, theta: Tensor, scale: float = math.nan) -> None:
-        """Keep theta (and Adam's scale) at `epoch` in the ring buffer (or the open window)."""
-        if self.open is not None:
-            self.open.epochs.append(epoch)
-            self.open.thetas.append(theta.detach().clone())
-            self.open.scales.append(scale)
-            return
-        slot = epoch % (self.k + 2)
-        self._ring[slot].copy_(theta)
-        self._ring_scales[slot] = scale
-        self._ring_epochs.append(epoch)
-
-    def observe(self, t: int, loss: float, theta_next: Tensor, scale: float = math.nan) -> None:
-        """L(theta_t) = loss, and theta_{t+1} with Adam's scale then; may open a window."""
-        loss = max(loss, 1e-300)
-        self.remember(t + 1, theta_next, scale)
-        fire = False
-        if not self.filling:
-            if t <= self.resting_until and loss > self._peak[1]:
-                self._peak = (t, loss)
-            if self._peak[0] >= 0:
-                self.last_peak = self._peak[0]
-            if t >= self.resting_until:
-                mins = self._mins
-                while mins and (mins[0][0] < t - LOOKBACK or mins[0][0] <= self.last_peak):
-                    mins.popleft()
-                fire = bool(mins) and self.open is None and loss > self.threshold * mins[0][1]
-        if fire:
-            self.open = Window(trigger=t, base_loss=self._mins[0][1], trigger_loss=loss)
-            for e in self._ring_epochs:  # oldest first: t - k ... t + 1
-                if e >= t - self.k:
-                    self.open.epochs.append(e)
-                    self.open.thetas.append(self._ring[e % (self.k + 2)].clone())
-                    self.open.scales.append(self._ring_scales[e % (self.k + 2)])
-            self.resting_until, self._peak = t + REFRACTORY, (t, loss)
-            self.fired += 1
-        while self._mins and self._mins[-1][1] >= loss:
-            self._mins.pop()
-        self._mins.append((t, loss))
-
-    def due(self, epoch: int) -> bool:
-        return self.open is not None and epoch >= self.open.trigger + self.k
-
-    def take(self) -> Window:
-        """The open window, closed; the ring goes on with its last k + 2 epochs."""
-        win, self.open = self.open, None
-        self._ring_epochs.clear()
-        last = slice(-(self.k + 2), None)
-        for e, theta, scale in zip(win.epochs[last], win.thetas[last], win.scales[last]):
-            self.remember(e, theta, scale)
-        return win
-
-
 class Callback:
     """Base class: override the events you need. `trainer` exposes the live state."""
 
@@ -184,10 +82,6 @@ class Callback:
 def adam_scale_of(sum_v: float, n: int, beta2: float, t: int) -> float:
     """sqrt(mean v_hat) from the sum of Adam's n second moments after t steps (0 at t = 0)."""
     return 0.0 if t == 0 else math.sqrt(sum_v / n / (1.0 - beta2 ** t))
-
-
-def _weighted_mean(values: Tensor, w: Tensor) -> float:
-    return float(torch.dot(values.double(), w.double()))
 
 
 class Trainer:
@@ -208,16 +102,11 @@ class Trainer:
                               loss=m.loss)
         self._train_ab = (torch.as_tensor(a), torch.as_tensor(b))
         self.step.hook = make_hook(config)
-        grid = np.arange(d.p * d.p)
-        ga, gb, gy = self.split.tokens(grid)
-        dev = self.step.device
-        self._grid = (torch.as_tensor(ga, device=dev), torch.as_tensor(gb, device=dev),
-                      torch.as_tensor(gy, device=dev))
-        self._train_idx = torch.as_tensor(self.split.train_idx, device=dev)
-        self._test_idx = torch.as_tensor(self.split.test_idx, device=dev)
+        self.evaluator = Evaluator(self.split, self.phase_weights, self.phase_s,
+                                   self.step.device)
         self.stop_requested = False
         self.stopped_early = False
-        self.pending_eval: dict[str, float] | None = None
+        self._provided: dict[str, float] | None = None  # `provide_eval`
         rec = config.record
         self.watch = None if rec.window == 0 else CollapseWatch(
             rec.window, rec.collapse_threshold, self.step.theta.numel(),
@@ -280,30 +169,20 @@ class Trainer:
         """Metrics at the current parameters over the full p x p grid (test unweighted).
         Without `live_state` the optimizer's state is not that of these parameters, and its
         diagnostics are NaN."""
-        pending, self.pending_eval = self.pending_eval, None
-        if pending is not None and pending["epoch"] == self.epoch:
-            return pending  # computed for this epoch by an ensemble, batched
-        a, b, y = self._grid
-        logits = self.step.logits(a, b)  # (p*p, p)
-        ce = -log_probs(logits, self.step.loss).gather(1, y[:, None]).squeeze(1)  # (p*p,)
-        correct = (logits.argmax(dim=1) == y).to(logits.dtype)
-        tr, te = self._train_idx, self._test_idx
-        w = self.phase_weights[self.phase].to(ce.device)
-        return {
-            "epoch": float(self.epoch),
-            "phase": float(self.phase),
-            "zipf_s": float(self.phase_s[self.phase]),
-            "train_loss": _weighted_mean(ce[tr], w),
-            "train_loss_unweighted": float(ce[tr].double().mean()),
-            "train_acc": float(correct[tr].double().mean()),
-            "train_acc_weighted": _weighted_mean(correct[tr], w),
-            "test_loss": float(ce[te].double().mean()),
-            "test_acc": float(correct[te].double().mean()),
-            "adam_scale": self.adam_scale(),
-            "saturated_mass": _weighted_mean((ce[tr] == 0).to(ce.dtype), w),
-            **(self.optimizer_diagnostics() if live_state else dict.fromkeys(
-                ("sqrt_v_median", "sqrt_v_p10", "lambda_grad"), math.nan)),
-        }
+        provided, self._provided = self._provided, None
+        if provided is not None and provided["epoch"] == self.epoch:
+            return provided  # computed for this epoch by an ensemble, batched
+        ev = self.evaluator
+        losses = ev.losses(self.step.logits(*ev.grid[:2]), loss=self.step.loss,
+                           phase=self.phase)
+        return ev.record(self.epoch, self.phase, losses, self.adam_scale(),
+                         self.optimizer_diagnostics() if live_state else dict.fromkeys(
+                             ("sqrt_v_median", "sqrt_v_p10", "lambda_grad"), math.nan))
+
+    def provide_eval(self, metrics: dict[str, float]) -> None:
+        """Metrics of the coming epoch computed elsewhere (an ensemble's batched
+        evaluation): `evaluate` at that epoch returns them instead of computing its own."""
+        self._provided = metrics
 
     def _second_moment(self) -> Tensor | None:
         """The v the optimizer divides by (AMSGrad's maximum), or None (sgd)."""
@@ -375,7 +254,7 @@ class Trainer:
     def evaluate_at(self, theta: Tensor, epoch: int, adam_scale: float) -> dict[str, float]:
         """`evaluate` at the flat parameter vector `theta` instead of the live one."""
         live = self.step.theta.clone()
-        self.pending_eval = None
+        self._provided = None
         try:
             self.step.theta.copy_(theta)
             metrics = self.evaluate(live_state=False)
@@ -410,7 +289,7 @@ class Trainer:
             self.restore(target)
         self.watch.load_state(state)
 
-    def _eval_due(self, epoch: int | None = None) -> bool:
+    def eval_due(self, epoch: int | None = None) -> bool:
         """Whether an evaluation falls at `epoch` (default: the current one)."""
         e, sch = self.epoch if epoch is None else epoch, self.config.schedule
         return (e % self.config.record.eval_every == 0 or e >= self.end_epoch
@@ -449,7 +328,7 @@ class Trainer:
         """Emit the events due at the current epoch (after a step)."""
         rec, e = self.config.record, self.epoch
         metrics = None
-        if self._eval_due():
+        if self.eval_due():
             metrics = self.evaluate()
             if not math.isfinite(metrics["train_loss"]):
                 raise _diverged(e, "the train loss", metrics["train_loss"])
@@ -555,3 +434,6 @@ class ProgressBar(Callback):
     def on_end(self, trainer: Trainer) -> None:
         self.bar.update(trainer.epoch - self.bar.n)
         self.bar.close()
+
+
+__all__ = ["METRICS", "OPTIONAL_METRICS", "Diverged", "Snapshot", "Callback", "adam_scale_of", "Trainer", "MetricsLog", "ProgressBar"]

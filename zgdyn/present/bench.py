@@ -88,7 +88,7 @@ def _zgdyn_loop(cfg: Config, record_dir: str | None) -> float:
     trainer = Trainer(cfg)
     callbacks = []
     if record_dir is not None:
-        from ..store.runfile import RunWriter
+        from ..store.writer import RunWriter
         path = Path(record_dir) / "bench.h5"
         writer = RunWriter.create(path, cfg, trainer, force=True)
         callbacks.append(writer)
@@ -337,7 +337,7 @@ def bench_point(p: int = 97, hidden: tuple[int, ...] = (128, 128), *,
         params = {k: v.detach() for k, v in model.named_parameters()}
         a, b, y = split.tokens(split.train_idx)
         return p, params, a, b, y, zipf_weights(split, 1.5), f"p = {p} at init, s = 1.5"
-    from ..store.runfile import open_run
+    from ..store.reader import open_run
     with open_run(run) as r:
         epoch = int(r.checkpoint_epochs[-1]) if epoch is None else epoch
         params, cfg, split = r.params_at(epoch), r.config, r.split
@@ -440,3 +440,8 @@ def save_bench(result: dict[str, Any], path: str | Path | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
     return path
+
+
+__all__ = ["BENCH_DIR", "bench_ensembles", "run_bench", "bench_analysis", "bench_hvp",
+           "bench_extremes", "bench_point", "run_hessian_bench", "format_hessian", "format_bench",
+           "save_bench"]

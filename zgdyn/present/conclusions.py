@@ -247,6 +247,6 @@ def late_rate_agreement(perturb: dict[str, Any]) -> str:
 
 
 __all__ = ["full_cycle", "cycle_conclusion", "grokking_conclusion", "table1_conclusion",
-           "table2_conclusion", "table3_conclusion", "saddle_conclusion",
-           "perturb_conclusion", "late_rate_agreement", "point_converged", "AGREE", "POINTS",
-           "CLIMB", "RECOVER", "HOLDS", "FALLS", "CONVERGED_GRAD", "SAME_GROWTH"]
+           "table2_conclusion", "table3_conclusion", "saddle_conclusion", "perturb_conclusion",
+           "late_rate_agreement", "point_converged", "AGREE", "POINTS", "CLIMB", "RECOVER",
+           "HOLDS", "FALLS", "CONVERGED_GRAD", "SAME_GROWTH"]

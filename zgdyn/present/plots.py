@@ -460,7 +460,7 @@ def run_figure(path: str, kind: str, *, epoch_from: float | None = None,
                epoch_to: float | None = None, epochs: list[int] | None = None) -> Figure:
     """The figure of `kind` for a run file (analysis-based kinds need `zgdyn analyze` first)."""
     from ..core.config import ZgdynError
-    from ..store.runfile import open_run
+    from ..store.reader import open_run
 
     if kind not in KINDS:
         raise ZgdynError(f"kind: must be {' | '.join(KINDS)}, got {kind!r}")
@@ -566,3 +566,9 @@ def plot_phase_diagram(phase: dict[str, Any], *, title: str = "") -> Figure:
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
+
+
+__all__ = ["KINDS", "plot_dynamics", "plot_memorization", "plot_gamma", "plot_spectrum",
+           "plot_portrait", "plot_rate", "plot_events", "plot_accuracy_curves", "plot_perturb",
+           "LAW_TITLES", "plot_period_laws", "plot_sharpness", "save", "run_figure",
+           "PHASE_LABELS", "plot_phase_diagram"]

@@ -25,7 +25,7 @@ MARKER = "<!-- written by zgdyn reproduce; rerunning it rewrites this file -->"
 
 
 def _curves(result: dict[str, Any], table: str, align_switch: bool) -> list[dict[str, Any]]:
-    from ..store.runfile import open_run
+    from ..store.reader import open_run
 
     first_seed = result["suite"]["seeds"][0]
     out = []
@@ -49,7 +49,7 @@ def _curves(result: dict[str, Any], table: str, align_switch: bool) -> list[dict
 def _figures(result: dict[str, Any], fig_dir: Path) -> dict[str, str]:
     from ..analysis.analyze import sorted_trajectory
     from .plots import plot_accuracy_curves, plot_dynamics, plot_perturb, plot_portrait, save
-    from ..store.runfile import open_run
+    from ..store.reader import open_run
 
     fig_dir.mkdir(parents=True, exist_ok=True)
     figs: dict[str, Any] = {}

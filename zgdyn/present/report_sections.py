@@ -145,28 +145,39 @@ def section_table2(result: dict[str, Any]) -> tuple[list[str], str]:
     return lines, table2_conclusion(mine, ESSAY_SINGLE)
 
 
+TABLE3_COLUMNS = ("run", "seeds", "phase-2 mean test: essay", "here", "difference",
+                  "std: essay", "here", "lowest", "< 50%: essay", "here",
+                  "collapses in phase 2", "to the first collapse", "to test < 50%")
+
+
+def table3_cells(result: dict[str, Any]) -> list[list[str]]:
+    """The two-phase table's cells, one list per row (columns `TABLE3_COLUMNS`): REPORT.md
+    and `zgdyn two-phase` both show it."""
+    out = []
+    for r in _rows(result, "two_phase", ESSAY_TWO_PHASE):
+        e = ESSAY_TWO_PHASE.get(r["s"], (None, None, None))
+        out.append([
+            f"{_variant(r, result)}s = 0 → {r['s']:g}", _seeds(r), _pct(e[0]),
+            _ms(r["phase2_mean_test"], pct=True), _diff(r["phase2_mean_test"], e[0], True),
+            _pct(e[1]), _ms(r["phase2_std_test"], pct=True),
+            _ms(r["phase2_min_test"], pct=True), _pct(e[2]),
+            _ms(r["phase2_frac_below_50"], pct=True), _ms(r["phase2_collapses"], ".1f"),
+            _ms(r["phase2_first_collapse"], missing="never"),
+            _ms(r["phase2_first_below_50"], missing="never")])
+    return out
+
+
 def section_table3(result: dict[str, Any]) -> tuple[list[str], str]:
-    rows = _rows(result, "two_phase", ESSAY_TWO_PHASE)
     epochs = sorted({c["phase2_epochs"] for c in result["cards"] if c.get("phase2_epochs")})
     lasted = (f"Phase 2 lasted {', '.join(f'{e:,}' for e in epochs)} epochs" if epochs
               else "No two-phase run has finished")
     lines = [f"{lasted} (the essay does not say how long its phase 2 was).", "",
-             "| run | seeds | phase-2 mean test: essay | here | difference | std: essay | here "
-             "| lowest | < 50%: essay | here | collapses in phase 2 | to the first collapse | "
-             "to test < 50% |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        e = ESSAY_TWO_PHASE.get(r["s"], (None, None, None))
-        lines.append(
-            f"| {_variant(r, result)}s = 0 → {r['s']:g} | {_seeds(r)} | {_pct(e[0])} | "
-            f"{_ms(r['phase2_mean_test'], pct=True)} | "
-            f"{_diff(r['phase2_mean_test'], e[0], True)} | {_pct(e[1])} | "
-            f"{_ms(r['phase2_std_test'], pct=True)} | {_ms(r['phase2_min_test'], pct=True)} | "
-            f"{_pct(e[2])} | {_ms(r['phase2_frac_below_50'], pct=True)} | "
-            f"{_ms(r['phase2_collapses'], '.1f')} | "
-            f"{_ms(r['phase2_first_collapse'], missing='never')} | "
-            f"{_ms(r['phase2_first_below_50'], missing='never')} |")
+             "| " + " | ".join(TABLE3_COLUMNS) + " |",
+             "|" + "---|" * len(TABLE3_COLUMNS)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table3_cells(result)]
     first = next(iter(result["suite"]["variants"]))
-    mine = [(r["s"], r["phase2_mean_test"]["mean"]) for r in rows
+    mine = [(r["s"], r["phase2_mean_test"]["mean"])
+            for r in _rows(result, "two_phase", ESSAY_TWO_PHASE)
             if r["variant"] == first and not r.get("missing")]
     return lines, table3_conclusion(mine, ESSAY_TWO_PHASE)
 
@@ -216,7 +227,7 @@ def section_perturb(result: dict[str, Any]) -> tuple[list[str], str]:
 def cycle_runs(result: dict[str, Any]) -> list[dict[str, Any]]:
     """The single-phase Zipf runs (s > 0, in suite order) with their first full cycle
     (`conclusions.full_cycle`)."""
-    from ..store.runfile import open_run
+    from ..store.reader import open_run
 
     out = []
     for c in result["cards"]:
@@ -364,3 +375,7 @@ def mechanism_conclusion(mech: dict[str, Any]) -> str:
     return f"From {len(mech['records'])} runs of {n} controls: {text}."
 
 
+__all__ = ["ESSAY_STATS", "ESSAY_SINGLE", "ESSAY_SINGLE_EPOCHS", "ESSAY_TWO_PHASE", "ESSAY_CYCLE",
+           "section_table1", "section_table2", "section_table3", "section_saddle",
+           "section_perturb", "cycle_runs", "section_cycle", "mechanism_rows", "section_mechanism",
+           "mechanism_conclusion", "TABLE3_COLUMNS", "table3_cells"]

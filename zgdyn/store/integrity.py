@@ -24,10 +24,10 @@ import h5py
 import numpy as np
 
 from ..core.config import Config
-from .journal import RunFileError
 from ..core.model import param_shapes
 from ..core.optim import needs_max_moment
 from ..core.train import METRICS, OPTIONAL_METRICS
+from .journal import RunFileError
 
 # what an HDF5 library error surfaces as, through h5py
 HDF5_ERRORS = (OSError, KeyError, ValueError, RuntimeError, TypeError, IndexError)
@@ -134,7 +134,7 @@ def _task_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
 
 def loaded_whole(f: h5py.File) -> list[h5py.Dataset]:
     """The datasets a reader loads whole when it opens a run."""
-    from .runfile import WINDOW_FIELDS
+    from .reader import WINDOW_FIELDS
 
     out = [f["metrics"][k] for k in f["metrics"]]
     out += [f["checkpoints/epoch"]] + [f["keyframes"][k] for k in KEYFRAME_FIELDS
@@ -303,7 +303,7 @@ def _records(f: h5py.File, cfg: Config, problem: Callable[[str], None],
              checked: dict[str, int], sound: set[str]) -> None:
     """The record counts agree, keyframes have checkpoints, epochs_done is the last one.
     Only datasets in `sound` (those that hold what they declare) are read."""
-    from .runfile import WINDOW_FIELDS
+    from .reader import WINDOW_FIELDS
 
     n_eval = {m: len(f[f"metrics/{m}"]) for m in METRICS
               if m not in OPTIONAL_METRICS or f"metrics/{m}" in f}
@@ -385,3 +385,8 @@ def verify(f: h5py.File, path: Path, cfg: Config, size: int) -> tuple[list[str],
             problems.append(f"damaged: {x} and {y} claim the same bytes at offset {b:,}")
             break
     return list(dict.fromkeys(problems)), checked
+
+
+__all__ = ["HDF5_ERRORS", "KEYFRAME_FIELDS", "STATUSES", "ATTRS_CRC", "moment_groups",
+           "attrs_checksum", "check_attrs", "WATCH_STATE", "parse_watch_state", "damaged",
+           "declared_bytes", "holds", "loaded_whole", "check_layout", "verify"]

@@ -644,3 +644,8 @@ def read_lock(fd: int) -> Iterator[None]:
         yield
     finally:
         unlock(fd)
+
+
+__all__ = ["JOURNAL_SUFFIX", "COMMIT_LOCK", "RunFileError", "commit_lock", "lock_shared", "unlock",
+           "stamp", "writer_active", "Journal", "DISCARD", "ReadOnlyFile", "JournaledFile",
+           "recover", "open_for_reading", "read_lock"]

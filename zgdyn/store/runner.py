@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..core.config import DETECTOR_OFF, LOOKBACK, Config, ConfigError, ZgdynError, flatten
+from ..core.train import Callback, Diverged, ProgressBar, Trainer
 from .budget import check_runs
-from ..core.config import DETECTOR_OFF, Config, ConfigError, ZgdynError, flatten
-from .runfile import RunFileError, RunWriter
-from ..core.train import LOOKBACK, Callback, Diverged, ProgressBar, Trainer
+from .journal import RunFileError
+from .writer import RunWriter
 
 # fields that may change when a run is resumed: how long it goes on, and where it runs;
 # after a divergence also the optimizer's settings (every change is kept in `history`)
@@ -259,7 +260,7 @@ def replay_run(path: str | Path, out: str | Path, *, epoch_from: int, epoch_to: 
     when asked again for the same window (or with `resume_run`); another file at `out` is
     refused unless `force`.
     """
-    from .runfile import open_run
+    from .reader import open_run
 
     if not 0 <= epoch_from < epoch_to:
         raise ConfigError(f"--from/--to: need 0 <= from < to, got {epoch_from}, {epoch_to}")
@@ -315,7 +316,7 @@ def replay_run(path: str | Path, out: str | Path, *, epoch_from: int, epoch_to: 
 
 def _replay_of(path: Path) -> dict[str, Any] | None:
     """The `replay` attribute of the run file at `path` (None if it is not a replay)."""
-    from .runfile import open_run
+    from .reader import open_run
 
     try:
         with open_run(path) as run:
