@@ -702,7 +702,7 @@ def _alive(pid: int) -> bool:
 def test_workers_die_with_their_parent(tmp_path, command, sig):
     """Kill the parent of a 2-job pool: its workers stop at a keyframe (the run files marked
     interrupted), release their locks and exit, so that the next run can go on at once."""
-    from zgdyn.store.journal import writer_active
+    from zgdyn.store.locks import writer_active
     from zgdyn.store.writer import RunWriter
     out = tmp_path / "out"
     if command == "sweep":

@@ -214,4 +214,4 @@ def stored_perturb(path: str | Path, epoch: int) -> dict[str, Any] | None:
     return result
 
 
-__all__ = ["perturb_run", "stored_perturb", "DIRECTIONS"]
+__all__ = ["perturb_run", "stored_perturb", "DIRECTIONS", "check_settings"]

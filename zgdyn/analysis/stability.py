@@ -288,4 +288,4 @@ def saddle_table(path: str, *, epoch: int | None = None,
     return result
 
 
-__all__ = ["hessian_at", "saddle_table", "load_point", "Point"]
+__all__ = ["hessian_at", "saddle_table", "load_point", "Point", "write_result", "spectrum_record"]

@@ -273,7 +273,7 @@ def plan(specs: list[RunSpec]) -> list[Task]:
     """One task per run. A file that holds another config is an error (nothing is touched),
     unless only `epochs` / `phase2_epochs` grew: then the run is extended."""
     from ..store.runner import RESUMABLE_CHANGES
-    from ..store.journal import writer_active
+    from ..store.locks import writer_active
     from ..store.reader import open_run
 
     tasks = []

@@ -536,4 +536,5 @@ def sweep_report(out: str | Path, *, x: str | None = None,
 
 
 __all__ = ["Sweep", "SweepRun", "load_sweep", "sweep_from_dict", "run_sweep", "sweep_report",
-           "phase_grid", "run_label", "read_sweep_dir", "EXECUTORS"]
+           "phase_grid", "run_label", "read_sweep_dir", "EXECUTORS", "MAX_RUNS", "SWEEPS_DIR",
+           "number_text"]

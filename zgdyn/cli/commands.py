@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
 from ..core.config import Config, ZgdynError, fields_by_section, flatten, from_flat, load_toml
+from .common import device_arg, figure_paths, print_json, save_figure
 from .flags import ENSEMBLE_FIELDS
-from .text import (fmt, fmt_ratio, fmt_sig, format_info, format_perturb, format_saddle,
-    format_scorecards, format_sharpness, format_summary, format_sweep_report, format_two_phase,
-    opt, pct, pm)
+from .text import (fmt_ratio, fmt_sig, format_info, format_scorecards, format_summary,
+                   format_sweep_report, format_two_phase, pct)
 
 
 RUNS_DIR = Path("data/runs")
@@ -24,15 +22,6 @@ def fail(message: str) -> int:
     return 2
 
 
-def _device(name: str) -> str:
-    """A checked torch device name: one line and exit 2 for anything else or a missing GPU."""
-    from ..store.budget import check_device
-
-    Config(device=name)  # the same rule as a run's device field
-    check_device(name)
-    return name
-
-
 def _threads(n: int | None) -> None:
     """Set torch's CPU threads from --threads (None: leave them)."""
     if n is None:
@@ -41,13 +30,6 @@ def _threads(n: int | None) -> None:
         raise ZgdynError(f"--threads: must be an integer >= 1, got {n}")
     import torch
     torch.set_num_threads(n)
-
-
-def _finite(flag: str, values: Any, low: float = 0.0) -> None:
-    """Refuse values of `flag` that are not finite numbers >= `low`."""
-    for v in values if isinstance(values, (list, tuple)) else [values]:
-        if v is not None and not (math.isfinite(v) and v >= low):
-            raise ZgdynError(f"{flag}: must be a finite number >= {low:g}, got {v}")
 
 
 def _given(args: argparse.Namespace) -> dict[str, Any]:
@@ -113,10 +95,6 @@ def _members(base: Config, given: dict[str, Any],
     return configs, tuple(k for k, v in lists.items() if len(v) > 1)
 
 
-def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from ..store.runner import resume_run, train_run
     from ..store.reader import open_run
@@ -146,7 +124,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     with open_run(out) as run:
         summary = run.summary()
     if args.json:
-        _print_json(summary)
+        print_json(summary)
     else:
         sys.stdout.write(f"{_run_line(summary, out)} (details: zgdyn info {out})\n")
     return 0
@@ -187,7 +165,7 @@ def _train_ensemble(args: argparse.Namespace, configs: list[Config],
             row.update(run.summary())
         rows.append(row)
     if args.json:
-        _print_json(rows)
+        print_json(rows)
     else:
         for row in rows:
             sys.stdout.write(_run_line(row, row["path"])
@@ -219,7 +197,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     with open_run(args.run) as run:
         summary = run.summary()
     if args.json:
-        _print_json(summary)
+        print_json(summary)
     else:
         sys.stdout.write(format_info(summary))
     return 0
@@ -236,7 +214,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     rows = stats_table(args.p, args.train_frac, args.zipf_s, seed=args.seed,
                        mode=args.weighting)
     if args.json:
-        _print_json({"p": args.p, "train_frac": args.train_frac, "weighting": args.weighting,
+        print_json({"p": args.p, "train_frac": args.train_frac, "weighting": args.weighting,
                      "n_train": rows[0]["n"], "rows": rows})
         return 0
     head = f"{'s':>5}  {'max/min':>14}  {'ESS 1/Σw²':>10}  {'top-10% mass':>12}  " \
@@ -251,62 +229,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_analyze(args: argparse.Namespace) -> int:
-    from ..analysis.analyze import analyze_run
-
-    s = analyze_run(args.run, key_freqs=args.key_freqs, ref_epoch=args.ref_epoch,
-                    top_k=args.top_k, force=args.force, progress=not args.no_progress)
-    if args.json:
-        _print_json(s)
-        return 0
-    fe, g = s["fourier_energy"], s["gamma_curve"]
-    key = (f"{s['n_key']} fixed from epoch {s['ref_epoch']}: {s['key']}"
-           if s["key"] is not None else f"chosen afresh at each checkpoint "
-           f"({s['n_key_auto_final']} at the last)")
-    m_star = "none (gamma stays on one side of lambda)" if g["m_star"] is None \
-        else f"{g['m_star']:.3g}"
-    gn = s["gamma_near_solution"]
-    near = "-" if gn["gamma_fd_mean"] is None else \
-        f"{gn['gamma_fd_mean']:.3g} ({'above' if gn['above_lambda'] else 'below'} lambda)"
-    gi = s["gamma_inst"]
-    lines = [
-        f"analyzed       {s['n_checkpoints']} checkpoints + {s['n_window_records']} window "
-        f"records ({s['newly_analyzed']} new) -> "
-        f"{s['path']}:analysis/trajectory",
-        f"key freqs      {key}",
-        f"Fourier energy start {fe['start']:.3f}, peak {fe['peak']:.3f} (epoch "
-        f"{fe['peak_epoch']}), end {fe['end']:.3f}; all-diagonal fraction at the end "
-        f"{s['diagonal_fraction_end']:.3f}",
-        f"m_w (weights)  {s['m_w']['min']:.3g} .. {s['m_w']['max']:.3g}, end {s['m_w']['end']:.3g}",
-        f"m_f (logits)   {s['m_f']['min']:.3g} .. {s['m_f']['max']:.3g}, end {s['m_f']['end']:.3g}",
-        f"gamma(m)       lambda_eff = lr*wd = {s['lambda_eff']:.3g}/epoch; crossing m* = {m_star}; "
-        f"gamma_fd near the solution (energy >= 95% of peak, {gn['n']} checkpoints): {near}",
-        f"gamma_inst     {gi['n']} keyframes, median {opt(gi['median'], '.3g')}/epoch, "
-        f"fraction above lambda {opt(gi['frac_above_lambda'], '.2f')}",
-    ]
-    sys.stdout.write("\n".join(lines) + "\n")
-    return 0
-
-
-def cmd_plot(args: argparse.Namespace) -> int:
-    from ..present.plots import run_figure
-
-    if args.figure is None:
-        raise ZgdynError("plot: --figure FIG.png is required (where the figure goes)")
-    outs = _figure_paths(args.figure, args.force)
-    fig = run_figure(str(args.run), args.kind, epoch_from=args.epoch_from,
-                     epoch_to=args.epoch_to, epochs=args.epochs)
-    _save_figure(fig, outs)
-    sys.stdout.write(f"wrote {', '.join(str(o) for o in outs)}\n")
-    return 0
-
-
 def cmd_verify(args: argparse.Namespace) -> int:
     from ..store.reader import verify_run
 
     r = verify_run(args.run)
     if args.json:
-        _print_json(r)
+        print_json(r)
     else:
         ck = r["checked"]
         head = (f"{r['path']}: {'ok' if r['ok'] else 'DAMAGED'} ({ck['checkpoints']} checkpoints "
@@ -314,180 +242,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 + ("; an interrupted commit was rolled back" if r["rolled_back"] else "") + ")")
         sys.stdout.write("\n".join([head] + [f"  - {p}" for p in r["problems"]]) + "\n")
     return 0 if r["ok"] else 1
-
-
-def cmd_events(args: argparse.Namespace) -> int:
-    from ..analysis.analyze import run_events
-
-    r = run_events(str(args.run), threshold=args.threshold, lookback=args.lookback,
-                   refractory=args.refractory)
-    if args.json:
-        _print_json(r)
-        return 0
-    lines = [f"{len(r['events'])} collapse(s) in {r['path']} (train loss > {r['threshold']:g}x "
-             f"its minimum over the previous {r['lookback']} epochs; evaluations every "
-             f"{opt(r['eval_resolution'], 'g')} epochs, every epoch in "
-             f"{len(r['windows']['trigger'])} collapse window(s))",
-             f"{'epoch':>8} {'loss ratio':>11} {'rise (ep)':>9} {'test before':>11} "
-             f"{'test after':>10} {'Fourier before':>14} {'after':>6}"]
-    for e in r["events"]:
-        lines.append(f"{e['epoch']:>8} {e['loss_ratio']:>11.3g} {e['duration']:>9.1f} "
-                     f"{pct(e['test_acc_before']):>11} {pct(e['test_acc_after']):>10} "
-                     f"{opt(e['fourier_before'], '.3f'):>14} {opt(e['fourier_after'], '.3f'):>6}")
-    c = r["cycles"]
-    if c["period_mean"] is not None:
-        lines.append(f"period {c['period_mean']:,.0f} epochs"
-                     + (f" ± {c['period_std']:,.0f}" if c["period_std"] is not None else "")
-                     + f"; recovery to the test-accuracy trough {c['recovery']}; build "
-                     f"{c['build']}; time at the peak {c['peak']}")
-    sys.stdout.write("\n".join(lines) + "\n")
-    return 0
-
-
-def cmd_fit(args: argparse.Namespace) -> int:
-    from ..analysis.analyze import fit_run
-
-    r = fit_run(str(args.run), model=args.model, slow=args.slow, m_name=args.m,
-                segment=args.segment, threshold=args.threshold,
-                progress=not args.no_progress)
-    if args.json:
-        _print_json(r)
-        return 0
-    lam, obs = r["lambda_eff"], r["observed"]
-    lines = [f"fits of {r['m']} in {r['path']} (lambda = lr*wd = {lam:g}; shooting segments of "
-             f"{r['segment_epochs']:,.0f} epochs; {len(r['events'])} collapse(s))"]
-    if r["rates"]:
-        lines.append("(a) per collapse: growth of m while it jumps, decay after (per epoch)")
-        for x in r["rates"]:
-            lines.append(f"  {x['epoch']:>8}  growth {pm(x['growth'], x['growth_stderr'])} "
-                         f"(= {opt(x['growth_over_lambda'], '.3g')} lambda)   decay "
-                         f"{pm(x['decay'], x['decay_stderr'])} "
-                         f"(= {opt(x['decay_over_lambda'], '.3g')} lambda)")
-    if "1d" in r:
-        law = r["1d"]["between_events"] or r["1d"]["whole"]
-        (g0, g1), (e0, e1) = law["params"], law["stderr"]
-        lines.append(f"(b) 1-D law d ln m/dt = gamma(m) - lambda, gamma(m) = g0 + g1 ln(m / "
-                     f"{law['scales']['m_ref']:.4g}): g0 {pm(g0, e0)}, g1 {pm(g1, e1)}; "
-                     f"gamma = lambda at m* = {opt(r['1d']['m_star'], '.4g')} (fitted "
-                     f"{'between collapses' if r['1d']['between_events'] else 'on all data'})")
-    if "2d" in r:
-        for name, f in r["2d"]["fits"].items():
-            chosen = " (chosen)" if name == r["2d"]["chosen"] else ""
-            ps = ", ".join(f"{n} {pm(v, e)}" for n, v, e in
-                           zip(f["names"][:4], f["params"][:4], f["stderr"][:4]))
-            lines.append(f"(c) 2-D slow-fast, slow = {name}{chosen}: {ps}; AIC {f['aic']:.1f}")
-        sim = r["2d"]["fits"][r["2d"]["chosen"]]["simulated"] or {}
-        lines.append(f"{'':4}{'':24}{'observed':>12}{'2-D model':>12}")
-        for label, o, s in (("period (epochs)", obs["period"], sim.get("period")),
-                            ("duty cycle (m high)", obs["duty"], sim.get("duty")),
-                            ("rise of ln m (epochs)", obs["rise_ln_m"], sim.get("rise"))):
-            lines.append(f"{'':4}{label:<24}{opt(o, '.4g'):>12}{opt(s, '.4g'):>12}")
-        lines.append(f"{'':4}{'collapse, train loss':<24}"
-                     f"{opt(obs['collapse_duration'], '.4g'):>12}{'':>12}")
-    if "adam_clock" in r:
-        c = r["adam_clock"]
-        mean_rate = sum(c["rate"]) / len(c["rate"]) if c["rate"] else float("nan")
-        lines.append(f"Adam's clock: ln sqrt(v_hat) falls at {mean_rate:.3g}/epoch "
-                     f"between collapses (each: {', '.join(f'{x:.3g}' for x in c['rate'])}; "
-                     f"(1 - beta2)/2 = {c['rate_expected']:.3g}); sqrt(v_hat) at each collapse "
-                     f"onset {', '.join(f'{x:.2g}' for x in c['a_onset'])} (eps = "
-                     f"{c['eps']:g}); period predicted from it "
-                     f"{', '.join(f'{x:,.0f}' for x in c['period_predicted'])} against observed "
-                     f"{', '.join(f'{x:,.0f}' for x in c['period_observed'])}")
-    if "aic" in r:
-        a = r["aic"]
-        lines.append(f"AIC on ln m: 1-D {a['1d']:.1f}, 2-D {a['2d']:.1f}; "
-                     + (f"the {a['preferred']} model has the lower AIC (difference "
-                        f"{a['delta_1d_minus_2d']:.1f}), but see the warnings" if r["warnings"]
-                        else f"the data choose the {a['preferred']} model (difference "
-                        f"{a['delta_1d_minus_2d']:.1f})"))
-    lines += [f"warning: {w}" for w in r["warnings"]]
-    sys.stdout.write("\n".join(lines) + "\n")
-    return 0
-
-
-def cmd_replay(args: argparse.Namespace) -> int:
-    from ..store.runner import replay_run
-    from ..store.reader import open_run
-
-    replay_run(args.run, args.out, epoch_from=args.epoch_from, epoch_to=args.epoch_to,
-               every=args.every, force=args.force, force_disk=args.force,
-               progress=not args.no_progress)
-    with open_run(args.out) as run:
-        s = run.summary()
-    if args.json:
-        _print_json(s)
-    else:
-        sys.stdout.write(f"wrote {args.out}: epochs {int(run.checkpoint_epochs[0])}.."
-                         f"{s['epochs_done']} every {args.every} ({s['n_checkpoints']} "
-                         "checkpoints)\n")
-    return 0
-
-
-def cmd_hessian(args: argparse.Namespace) -> int:
-    from ..analysis.stability import hessian_at
-
-    _finite("--zipf-s", args.zipf_s)
-    _finite("--coupled-wd", args.coupled_wd)
-    if args.k < 1:
-        raise ZgdynError(f"--k: must be an integer >= 1, got {args.k}")
-    r = hessian_at(str(args.run), epoch=args.epoch, zipf_s=args.zipf_s, k=args.k,
-                   device=_device(args.device),
-                   which=args.which, preconditioned=args.preconditioned, dtype=args.dtype,
-                   coupled_wd=args.coupled_wd, method=args.method,
-                   progress=not args.no_progress)
-    if args.json:
-        _print_json(r)
-        return 0
-    kind = "D^-1/2 H D^-1/2 (Adam-preconditioned)" if r["preconditioned"] else "H"
-    lines = [f"{kind} of L_s, s = {r['zipf_s']:g}, at epoch {r['epoch']} ({r['dtype']}; "
-             f"{r['n_hvp']} HVPs, converged: {r['converged']})",
-             f"tolerance: {r['tolerance']}",
-             f"{'#':>3} {'eigenvalue':>12} {'residual':>10} {'overlap θ_M':>12} "
-             f"{'max |cos| heavy-pair grads':>27}"
-             + (f" {'growth/epoch':>13}" if r["preconditioned"] else "")]
-    for i, lam in enumerate(r["eigenvalues"]):
-        cos = max(abs(c) for c in r["cos_heavy_pair_grads"][i])
-        row = (f"{i + 1:>3} {fmt(lam):>12} {fmt(r['residuals'][i]):>10} "
-               f"{r['overlap_theta_m'][i]:>12.3f} {cos:>27.3f}")
-        if r["preconditioned"]:
-            row += f" {fmt(r['growth_rates'][i]):>13}"
-        lines.append(row)
-    if r["preconditioned"]:
-        lines.append(f"Adam stability threshold 38/lr = {r['adam_threshold']:.4g}; "
-                     f"decay lr*wd = {r['lr_wd']:g}/epoch")
-    sys.stdout.write("\n".join(lines) + "\n")
-    return 0
-
-
-def cmd_saddle(args: argparse.Namespace) -> int:
-    from ..analysis.stability import saddle_table
-
-    _finite("--zipf-s", args.zipf_s)
-    r = saddle_table(str(args.run), epoch=args.epoch, exponents=tuple(args.zipf_s),
-                     device=_device(args.device),
-                     dtype=args.dtype, progress=not args.no_progress)
-    if args.json:
-        _print_json(r)
-    else:
-        sys.stdout.write(format_saddle(r))
-    return 0
-
-
-def cmd_sharpness(args: argparse.Namespace) -> int:
-    from ..analysis.sharpness import sharpness_onsets, sharpness_run
-
-    s = sharpness_run(str(args.run), every=args.every, epoch_from=args.epoch_from,
-                      epoch_to=args.epoch_to, zipf_s=args.zipf_s,
-                      preconditioned=args.preconditioned, windows=not args.no_windows,
-                      window_every=args.window_every, tol=args.tol, force=args.force,
-                      progress=not args.no_progress)
-    onsets = sharpness_onsets(str(args.run))
-    if args.json:
-        _print_json({**s, "onsets": onsets})
-    else:
-        sys.stdout.write(format_sharpness(s, onsets))
-    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -498,17 +252,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                    epoch=args.hessian_epoch)
         path = save_bench(result, args.out or "data/bench/hessian.json")
         if args.json:
-            _print_json(result)
+            print_json(result)
         else:
             sys.stdout.write(format_hessian(result) + f"\nsaved {path}\n")
         return 0
     result = run_bench(epochs=args.epochs, repeats=args.repeats, p=args.p,
-                       device=_device(args.device), ensemble_sizes=tuple(args.ensemble_sizes),
+                       device=device_arg(args.device), ensemble_sizes=tuple(args.ensemble_sizes),
                        ensemble_model_epochs=args.ensemble_model_epochs,
                        analysis=not args.no_analysis, window=args.window)
     path = save_bench(result, args.out)
     if args.json:
-        _print_json(result)
+        print_json(result)
     else:
         sys.stdout.write(format_bench(result) + f"\nsaved {path}\n")
     return 0
@@ -519,7 +273,7 @@ def cmd_scorecard(args: argparse.Namespace) -> int:
 
     cards = [scorecard(path, threshold=args.threshold) for path in args.runs]
     if args.json:
-        _print_json(cards)
+        print_json(cards)
     else:
         sys.stdout.write(format_scorecards(cards))
     return 0
@@ -547,7 +301,7 @@ def _run_suite_cli(args: argparse.Namespace, suite: Any, *, analyze: bool = True
     kw = dict(jobs=jobs, threads=args.threads, plugins=tuple(args.plugin or ()),
               progress=not args.no_progress, report_only=report_only, only=only,
               on_stage=stage, ensemble=args.ensemble,
-              device=_device(args.device) if getattr(args, "device", None) else None)
+              device=device_arg(args.device) if getattr(args, "device", None) else None)
     if isinstance(suite, str):
         return reproduce(suite, args.out, seeds=seeds, **kw)
     return run_suite(suite, args.out, analyze=analyze, **kw)
@@ -567,57 +321,11 @@ def cmd_two_phase(args: argparse.Namespace) -> int:
                             source="(two-phase flags)")
     result = _run_suite_cli(args, suite, analyze=False)
     if args.json:
-        _print_json({k: result[k] for k in ("suite", "out", "tables", "cards", "errors",
+        print_json({k: result[k] for k in ("suite", "out", "tables", "cards", "errors",
                                              "seconds")})
     else:
         sys.stdout.write(format_two_phase(result))
     return 1 if result["errors"] else 0
-
-
-def cmd_perturb(args: argparse.Namespace) -> int:
-    from ..analysis.perturb import perturb_run
-
-    outs = []
-    if args.figure is not None:
-        outs = _figure_paths(args.figure, args.force)
-    r = perturb_run(str(args.run), epoch=args.epoch, zipf_s=tuple(args.zipf_s),
-                    eps=tuple(args.eps), epochs=args.epochs, directions=tuple(args.directions),
-                    seed=args.seed, dtype=args.dtype, early=args.early,
-                    progress=not args.no_progress and not args.json)
-    if outs:
-        from ..present.plots import plot_perturb
-        _save_figure(plot_perturb(r), outs)
-    if args.json:
-        _print_json({k: v for k, v in r.items() if k != "curves"})
-    else:
-        sys.stdout.write(format_perturb(r) + (f"wrote {', '.join(map(str, outs))}\n"
-                                              if outs else ""))
-    return 0
-
-
-def _save_figure(fig: Any, outs: list[Path]) -> None:
-    """Write a figure to each of `outs` (their folder made); one line if that fails."""
-    from ..present.plots import save
-
-    target = outs[0].parent
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-        for target in outs:
-            save(fig, str(target))
-    except OSError as e:
-        raise ZgdynError(f"{target}: the figure cannot be written ({e.strerror or e})") \
-            from None
-
-
-def _figure_paths(out: Path, force: bool) -> list[Path]:
-    """The files a figure goes to (a .png gets a .pdf beside it); refuses to overwrite."""
-    if out.suffix not in (".png", ".pdf", ".svg"):
-        raise ZgdynError(f"--figure {out.name!r}: must end in .png, .pdf or .svg")
-    outs = [out] + ([out.with_suffix(".pdf")] if out.suffix == ".png" else [])
-    existing = [str(o) for o in outs if o.exists()]
-    if existing and not force:
-        raise ZgdynError(f"{', '.join(existing)}: already exists; pass --force to replace it")
-    return outs
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -625,7 +333,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     result = _run_suite_cli(args, args.suite, report_only=args.report_only, only=only,
                             seeds=args.seeds)
     if args.json:
-        _print_json({k: v for k, v in result.items() if k != "perturb"})
+        print_json({k: v for k, v in result.items() if k != "perturb"})
     else:
         sys.stdout.write(format_summary(result) + f"report: {result['report']}\n")
     return 1 if result["errors"] else 0
@@ -646,7 +354,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                        plugins=tuple(args.plugin or ()), progress=not args.no_progress,
                        force_disk=args.force)
     if args.json:
-        _print_json(result)
+        print_json(result)
     else:
         ran = [r for r in result["runs"] if r["planned"] in ("train", "resume")]
         lines = [f"sweep {result['name']}: {len(result['runs'])} runs in {result['out']} "
@@ -666,11 +374,11 @@ def cmd_sweep_report(args: argparse.Namespace) -> int:
     outs = []
     if r["phase"] is not None and any(x["card"] for x in r["rows"]):
         from ..present.plots import plot_phase_diagram
-        outs = _figure_paths(figure, force=True)
-        _save_figure(plot_phase_diagram(r["phase"], title=f"sweep {r['name']}: mean over "
+        outs = figure_paths(figure, force=True)
+        save_figure(plot_phase_diagram(r["phase"], title=f"sweep {r['name']}: mean over "
                                         "runs at each point"), outs)
     if args.json:
-        _print_json({**r, "figures": [str(o) for o in outs]})
+        print_json({**r, "figures": [str(o) for o in outs]})
     else:
         sys.stdout.write(format_sweep_report(r) + (f"wrote {', '.join(map(str, outs))}\n"
                                                    if outs else ""))
@@ -678,7 +386,5 @@ def cmd_sweep_report(args: argparse.Namespace) -> int:
 
 
 __all__ = ["RUNS_DIR", "fail", "NAME_ALIASES", "MAX_NAME", "cmd_train", "cmd_info", "cmd_stats",
-           "cmd_analyze", "cmd_plot", "cmd_verify", "cmd_events", "cmd_fit", "cmd_replay",
-           "cmd_hessian", "cmd_saddle", "cmd_sharpness", "cmd_bench", "cmd_scorecard",
-           "cmd_two_phase", "cmd_perturb", "cmd_reproduce", "cmd_demo", "cmd_sweep",
-           "cmd_sweep_report"]
+           "cmd_verify", "cmd_bench", "cmd_scorecard", "cmd_two_phase", "cmd_reproduce",
+           "cmd_demo", "cmd_sweep", "cmd_sweep_report"]

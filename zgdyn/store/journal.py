@@ -33,12 +33,12 @@ import stat
 import struct
 import time
 import zlib
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..core.config import ZgdynError
+from .locks import bump_mtime, commit_lock, lock_shared
 
 JOURNAL_SUFFIX = "-journal"
 _PAGE = 4096
@@ -48,14 +48,13 @@ _HEADER = struct.Struct("<8sQIQQQQI")
 _HEADER_SIZE = 64
 _RECORD = struct.Struct("<QI")  # offset, length; the original bytes follow
 _WRITE = struct.Struct("<QII")  # page offset, length, crc32 of the bytes the commit writes
-COMMIT_LOCK = 1 << 62  # the byte readers and the committing writer lock (never data)
 
 
 class RunFileError(ZgdynError):
     """A run file that is missing, locked, corrupt, or not a zgdyn run."""
 
 
-def _journal_path(path: Path) -> Path:
+def journal_path(path: Path) -> Path:
     """FILE-journal beside FILE; for a name too long for that, .zgdyn-<its hash>-journal."""
     name = path.name + JOURNAL_SUFFIX
     if len(os.fsencode(name)) > 255:
@@ -64,72 +63,12 @@ def _journal_path(path: Path) -> Path:
     return path.with_name(name)
 
 
-# -- locks ----------------------------------------------------------------------------------
-
-
-def _ofd(fd: int, kind: int, *, wait: bool = True) -> bool:
-    """Set the OFD lock `kind` (F_RDLCK, F_WRLCK, F_UNLCK) on COMMIT_LOCK of `fd`.
-    Returns False where the file system has no such locks (nothing is locked then)."""
-    flock = struct.pack("hhqqi4x", kind, os.SEEK_SET, COMMIT_LOCK, 1, 0)
-    try:
-        fcntl.fcntl(fd, fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK, flock)
-    except OSError as e:
-        if e.errno in (errno.EINVAL, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-            return False
-        raise
-    return True
-
-
-@contextmanager
-def commit_lock(fd: int, *, exclusive: bool) -> Iterator[None]:
-    """Hold the commit byte of `fd`: exclusive to commit or roll back, shared to read."""
-    locked = _ofd(fd, fcntl.F_WRLCK if exclusive else fcntl.F_RDLCK)
-    try:
-        yield
-    finally:
-        if locked:
-            _ofd(fd, fcntl.F_UNLCK)
-
-
-def lock_shared(fd: int) -> None:
-    _ofd(fd, fcntl.F_RDLCK)
-
-
-def unlock(fd: int) -> None:
-    _ofd(fd, fcntl.F_UNLCK)
-
-
-def stamp(fd_or_path: int | Path) -> tuple[int, int, int, int]:
-    """(device, inode, size, mtime in ns): changes at every commit and every replacement."""
-    st = os.fstat(fd_or_path) if isinstance(fd_or_path, int) else os.stat(fd_or_path)
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
-
-
-def _bump_mtime(fd: int, before_ns: int) -> None:
-    """Make the mtime larger than `before_ns` (a coarse clock may not have moved)."""
-    st = os.fstat(fd)
-    if st.st_mtime_ns <= before_ns:
-        os.utime(fd, ns=(st.st_atime_ns, before_ns + 1))
-
-
-def _try_lock(fd: int, path: Path) -> None:
+def lock_for_writing(fd: int, path: Path) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         raise RunFileError(f"{path}: is being written by another process; "
                            "wait for it to finish or stop it first") from None
-
-
-def writer_active(path: Path) -> bool:
-    """Whether a writer holds the file's lock right now."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # releases the shared lock, if taken
 
 
 # -- raw I/O: every write checked for its count ----------------------------------------------
@@ -209,7 +148,7 @@ def _corrupt(path: Path, jpath: Path, why: str) -> RunFileError:
                         "it is")
 
 
-def _check_journal_path(path: Path, jpath: Path) -> os.stat_result | None:
+def check_journal_path(path: Path, jpath: Path) -> os.stat_result | None:
     """The journal's lstat, None if there is none; refuses anything but a regular file."""
     try:
         st = os.lstat(jpath)
@@ -225,7 +164,7 @@ def _check_journal_path(path: Path, jpath: Path) -> os.stat_result | None:
 def _load_journal(path: Path, jpath: Path) -> Journal | _Discard | None:
     """The journal at `jpath`: None if there is none, DISCARD if its commit never reached
     its header; a RunFileError if it is damaged."""
-    if _check_journal_path(path, jpath) is None:
+    if check_journal_path(path, jpath) is None:
         return None
     try:
         fd = os.open(jpath, os.O_RDONLY | os.O_NOFOLLOW)
@@ -319,7 +258,7 @@ def _undo(fd: int, j: Journal) -> None:
         _pwrite_all(fd, data, off)
     os.ftruncate(fd, j.old_size)
     os.fsync(fd)
-    _bump_mtime(fd, before)
+    bump_mtime(fd, before)
 
 
 def _rollback(fd: int, path: Path, jpath: Path) -> bool:
@@ -411,11 +350,11 @@ class JournaledFile(_FileObject):
 
     def __init__(self, path: Path, *, fd: int | None = None) -> None:
         self.path = Path(path)
-        self.jpath = _journal_path(self.path)
+        self.jpath = journal_path(self.path)
         self.fd = _open_rw(self.path) if fd is None else fd
         try:
             if fd is None:
-                _try_lock(self.fd, self.path)
+                lock_for_writing(self.fd, self.path)
             with commit_lock(self.fd, exclusive=True):
                 _rollback(self.fd, self.path, self.jpath)
         except BaseException:
@@ -497,7 +436,7 @@ class JournaledFile(_FileObject):
     def _write_journal(self, head: bytes, body: bytes) -> None:
         """Write the journal: body, fsync, header, fsync. The path must hold no journal or a
         stale regular one (removed first); the journal is created exclusively, unfollowed."""
-        if _check_journal_path(self.path, self.jpath) is not None:
+        if check_journal_path(self.path, self.jpath) is not None:
             self.jpath.unlink()  # stale (a failed unlink of an earlier commit)
         try:
             jfd = os.open(self.jpath, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
@@ -549,7 +488,7 @@ class JournaledFile(_FileObject):
                 self._write_pages()
                 os.ftruncate(self.fd, self.size)
                 os.fsync(self.fd)
-                _bump_mtime(self.fd, before)
+                bump_mtime(self.fd, before)
                 self.jpath.unlink()
             except BaseException:
                 self._abandon(j, touched)
@@ -587,9 +526,9 @@ def recover(path: str | Path, *, wait_s: float = 5.0) -> bool:
     While a live writer holds the file, waits up to `wait_s` for it to finish.
     """
     path = Path(path)
-    jpath = _journal_path(path)
+    jpath = journal_path(path)
     deadline = time.monotonic() + wait_s
-    while _check_journal_path(path, jpath) is not None:
+    while check_journal_path(path, jpath) is not None:
         try:
             fd = os.open(path, (os.O_RDWR if os.access(path, os.W_OK) else os.O_RDONLY)
                          | os.O_NOFOLLOW)
@@ -626,7 +565,7 @@ def open_for_reading(path: Path) -> tuple[int, bool]:
             raise RunFileError(f"{path}: cannot be opened ({e.strerror or e})") from None
         try:
             lock_shared(fd)
-            if _check_journal_path(path, _journal_path(path)) is None:
+            if check_journal_path(path, journal_path(path)) is None:
                 return fd, rolled
         except BaseException:
             os.close(fd)
@@ -636,16 +575,6 @@ def open_for_reading(path: Path) -> tuple[int, bool]:
     raise RunFileError(f"{path}: keeps showing an interrupted commit; is a writer failing?")
 
 
-@contextmanager
-def read_lock(fd: int) -> Iterator[None]:
-    """Hold the commit byte of `fd` shared: no commit runs meanwhile."""
-    lock_shared(fd)
-    try:
-        yield
-    finally:
-        unlock(fd)
-
-
-__all__ = ["JOURNAL_SUFFIX", "COMMIT_LOCK", "RunFileError", "commit_lock", "lock_shared", "unlock",
-           "stamp", "writer_active", "Journal", "DISCARD", "ReadOnlyFile", "JournaledFile",
-           "recover", "open_for_reading", "read_lock"]
+__all__ = ["JOURNAL_SUFFIX", "RunFileError", "Journal", "DISCARD", "ReadOnlyFile",
+           "JournaledFile", "recover", "open_for_reading", "journal_path", "check_journal_path",
+           "lock_for_writing"]

@@ -28,7 +28,8 @@ from ..core.model import MLP, build_model, param_shapes
 from ..core.optim import needs_max_moment
 from ..core.train import Snapshot
 from .integrity import HDF5_ERRORS, check_attrs, check_layout, damaged, verify
-from .journal import ReadOnlyFile, RunFileError, lock_shared, open_for_reading, stamp, unlock
+from .journal import ReadOnlyFile, RunFileError, open_for_reading
+from .locks import lock_shared, stamp, unlock
 
 FORMAT = "zgdyn.run"
 FORMAT_VERSION = 1

@@ -33,8 +33,9 @@ from ..core.train import METRICS, Callback, Snapshot, Trainer
 from ..core.watch import Window
 from .integrity import ATTRS_CRC, HDF5_ERRORS, attrs_checksum, check_attrs, check_layout, \
     damaged, moment_groups, parse_watch_state
-from .journal import JournaledFile, RunFileError, _check_journal_path, _journal_path, \
-    _try_lock, stamp
+from .journal import JournaledFile, RunFileError, check_journal_path, journal_path, \
+    lock_for_writing
+from .locks import stamp
 from .reader import FORMAT, FORMAT_VERSION, WINDOW_INDEX, WINDOW_LOSSES, Run, check_path, \
     config_of, is_hdf5, read_snapshot, validate
 
@@ -126,7 +127,7 @@ def _publish(tmp: Path, path: Path, *, replace: bool) -> int:
     being written. Returns the locked descriptor."""
     fd = os.open(tmp, os.O_RDWR)
     try:
-        _try_lock(fd, path)  # a fresh inode: nobody else holds it
+        lock_for_writing(fd, path)  # a fresh inode: nobody else holds it
         os.fsync(fd)
         if replace:
             _refuse_if_written(path)
@@ -136,8 +137,8 @@ def _publish(tmp: Path, path: Path, *, replace: bool) -> int:
         if stamp(path)[:2] != stamp(fd)[:2]:
             raise RunFileError(f"{path}: was replaced by another process while this one "
                                "created it")
-        if _check_journal_path(path, _journal_path(path)) is not None:
-            _journal_path(path).unlink()  # a journal of an earlier file of this name
+        if check_journal_path(path, journal_path(path)) is not None:
+            journal_path(path).unlink()  # a journal of an earlier file of this name
         return fd
     except BaseException:
         os.close(fd)
@@ -171,7 +172,7 @@ def _refuse_if_written(path: Path) -> None:
     except FileNotFoundError:
         return
     try:
-        _try_lock(fd, path)
+        lock_for_writing(fd, path)
     finally:
         os.close(fd)
 
@@ -264,7 +265,7 @@ class RunWriter(_Writable, Callback):
         if path.exists() and not force:
             raise _exists_error(path)
         _refuse_if_written(path)
-        _check_journal_path(path, _journal_path(path))  # refuses a planted non-file
+        check_journal_path(path, journal_path(path))  # refuses a planted non-file
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = _create_skeleton(path, config, trainer, replace=force)
