@@ -4,7 +4,8 @@ oscillator, a known 1-D law, and planted exponential growth and decay around col
 import numpy as np
 import pytest
 
-from zgdyn.analysis.oscillator import Event, event_rates, fit_1d, fit_2d, oscillation, simulate_fhn
+from zgdyn.analysis.oscillator import fit_1d, fit_2d, simulate_fhn
+from zgdyn.analysis.events import Event, event_rates, oscillation
 
 # tau (epochs), eps, a, b, then the observation map x = x0 + xs v, y = y0 + ys w
 TRUE = [40.0, 0.05, 0.3, 0.5, 10.0, 2.0, -3.0, 0.5]

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from zgdyn.analysis.oscillator import cycle_statistics, detect_events
+from zgdyn.analysis.events import cycle_statistics, detect_events
 
 
 def planted(spikes, n=60_000, every=10, tau=1_000.0):
@@ -76,7 +76,7 @@ def test_a_refiring_at_the_end_of_the_rest_is_the_same_collapse():
     """A spike whose loss rises again while the detector rests fires again at the first
     evaluation the rest allows; that is no second collapse, and no 2,000-epoch period
     (the demo's s = 0 run once scored "mean period 2,000")."""
-    from zgdyn.analysis.oscillator import drop_continuations
+    from zgdyn.analysis.events import drop_continuations
 
     e = np.arange(0, 40_001, 100, dtype=float)
     loss = np.full(len(e), 1e-6)

@@ -15,7 +15,7 @@ import torch
 
 from helpers import KILL_PREAMBLE, count
 from zgdyn import Config
-from zgdyn.analysis.oscillator import detect_events
+from zgdyn.analysis.events import detect_events
 from zgdyn.store.runner import replay_run, resume_run, train_run
 from zgdyn.store.reader import open_run, verify_run
 from zgdyn.core.watch import CollapseWatch

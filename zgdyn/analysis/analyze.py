@@ -203,7 +203,7 @@ def _analyze(writer: AnalysisWriter, run: Run, key_freqs: str, ref_epoch: int | 
 def run_events(path: str, *, threshold: float = 100.0, lookback: int = LOOKBACK,
                refractory: int = REFRACTORY) -> dict[str, Any]:
     """Collapse events and cycle statistics of a run (Fourier energy if it was analyzed)."""
-    from .oscillator import check_threshold, cycle_statistics, detect_events
+    from .events import check_threshold, cycle_statistics, detect_events
     from ..store.reader import open_run
 
     check_threshold(threshold)
@@ -299,8 +299,8 @@ def fit_run(path: str, *, model: str = "both", slow: str = "best", m_name: str =
     "best" (both fitted, the lower AIC kept). segment: shooting segment, in checkpoints
     (default: about 1/16 of the observed period).
     """
-    from .oscillator import adam_clock, cycle_statistics, detect_events, event_rates, fit_1d, \
-        fit_2d, oscillation
+    from .oscillator import adam_clock, fit_1d, fit_2d
+    from .events import cycle_statistics, detect_events, event_rates, oscillation
     from ..store.reader import open_run
 
     if model not in ("1d", "2d", "both"):

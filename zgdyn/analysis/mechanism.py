@@ -38,7 +38,7 @@ import numpy as np
 
 from ..core.config import DETECTOR_OFF, Config
 from ..core.runtime import torch_threads
-from .oscillator import cycle_statistics, detect_events, drop_continuations
+from .events import cycle_statistics, detect_events, drop_continuations
 
 CLOCK_AFTER = 500  # epochs after a collapse in which √v̂'s peak is taken
 ONSET_BEFORE = 10  # the curvature at onset is measured this many epochs before the trigger

@@ -1,7 +1,7 @@
 """The scorecard of a run, and of a group of seeds: what the essay's tables measure.
 
 Per run (`scorecard`): first epoch with test accuracy >= 95%, the fraction of evaluations
-at or above 95%, collapses (train-loss spikes, `oscillator.detect_events`, without the
+at or above 95%, collapses (train-loss spikes, `events.detect_events`, without the
 detector's re-firings as its rest ends, `drop_continuations`) per 100k epochs and their
 mean period; for a two-phase run also the phase-2 test accuracy (mean, standard
 deviation, minimum, fraction of evaluations below 50%), the collapses after the switch, the epochs
@@ -23,8 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..analysis.oscillator import (check_threshold, cycle_statistics, detect_events,
-    drop_continuations)
+from ..analysis.events import check_threshold, cycle_statistics, detect_events, drop_continuations
 from ..store.reader import Run, open_run
 
 # the fields `aggregate` averages over seeds

@@ -24,7 +24,7 @@ SPLIT_RNGS = ("random_state", "default_rng")
 INITS = ("lecun", "torch")
 DTYPE_NAMES = ("float32", "float64")  # torch dtypes by name: `model.DTYPES`
 # the collapse detector: the recent minimum is over LOOKBACK epochs, and after a collapse
-# it rests REFRACTORY epochs (`watch.CollapseWatch`, `oscillator.detect_events`)
+# it rests REFRACTORY epochs (`watch.CollapseWatch`, `events.detect_events`)
 LOOKBACK = 2_000
 REFRACTORY = 2_000
 # the flat changes that turn the detector off, with what only it can do (stop a run after

@@ -35,7 +35,7 @@ class CollapseWatch:
 
     It sees every step's train loss, L(theta_t), once theta_{t+1} exists. It fires at epoch t
     when L(theta_t) > threshold x min{L(theta_s): t - LOOKBACK <= s < t, s after the last
-    collapse's peak}, the rule of `oscillator.detect_events`, then rests REFRACTORY epochs.
+    collapse's peak}, the rule of `events.detect_events`, then rests REFRACTORY epochs.
     A firing opens a `Window` holding the buffered epochs t - k ... t + 1; it collects every
     epoch up to t + k and is then due. Its scalar state (`state()`) is small and goes into
     every keyframe; the buffers are rebuilt on resume by recomputing from an earlier keyframe.
