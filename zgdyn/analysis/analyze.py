@@ -299,16 +299,11 @@ def fit_run(path: str, *, model: str = "both", slow: str = "best", m_name: str =
     "best" (both fitted, the lower AIC kept). segment: shooting segment, in checkpoints
     (default: about 1/16 of the observed period).
     """
-    from .oscillator import adam_clock, fit_1d, fit_2d
+    from .oscillator import adam_clock
     from .events import cycle_statistics, detect_events, event_rates, oscillation
     from ..store.reader import open_run
 
-    if model not in ("1d", "2d", "both"):
-        raise ZgdynError(f"model: must be 1d | 2d | both, got {model!r}")
-    if slow not in (*SLOW_VARIABLES, "best"):
-        raise ZgdynError(f"slow: must be fourier | adam | best, got {slow!r}")
-    if m_name not in ("m_w", "m_f"):
-        raise ZgdynError(f"m: must be m_w | m_f, got {m_name!r}")
+    _check_fit_settings(model, slow, m_name)
     with open_run(path) as run:
         tr = _trajectory(run, m_name)
         dense = run.dense_metrics()
@@ -356,34 +351,9 @@ def fit_run(path: str, *, model: str = "both", slow: str = "best", m_name: str =
     bar = progress_bar(progress, desc="fit", unit="fit",
                        total=(2 if model != "2d" else 0) + (len(names) if model != "1d" else 0))
     if model in ("1d", "both"):
-        near = np.zeros(len(t), bool)
-        for e in events:  # "between events": leave out each collapse and its first response
-            near |= (t >= e.epoch - 2 * step) & (t <= e.epoch + 4 * step)
-        between = fit_1d(t, m, lam, segment=segment, mask=~near) if events else None
-        _advance(bar, "1-D, between events")
-        whole = fit_1d(t, m, lam, segment=segment)
-        _advance(bar, "1-D, whole")
-        law = between or whole
-        g0, g1 = law.params
-        m_star = law.scales["m_ref"] * np.exp((lam - g0) / g1) if g1 != 0 else None
-        out["1d"] = {"between_events": None if between is None else between.to_dict(),
-                     "whole": whole.to_dict(), "m_star": None if m_star is None
-                     else float(m_star)}
+        out["1d"] = _fit_law(t, m, lam, events, segment, step, bar)
     if model in ("2d", "both"):
-        fits = {}
-        for name in names:
-            y = tr[SLOW_VARIABLES[name]]
-            if y is not None and name == "adam":  # a sawtooth in the log: fit ln a
-                y = np.log(np.maximum(y, 1e-300))
-            if y is None:
-                if slow != "best":
-                    raise ZgdynError(f"{path}: has no {SLOW_VARIABLES[name]} metric (written "
-                                     "by an earlier zgdyn); use --slow fourier")
-                continue
-            fits[name] = fit_2d(t, lm, y, segment=segment, slow_name=name, period_hint=period)
-            _advance(bar, f"2-D, {name}")
-        best = min(fits.values(), key=lambda f: f.aic)
-        out["2d"] = {"chosen": best.slow, "fits": {k: f.to_dict() for k, f in fits.items()}}
+        out["2d"] = _fit_slow_fast(path, tr, lm, names, slow, segment, period, bar)
     if bar is not None:
         bar.close()
     if "1d" in out and "2d" in out:
@@ -397,6 +367,57 @@ def fit_run(path: str, *, model: str = "both", slow: str = "best", m_name: str =
                       "threshold": threshold})
         writer.put_attrs({"summary": out})
     return out
+
+
+def _check_fit_settings(model: str, slow: str, m_name: str) -> None:
+    if model not in ("1d", "2d", "both"):
+        raise ZgdynError(f"model: must be 1d | 2d | both, got {model!r}")
+    if slow not in (*SLOW_VARIABLES, "best"):
+        raise ZgdynError(f"slow: must be fourier | adam | best, got {slow!r}")
+    if m_name not in ("m_w", "m_f"):
+        raise ZgdynError(f"m: must be m_w | m_f, got {m_name!r}")
+
+
+def _fit_law(t: np.ndarray, m: np.ndarray, lam: float, events: list[Any], segment: int,
+             step: float, bar: Any) -> dict[str, Any]:
+    """The 1-D law fitted between events (each collapse and its first response left out)
+    and over the whole trajectory, with the fixed point m* of the between-events fit."""
+    from .oscillator import fit_1d
+
+    near = np.zeros(len(t), bool)
+    for e in events:
+        near |= (t >= e.epoch - 2 * step) & (t <= e.epoch + 4 * step)
+    between = fit_1d(t, m, lam, segment=segment, mask=~near) if events else None
+    _advance(bar, "1-D, between events")
+    whole = fit_1d(t, m, lam, segment=segment)
+    _advance(bar, "1-D, whole")
+    law = between or whole
+    g0, g1 = law.params
+    m_star = law.scales["m_ref"] * np.exp((lam - g0) / g1) if g1 != 0 else None
+    return {"between_events": None if between is None else between.to_dict(),
+            "whole": whole.to_dict(), "m_star": None if m_star is None else float(m_star)}
+
+
+def _fit_slow_fast(path: str, tr: dict[str, Any], lm: np.ndarray, names: list[str],
+                   slow: str, segment: int, period: float | None, bar: Any) -> dict[str, Any]:
+    """The 2-D slow-fast model with each slow variable of `names`; the lowest AIC chosen."""
+    from .oscillator import fit_2d
+
+    fits = {}
+    for name in names:
+        y = tr[SLOW_VARIABLES[name]]
+        if y is not None and name == "adam":  # a sawtooth in the log: fit ln a
+            y = np.log(np.maximum(y, 1e-300))
+        if y is None:
+            if slow != "best":
+                raise ZgdynError(f"{path}: has no {SLOW_VARIABLES[name]} metric (written "
+                                 "by an earlier zgdyn); use --slow fourier")
+            continue
+        fits[name] = fit_2d(tr["epoch"], lm, y, segment=segment, slow_name=name,
+                            period_hint=period)
+        _advance(bar, f"2-D, {name}")
+    best = min(fits.values(), key=lambda f: f.aic)
+    return {"chosen": best.slow, "fits": {k: f.to_dict() for k, f in fits.items()}}
 
 
 __all__ = ["GROUP", "KEY_MODES", "NEAR_SOLUTION", "reference_epoch", "start_group",

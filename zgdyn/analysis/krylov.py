@@ -83,6 +83,38 @@ def _kept(m: int, keep: int, which: str) -> list[int]:
     return sorted(set(range(keep // 2)) | set(range(m - keep // 2, m)))
 
 
+def _block_settings(n: int, k: int, which: str, block: int | None, max_dim: int | None,
+                    keep: int | None, max_hvp: int | None) -> tuple[int, int, int, int, int]:
+    """(pairs wanted, block size, basis size at a restart, budget of products, Ritz
+    vectors kept at a restart), checked; see `block_extremes` for the defaults."""
+    if which not in WHICH:
+        raise ValueError(f"which: must be {' | '.join(WHICH)}, got {which!r}")
+    if not 1 <= k or 2 * k > n:
+        raise ValueError(f"k: must be in [1, n/2 = {n // 2}], got {k}")
+    n_want = k * len(WHICH[which])
+    bs = max(block or 2, 1)
+    max_dim = min(n, max_dim or max(240, 4 * n_want + 40))
+    if max_dim < n_want + bs:
+        raise ValueError(f"max_dim: must be at least {n_want + bs} (pairs + block), got "
+                         f"{max_dim}")
+    max_hvp = max_hvp or int(50 * n ** 0.5 + 100 * n_want)
+    keep = min(max_dim - bs, keep or max(2 * n_want + 2 * k, max_dim // 2))
+    return n_want, bs, max_dim, max_hvp, keep
+
+
+def _thick_restart(Q: Tensor, AQ: Tensor, T: Tensor, theta: Tensor, S: Tensor,
+                   idx: Tensor | list[int]) -> int:
+    """Shrink the basis in place to the Ritz vectors `idx` (T becomes their Ritz values on
+    the diagonal); returns the new basis size."""
+    m = S.shape[0]
+    rot = S[:, idx].t()  # (r, m)
+    Q[:len(idx)] = rot @ Q[:m]
+    AQ[:len(idx)] = rot @ AQ[:m]
+    T.zero_()
+    T[range(len(idx)), range(len(idx))] = theta[idx]
+    return len(idx)
+
+
 def block_extremes(op: BlockOperator, n: int, k: int = 10, which: str = "both", *,
                    tol: float = 1e-6, x0: Tensor | None = None, block: int | None = None,
                    max_dim: int | None = None, keep: int | None = None,
@@ -101,18 +133,8 @@ def block_extremes(op: BlockOperator, n: int, k: int = 10, which: str = "both", 
     50·n^0.5 + 100·pairs). converged means every returned pair has a fresh residual
     ‖A v − θ v‖ ≤ tol · max|θ|.
     """
-    if which not in WHICH:
-        raise ValueError(f"which: must be {' | '.join(WHICH)}, got {which!r}")
-    if not 1 <= k or 2 * k > n:
-        raise ValueError(f"k: must be in [1, n/2 = {n // 2}], got {k}")
-    n_want = k * len(WHICH[which])
-    bs = max(block or 2, 1)
-    max_dim = min(n, max_dim or max(240, 4 * n_want + 40))
-    if max_dim < n_want + bs:
-        raise ValueError(f"max_dim: must be at least {n_want + bs} (pairs + block), got "
-                         f"{max_dim}")
-    max_hvp = max_hvp or int(50 * n ** 0.5 + 100 * n_want)
-    keep = min(max_dim - bs, keep or max(2 * n_want + 2 * k, max_dim // 2))  # at a restart
+    n_want, bs, max_dim, max_hvp, keep = _block_settings(n, k, which, block, max_dim, keep,
+                                                         max_hvp)
     gen = torch.Generator().manual_seed(seed)
     f64 = torch.float64
     start = torch.zeros(0, n, dtype=f64) if x0 is None else \
@@ -131,13 +153,7 @@ def block_extremes(op: BlockOperator, n: int, k: int = 10, which: str = "both", 
         if X.shape[0] == 0 or m + X.shape[0] > max_dim:  # restart thick, or refill
             if theta is None:
                 raise RuntimeError("block_extremes: the start block has no rank")
-            idx = _kept(m, keep, which)
-            rot = S[:, idx].t()  # (r, m)
-            Q[:len(idx)] = rot @ Q[:m]
-            AQ[:len(idx)] = rot @ AQ[:m]
-            T.zero_()
-            T[range(len(idx)), range(len(idx))] = theta[idx]
-            m = len(idx)
+            m = _thick_restart(Q, AQ, T, theta, S, _kept(m, keep, which))
             if X.shape[0] == 0:  # the residuals lie in the basis: add fresh directions
                 X = torch.randn(bs, n, dtype=f64, generator=gen)
             X = _orthonormal_rows(X, Q[:m])

@@ -351,11 +351,19 @@ def verdicts(records: list[RunRecord], *, baseline: str = "baseline") -> list[Ve
     period law, NEAR_EPS for "near ε", EOS_BAND for "at the threshold")."""
     laws = period_predictions(records, baseline)
     base = [r for r in records if r.variant == baseline]
-    base_collapses = bool(base) and all(r.collapses >= 1 for r in base)
     controls = [r for r in records if r.variant != baseline]
-    out = []
+    return [Verdict("saddle", _saddle_predictions(laws, base, controls)),
+            Verdict("Adam's clock", _clock_predictions(laws, records)),
+            Verdict("numerics", _numerics_predictions(base, controls)),
+            Verdict("edge of stability", _eos_predictions(records))]
 
-    # the saddle
+
+def _collapses(base: list[RunRecord]) -> bool:
+    return bool(base) and all(r.collapses >= 1 for r in base)
+
+
+def _saddle_predictions(laws: dict[str, list], base: list[RunRecord],
+                        controls: list[RunRecord]) -> list[Prediction]:
     err, broke = _median_rel(laws["saddle"])
     preds = [Prediction(
         "saddle", "the period is the baseline's × λ_baseline/λ, whatever the optimizer, ε or β2",
@@ -372,13 +380,14 @@ def verdicts(records: list[RunRecord], *, baseline: str = "baseline") -> list[Ve
     never = _never(r for r in controls if r.loss == "softmax")
     preds.append(Prediction(
         "saddle", "collapses persist under every control that keeps the loss",
-        None if not (same_loss and base_collapses) else not gone,
+        None if not (same_loss and _collapses(base)) else not gone,
         f"{len(same_loss) - len(gone)} of {len(same_loss)} such controls collapse"
         + (f"; none in {', '.join(gone)}" if gone else "") + never,
         None, len(same_loss), gone))
-    out.append(Verdict("saddle", preds))
+    return preds
 
-    # Adam's clock
+
+def _clock_predictions(laws: dict[str, list], records: list[RunRecord]) -> list[Prediction]:
     preds = []
     for key, claim in (("clock", "√v̂ decays freely between collapses: interval = "
                                  "ln(√v̂ after / √v̂ at the next onset) / ((1 − β2)/2)"),
@@ -410,15 +419,17 @@ def verdicts(records: list[RunRecord], *, baseline: str = "baseline") -> list[Ve
             f"{sum(r.collapses for r in sgd)} collapses in {len(sgd)} SGD runs that reached "
             f"{_pct(REACHED)} test" + _never(every_sgd), None, len(sgd),
             sorted({r.variant for r in fell})))
-    out.append(Verdict("Adam's clock", preds))
+    return preds
 
-    # numerics
+
+def _numerics_predictions(base: list[RunRecord],
+                          controls: list[RunRecord]) -> list[Prediction]:
     preds = []
     for what, sel in (("float64", lambda r: r.dtype == "float64"),
                       ("StableMax", lambda r: r.loss == "stablemax")):
         every = [r for r in controls if sel(r)]
         runs = [r for r in every if r.collapses > 0 or _reached(r)]
-        if every and base_collapses:
+        if every and _collapses(base):
             n = sum(r.collapses for r in runs)
             preds.append(Prediction("numerics", f"no collapses in {what}",
                                     n == 0 if runs else None,
@@ -427,22 +438,21 @@ def verdicts(records: list[RunRecord], *, baseline: str = "baseline") -> list[Ve
                                     f"{sum(r.collapses for r in base)} in {len(base)})"
                                     + _never(every), None, len(runs),
                                     sorted({r.variant for r in runs if r.collapses})))
-    out.append(Verdict("numerics", preds))
+    return preds
 
-    # edge of stability
+
+def _eos_predictions(records: list[RunRecord]) -> list[Prediction]:
     ratios = [(o.lambda_max / r.threshold, r.variant) for r in records for o in r.onsets
               if o.lambda_max is not None and np.isfinite(o.lambda_max)]
-    preds = []
-    if ratios:
-        vals = np.array([x for x, _ in ratios])
-        med = float(np.median(vals))
-        preds.append(Prediction(
-            "edge of stability", "λ_max(P⁻¹H) at onset ≈ the threshold (38/lr for Adam)",
-            bool(EOS_BAND[0] <= med <= EOS_BAND[1]),
-            f"λ_max(P⁻¹H) / threshold at onset: median {med:.3g} (range {vals.min():.3g}–"
-            f"{vals.max():.3g}) over {len(vals)} collapses", None, len(vals)))
-    out.append(Verdict("edge of stability", preds))
-    return out
+    if not ratios:
+        return []
+    vals = np.array([x for x, _ in ratios])
+    med = float(np.median(vals))
+    return [Prediction(
+        "edge of stability", "λ_max(P⁻¹H) at onset ≈ the threshold (38/lr for Adam)",
+        bool(EOS_BAND[0] <= med <= EOS_BAND[1]),
+        f"λ_max(P⁻¹H) / threshold at onset: median {med:.3g} (range {vals.min():.3g}–"
+        f"{vals.max():.3g}) over {len(vals)} collapses", None, len(vals))]
 
 
 def onset_summary(records: list[RunRecord]) -> dict[str, Any]:

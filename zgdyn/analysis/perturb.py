@@ -91,14 +91,11 @@ def perturb_run(path: str | Path, *, epoch: int | None = None,
     summary and curves also go to the run's ``analysis/perturb/epoch<E>`` group.
     progress: a tqdm bar on stderr, over the exponents' epochs.
     """
-    from .stability import spectrum_record, load_point
+    from .stability import load_point
 
     check_settings(zipf_s, eps, epochs, directions, early, dtype, seed)
     with open_run(path) as run:
-        if epoch is None:
-            if not len(run.keyframe_epochs):
-                raise ZgdynError(f"{path}: has no keyframes")
-            epoch = int(run.keyframe_epochs[-1])
+        epoch = run.last_keyframe if epoch is None else epoch
         snap = run.snapshot_at(epoch)
         cfg = run.config
         analysis = run.analysis("trajectory")
@@ -124,39 +121,9 @@ def perturb_run(path: str | Path, *, epoch: int | None = None,
                               switch_at_epoch=None, phase2_epochs=None, **DETECTOR_OFF,
                               epochs=epoch + epochs, dtype=dtype)
         base = Trainer(run_cfg, snap)
-        names = list(base.step.shapes)
-        theta0 = base.step.theta.clone()
-        theta_norm = float(theta0.norm())
-        # the 1-D law's prediction: gamma_inst - lambda under L_s at the point
-        base.step.loss_and_grad()
-        u = adamw_direction(base.step.grad, base.step.exp_avg, base.step.exp_avg_sq,
-                            base.step.t, o)
-        theta_m = flatten_params(project(base.step.views(theta0)), order=names)
-        g_inst = gamma_inst(flatten_params(project(base.step.views(u)), order=names), theta_m,
-                            o.lr)
-        pred = {"zipf_s": float(s), "gamma_inst": g_inst, "law_rate": g_inst - lam,
-                "hessian_rate": None, "mu_min": None, "theta_norm": theta_norm,
-                "m_w": float(theta_m.norm())}
-        vecs: dict[str, torch.Tensor] = {}
-        overlap: dict[str, float] = {}  # |P_M v| of each unit direction v
-        for d in directions:
-            if d == "theta_m":
-                v = theta_m
-            elif d == "random":
-                gen = torch.Generator().manual_seed(seed)
-                v = torch.randn(theta0.numel(), generator=gen, dtype=torch.float64)
-            else:
-                rec = spectrum_record(point, float(s), 1, "both", True, 1e-4, 0.0,
-                                       steps=lanczos_steps)
-                mu = float(rec["eigenvalues"][-1])
-                pred["mu_min"] = mu
-                pred["hessian_rate"] = float(linearized_growth_rates([mu], o.lr,
-                                                                     o.weight_decay)[0])
-                v = rec["eigenvectors"][:, -1]  # flattened in the checkpoint's name order
-                v = flatten_params(unflatten(v, point.like), order=names)
-            vecs[d] = (v / v.norm()).to(theta0)  # dtype and device
-            overlap[d] = float(flatten_params(project(base.step.views(vecs[d])),
-                                              order=names).norm())
+        pred, theta_m = _law_prediction(base, project, float(s), lam)
+        vecs, overlap = _unit_directions(base, directions, theta_m, project, point, pred,
+                                         seed=seed, lanczos_steps=lanczos_steps)
         predictions.append(pred)
         if bar is not None:
             bar.set_postfix(s=f"{s:g}", stage="train")
@@ -164,21 +131,9 @@ def perturb_run(path: str | Path, *, epoch: int | None = None,
         for d in directions:
             for e in eps:
                 t = Trainer(run_cfg, snap)
-                t.step.theta.add_(vecs[d], alpha=e * theta_norm)
+                t.step.theta.add_(vecs[d], alpha=e * pred["theta_norm"])
                 trainers.append((d, float(e), t))
-        dist = np.zeros((len(trainers), epochs + 1))
-        proj = np.zeros_like(dist)
-        for k in range(epochs + 1):
-            for i, (d, _, t) in enumerate(trainers):
-                delta = t.step.theta - base.step.theta
-                dist[i, k] = float(delta.norm())
-                proj[i, k] = float(delta @ vecs[d])
-            if k < epochs:
-                base.step.step()
-                for _, _, t in trainers:
-                    t.step.step()
-                if bar is not None:
-                    bar.update(1)
+        dist = _distances(base, trainers, vecs, epochs, bar)
         base_acc = base.evaluate()["test_acc"]
         for i, (d, e, t) in enumerate(trainers):
             rows.append({"zipf_s": float(s), "direction": d, "eps": e,
@@ -212,6 +167,70 @@ def stored_perturb(path: str | Path, epoch: int) -> dict[str, Any] | None:
     result = dict(a["attrs"]["settings"]["summary"])
     result["curves"] = a["curves"].tolist()
     return result
+
+
+def _law_prediction(base: Trainer, project: Any, s: float,
+                    lam: float) -> tuple[dict[str, Any], torch.Tensor]:
+    """The 1-D law's prediction γ_inst − λ under L_s at the point `base` holds, with θ_M
+    (the memorization part of θ, flat)."""
+    st, o = base.step, base.step.optim
+    names = list(st.shapes)
+    theta0 = st.theta.clone()
+    st.loss_and_grad()
+    u = adamw_direction(st.grad, st.exp_avg, st.exp_avg_sq, st.t, o)
+    theta_m = flatten_params(project(st.views(theta0)), order=names)
+    g_inst = gamma_inst(flatten_params(project(st.views(u)), order=names), theta_m, o.lr)
+    return {"zipf_s": s, "gamma_inst": g_inst, "law_rate": g_inst - lam,
+            "hessian_rate": None, "mu_min": None, "theta_norm": float(theta0.norm()),
+            "m_w": float(theta_m.norm())}, theta_m
+
+
+def _unit_directions(base: Trainer, directions: tuple[str, ...], theta_m: torch.Tensor,
+                     project: Any, point: Any, pred: dict[str, Any], *, seed: int,
+                     lanczos_steps: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Each direction as a unit vector in the trainer's flat layout, and |P_M v| of each;
+    the Hessian direction's eigenvalue and linearized rate go into `pred`."""
+    from .stability import spectrum_record
+
+    st, o = base.step, base.step.optim
+    names = list(st.shapes)
+    vecs: dict[str, torch.Tensor] = {}
+    overlap: dict[str, float] = {}
+    for d in directions:
+        if d == "theta_m":
+            v = theta_m
+        elif d == "random":
+            gen = torch.Generator().manual_seed(seed)
+            v = torch.randn(st.theta.numel(), generator=gen, dtype=torch.float64)
+        else:
+            rec = spectrum_record(point, pred["zipf_s"], 1, "both", True, 1e-4, 0.0,
+                                  steps=lanczos_steps)
+            mu = float(rec["eigenvalues"][-1])
+            pred["mu_min"] = mu
+            pred["hessian_rate"] = float(linearized_growth_rates([mu], o.lr,
+                                                                 o.weight_decay)[0])
+            v = rec["eigenvectors"][:, -1]  # flattened in the checkpoint's name order
+            v = flatten_params(unflatten(v, point.like), order=names)
+        vecs[d] = (v / v.norm()).to(st.theta)  # dtype and device
+        overlap[d] = float(flatten_params(project(st.views(vecs[d])), order=names).norm())
+    return vecs, overlap
+
+
+def _distances(base: Trainer, trainers: list[tuple[str, float, Trainer]],
+               vecs: dict[str, torch.Tensor], epochs: int, bar: Any) -> np.ndarray:
+    """‖θ_perturbed − θ_base‖ of each perturbed trainer at epochs 0 .. `epochs`, all
+    stepping beside the unperturbed one."""
+    dist = np.zeros((len(trainers), epochs + 1))
+    for k in range(epochs + 1):
+        for i, (_, _, t) in enumerate(trainers):
+            dist[i, k] = float((t.step.theta - base.step.theta).norm())
+        if k < epochs:
+            base.step.step()
+            for _, _, t in trainers:
+                t.step.step()
+            if bar is not None:
+                bar.update(1)
+    return dist
 
 
 __all__ = ["perturb_run", "stored_perturb", "DIRECTIONS", "check_settings"]

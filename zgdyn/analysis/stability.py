@@ -236,11 +236,9 @@ def saddle_table(path: str, *, epoch: int | None = None,
     spectrum is one Lanczos run of `steps` HVPs (both ends at once), residuals reported.
     progress: a bar over the HVPs on stderr.
     """
-    with open_run(path) as run:
-        if epoch is None:
-            if not len(run.keyframe_epochs):
-                raise ZgdynError(f"{path}: has no keyframes")
-            epoch = int(run.keyframe_epochs[-1])
+    if epoch is None:
+        with open_run(path) as run:
+            epoch = run.last_keyframe
     point = load_point(path, epoch, dtype=dtype, device=device)
     if point.v is None:
         raise ZgdynError(f"{path}: epoch {epoch} is not a keyframe; the saddle table needs "

@@ -363,12 +363,8 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | No
     only scored (no Fourier analysis, no saddle table, no perturbations). `device` sets
     every run's device; `ensemble` (K, or 0 for all at once) trains the runs here as
     ensembles of up to K members instead of in a process pool."""
-    from ..analysis.analyze import analyze_run
     from ..core.data import stats_table
-    from ..analysis.perturb import perturb_run, stored_perturb
-    from .scorecard import aggregate, scorecard
-    from ..analysis.stability import saddle_table
-    from ..store.reader import open_run
+    from .scorecard import aggregate
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -387,17 +383,7 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | No
                       backend=backend)
     t_runs = time.perf_counter() - t0
     on_stage("analysis")
-    cards: dict[str, dict[str, Any]] = {}
-    errors: dict[str, str] = {r["path"]: r["error"] for r in results if r["error"]}
-    for spec in specs:
-        if not spec.path.exists() or str(spec.path) in errors:
-            continue
-        try:
-            if analyze:
-                analyze_run(str(spec.path), progress=progress, desc=f"analyze {spec.label}")
-            cards[str(spec.path)] = scorecard(spec.path)
-        except ZgdynError as e:
-            errors[str(spec.path)] = str(e)
+    cards, errors = _score_runs(specs, results, analyze=analyze, progress=progress)
     groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
     for spec in specs:
         card = cards.get(str(spec.path))
@@ -406,29 +392,9 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | No
     tables = [{"table": t, "variant": v, "s": s, **aggregate(c)}
               for (t, v, s), c in groups.items()]
     anchor = suite.anchor(specs)
-    saddle = perturb = None
-    anchor_epoch = None
-    anchor_card = cards.get(str(anchor.path), {}) if anchor is not None else {}
-    if analyze and anchor_card.get("status") == "complete":
-        with open_run(anchor.path) as run:
-            anchor_epoch = int(run.keyframe_epochs[-1])
-        if suite.saddle is not None:
-            on_stage("saddle")
-            exps = _list("saddle: exponents", suite.saddle.get("exponents",
-                                                               [0, 1, 1.5, 2, 3]))
-            dtype = str(suite.saddle.get("dtype", "float64"))
-            saddle = _stored_saddle(anchor.path, anchor_epoch, dtype, exps) or saddle_table(
-                str(anchor.path), epoch=anchor_epoch, exponents=tuple(map(float, exps)),
-                dtype=dtype)
-        if suite.perturb is not None:
-            on_stage("perturb")
-            ps = _perturb_settings(suite.perturb)
-            old = stored_perturb(anchor.path, anchor_epoch)
-            same = old is not None and all(
-                (tuple(old[k]) if isinstance(old[k], list) else old[k]) == v
-                for k, v in ps.items() if k in old)
-            perturb = old if same else perturb_run(str(anchor.path), epoch=anchor_epoch,
-                                                   progress=progress, **ps)
+    anchor_epoch, saddle, perturb = _anchor_analyses(
+        suite, anchor, cards.get(str(anchor.path), {}) if anchor is not None else {},
+        analyze=analyze, progress=progress, on_stage=on_stage)
     mechanism = None
     if suite.mechanism is not None:
         on_stage("mechanism")
@@ -451,6 +417,61 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | No
             else anchor.config.optim.weight_decay,
             "stats": stats, "seconds": {"runs": t_runs, "total": time.perf_counter() - t0},
             "jobs": jobs, "threads": threads, "mechanism": mechanism}
+
+
+def _score_runs(specs: list[RunSpec], results: list[dict[str, Any]], *, analyze: bool,
+                progress: bool) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Each run's scorecard (after its Fourier analysis, with `analyze`), and the error of
+    each run that failed or could not be scored, by path."""
+    from ..analysis.analyze import analyze_run
+    from .scorecard import scorecard
+
+    cards: dict[str, dict[str, Any]] = {}
+    errors: dict[str, str] = {r["path"]: r["error"] for r in results if r["error"]}
+    for spec in specs:
+        if not spec.path.exists() or str(spec.path) in errors:
+            continue
+        try:
+            if analyze:
+                analyze_run(str(spec.path), progress=progress, desc=f"analyze {spec.label}")
+            cards[str(spec.path)] = scorecard(spec.path)
+        except ZgdynError as e:
+            errors[str(spec.path)] = str(e)
+    return cards, errors
+
+
+def _anchor_analyses(suite: Suite, anchor: RunSpec | None, anchor_card: dict[str, Any], *,
+                     analyze: bool, progress: bool, on_stage: Callable[[str], None]
+                     ) -> tuple[int | None, dict[str, Any] | None, dict[str, Any] | None]:
+    """(epoch, saddle table, perturbation experiment) at the anchor run's last keyframe,
+    each stored result reused where its settings match."""
+    from ..analysis.perturb import perturb_run, stored_perturb
+    from ..analysis.stability import saddle_table
+    from ..store.reader import open_run
+
+    saddle = perturb = None
+    anchor_epoch = None
+    if analyze and anchor_card.get("status") == "complete":
+        with open_run(anchor.path) as run:
+            anchor_epoch = run.last_keyframe
+        if suite.saddle is not None:
+            on_stage("saddle")
+            exps = _list("saddle: exponents", suite.saddle.get("exponents",
+                                                               [0, 1, 1.5, 2, 3]))
+            dtype = str(suite.saddle.get("dtype", "float64"))
+            saddle = _stored_saddle(anchor.path, anchor_epoch, dtype, exps) or saddle_table(
+                str(anchor.path), epoch=anchor_epoch, exponents=tuple(map(float, exps)),
+                dtype=dtype)
+        if suite.perturb is not None:
+            on_stage("perturb")
+            ps = _perturb_settings(suite.perturb)
+            old = stored_perturb(anchor.path, anchor_epoch)
+            same = old is not None and all(
+                (tuple(old[k]) if isinstance(old[k], list) else old[k]) == v
+                for k, v in ps.items() if k in old)
+            perturb = old if same else perturb_run(str(anchor.path), epoch=anchor_epoch,
+                                                   progress=progress, **ps)
+    return anchor_epoch, saddle, perturb
 
 
 def _mechanism(suite: Suite, specs: list[RunSpec], cards: dict[str, dict[str, Any]], *,

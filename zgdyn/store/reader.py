@@ -271,6 +271,13 @@ class Run:
         raise RunFileError(f"{self.path}: no checkpoint at epoch {epoch}; nearest: "
                            f"{', '.join(str(int(e)) for e in sorted(near)) or 'none'}")
 
+    @property
+    def last_keyframe(self) -> int:
+        """The epoch of the last keyframe, where analyses start by default."""
+        if not len(self.keyframe_epochs):
+            raise RunFileError(f"{self.path}: has no keyframes")
+        return int(self.keyframe_epochs[-1])
+
     def params_at(self, epoch: int, *, device: str = "cpu") -> dict[str, Tensor]:
         """Named parameters at `epoch`: a checkpoint, or a record of a collapse window."""
         group, row = self._ckpt_row(epoch)
