@@ -15,7 +15,7 @@ from zgdyn.cli import main
 from zgdyn.core.config import ConfigError, ZgdynError
 from zgdyn.present.report import MARKER, write_report
 from zgdyn.store.runner import train_run
-from zgdyn.batch.scorecard import aggregate, scorecard
+from zgdyn.batch.scorecard import Scorecard, aggregate, scorecard
 from zgdyn.store.reader import open_run
 from zgdyn.batch.execute import execute
 from zgdyn.batch.suite import plan, run_suite, suite_from_dict
@@ -63,19 +63,35 @@ def test_scorecard_against_the_in_memory_run(tiny):
     trainer.run([log])
     e, te = log.array("epoch"), log.array("test_acc")
     card = scorecard(spec.path)
-    assert card["switch_epoch"] == trainer.switch_epoch
+    assert card.switch_epoch == trainer.switch_epoch
     after = te[e > trainer.switch_epoch]
-    assert card["phase2_mean_test"] == pytest.approx(after.mean(), rel=1e-12)
-    assert card["phase2_std_test"] == pytest.approx(after.std(), rel=1e-12)
-    assert card["phase2_frac_below_50"] == pytest.approx(np.mean(after < 0.5), rel=1e-12)
-    assert card["phase2_epochs"] == spec.config.schedule.phase2_epochs
-    assert card["first_95"] == int(e[np.argmax(te >= 0.95)])
+    assert card.phase2_mean_test == pytest.approx(after.mean(), rel=1e-12)
+    assert card.phase2_std_test == pytest.approx(after.std(), rel=1e-12)
+    assert card.phase2_frac_below_50 == pytest.approx(np.mean(after < 0.5), rel=1e-12)
+    assert card.phase2_epochs == spec.config.schedule.phase2_epochs
+    assert card.first_95 == int(e[np.argmax(te >= 0.95)])
+
+
+def test_scorecards_round_trip_through_their_json_form(tiny):
+    _, out, result = tiny
+    paths = sorted(Path(out).rglob("*.h5"))
+    assert len(paths) == len(result["cards"]) >= 2
+    for path in paths:
+        card = scorecard(path)
+        d = json.loads(json.dumps(card.to_dict()))
+        assert Scorecard.from_dict(d) == card
+        assert ("phase2_epochs" in d) == (card.switch_epoch is not None)
+        assert list(d)[:3] == ["path", "status", "seed"]
 
 
 def test_aggregate_planted():
-    cards = [{"seed": 1, "first_95": 100, "phase2_mean_test": 0.5},
-             {"seed": 2, "first_95": 300, "phase2_mean_test": None},
-             {"seed": 3, "first_95": None, "phase2_mean_test": 0.7}]
+    base = dict(path="x.h5", status="complete", zipf_s=1.5, switch_s=None, dtype="float32",
+                hook=None, epochs_done=1000, n_evals=10, frac_above_95=None, collapses=0,
+                collapse_epochs=(), collapses_per_100k=None, period_mean=None,
+                final_test_acc=None, switch_epoch=None)
+    cards = [Scorecard(**base, seed=1, first_95=100, phase2_mean_test=0.5),
+             Scorecard(**base, seed=2, first_95=300, phase2_mean_test=None),
+             Scorecard(**base, seed=3, first_95=None, phase2_mean_test=0.7)]
     a = aggregate(cards)
     assert a["first_95"] == {"mean": 200.0, "std": pytest.approx(141.4213562373), "n": 2,
                              "never": 1}

@@ -12,12 +12,14 @@ on its 100-epoch grid; collapse windows add per-epoch records that would weigh t
 epochs more, so they serve only the collapse detector.
 
     >>> card = scorecard("data/runs/two-phase-s3.h5")
+    >>> card.phase2_mean_test, card.to_dict()       # a frozen Scorecard; a dict for JSON
     >>> rows = aggregate([card1, card2, card3])  # mean ± std over seeds
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,50 @@ def _first(epochs: np.ndarray, mask: np.ndarray) -> int | None:
     return int(epochs[i[0]]) if len(i) else None
 
 
-def run_scorecard(run: Run, *, threshold: float = 100.0) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Scorecard:
+    """One run's scorecard (see the module docstring); the phase-2 fields are None for a
+    single-phase run. `to_dict` is its JSON form (`zgdyn scorecard --json`)."""
+
+    path: str
+    status: str
+    seed: int
+    zipf_s: float
+    switch_s: float | None
+    dtype: str
+    hook: str | None
+    epochs_done: int
+    n_evals: int
+    first_95: int | None
+    frac_above_95: float | None
+    collapses: int
+    collapse_epochs: tuple[int, ...]
+    collapses_per_100k: float | None
+    period_mean: float | None
+    final_test_acc: float | None
+    switch_epoch: int | None
+    phase2_mean_test: float | None = None
+    phase2_std_test: float | None = None
+    phase2_min_test: float | None = None
+    phase2_frac_below_50: float | None = None
+    phase2_collapses: int | None = None
+    phase2_first_collapse: int | None = None
+    phase2_first_below_50: int | None = None
+    phase2_epochs: int | None = None  # only after a switch
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["collapse_epochs"] = list(self.collapse_epochs)
+        if self.switch_epoch is None:
+            del out["phase2_epochs"]
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Scorecard:
+        return cls(**{**d, "collapse_epochs": tuple(d["collapse_epochs"])})
+
+
+def run_scorecard(run: Run, *, threshold: float = 100.0) -> Scorecard:
     """The scorecard of an open run (see the module docstring)."""
     cfg, m = run.config, run.metrics
     e, test = m["epoch"], m["test_acc"]
@@ -80,10 +125,10 @@ def run_scorecard(run: Run, *, threshold: float = 100.0) -> dict[str, Any]:
             "phase2_epochs": done - switch,
         })
     card.update(phase2)
-    return card
+    return Scorecard.from_dict(card)
 
 
-def scorecard(path: str | Path, *, threshold: float = 100.0) -> dict[str, Any]:
+def scorecard(path: str | Path, *, threshold: float = 100.0) -> Scorecard:
     """The scorecard of the run file at `path`."""
     check_threshold(threshold)  # before the file is opened
     with open_run(path) as run:
@@ -98,16 +143,16 @@ def _mean_std(values: list[float | None]) -> tuple[float | None, float | None, i
     return (float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else None, len(xs))
 
 
-def aggregate(cards: list[dict[str, Any]]) -> dict[str, Any]:
+def aggregate(cards: list[Scorecard]) -> dict[str, Any]:
     """Mean ± std over the seeds of one setting: {field: {"mean", "std", "n"}} for every
     numeric field, plus "seeds" and "never" (how many runs lack the field: a run that never
     reached 95% has no first_95, and counts there, not in the mean)."""
-    out: dict[str, Any] = {"seeds": [c["seed"] for c in cards], "n_runs": len(cards)}
+    out: dict[str, Any] = {"seeds": [c.seed for c in cards], "n_runs": len(cards)}
     for k in NUMERIC:
-        vals = [c.get(k) for c in cards]
+        vals = [getattr(c, k) for c in cards]
         mean, std, n = _mean_std(vals)
         out[k] = {"mean": mean, "std": std, "n": n, "never": len(cards) - n}
     return out
 
 
-__all__ = ["scorecard", "run_scorecard", "aggregate", "NUMERIC"]
+__all__ = ["Scorecard", "scorecard", "run_scorecard", "aggregate", "NUMERIC"]

@@ -40,10 +40,13 @@ import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..core.config import Config, ConfigError, ZgdynError, flatten, from_flat, read_toml
 from .execute import Task, ensemble_backend, execute
+
+if TYPE_CHECKING:
+    from .scorecard import Scorecard
 
 SECTIONS = {"single": "zipf_s", "two_phase": "switch_s"}
 TOP_KEYS = {"name", "description", "seeds", "base", "variants", "single", "two_phase",
@@ -384,16 +387,16 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | No
     t_runs = time.perf_counter() - t0
     on_stage("analysis")
     cards, errors = _score_runs(specs, results, analyze=analyze, progress=progress)
-    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, float], list[Scorecard]] = {}
     for spec in specs:
         card = cards.get(str(spec.path))
-        if card is not None and card["status"] == "complete":
+        if card is not None and card.status == "complete":
             groups.setdefault((spec.table, spec.variant, spec.s), []).append(card)
     tables = [{"table": t, "variant": v, "s": s, **aggregate(c)}
               for (t, v, s), c in groups.items()]
     anchor = suite.anchor(specs)
     anchor_epoch, saddle, perturb = _anchor_analyses(
-        suite, anchor, cards.get(str(anchor.path), {}) if anchor is not None else {},
+        suite, anchor, cards.get(str(anchor.path)) if anchor is not None else None,
         analyze=analyze, progress=progress, on_stage=on_stage)
     mechanism = None
     if suite.mechanism is not None:
@@ -410,7 +413,8 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | No
                                         "variant": t.spec.variant, "s": t.spec.s,
                                         "seed": t.spec.seed, "planned": t.action,
                                         "note": t.note} for t in tasks],
-            "results": results, "errors": errors, "cards": list(cards.values()),
+            "results": results, "errors": errors,
+            "cards": [c.to_dict() for c in cards.values()],
             "tables": tables, "anchor": None if anchor is None else str(anchor.path),
             "anchor_epoch": anchor_epoch, "saddle": saddle, "perturb": perturb,
             "anchor_weight_decay": None if anchor is None
@@ -420,13 +424,13 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | No
 
 
 def _score_runs(specs: list[RunSpec], results: list[dict[str, Any]], *, analyze: bool,
-                progress: bool) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+                progress: bool) -> tuple[dict[str, Scorecard], dict[str, str]]:
     """Each run's scorecard (after its Fourier analysis, with `analyze`), and the error of
     each run that failed or could not be scored, by path."""
     from ..analysis.analyze import analyze_run
     from .scorecard import scorecard
 
-    cards: dict[str, dict[str, Any]] = {}
+    cards: dict[str, Scorecard] = {}
     errors: dict[str, str] = {r["path"]: r["error"] for r in results if r["error"]}
     for spec in specs:
         if not spec.path.exists() or str(spec.path) in errors:
@@ -440,7 +444,7 @@ def _score_runs(specs: list[RunSpec], results: list[dict[str, Any]], *, analyze:
     return cards, errors
 
 
-def _anchor_analyses(suite: Suite, anchor: RunSpec | None, anchor_card: dict[str, Any], *,
+def _anchor_analyses(suite: Suite, anchor: RunSpec | None, anchor_card: Scorecard | None, *,
                      analyze: bool, progress: bool, on_stage: Callable[[str], None]
                      ) -> tuple[int | None, dict[str, Any] | None, dict[str, Any] | None]:
     """(epoch, saddle table, perturbation experiment) at the anchor run's last keyframe,
@@ -451,7 +455,7 @@ def _anchor_analyses(suite: Suite, anchor: RunSpec | None, anchor_card: dict[str
 
     saddle = perturb = None
     anchor_epoch = None
-    if analyze and anchor_card.get("status") == "complete":
+    if analyze and anchor_card is not None and anchor_card.status == "complete":
         with open_run(anchor.path) as run:
             anchor_epoch = run.last_keyframe
         if suite.saddle is not None:
@@ -474,17 +478,18 @@ def _anchor_analyses(suite: Suite, anchor: RunSpec | None, anchor_card: dict[str
     return anchor_epoch, saddle, perturb
 
 
-def _mechanism(suite: Suite, specs: list[RunSpec], cards: dict[str, dict[str, Any]], *,
+def _mechanism(suite: Suite, specs: list[RunSpec], cards: dict[str, Scorecard], *,
                curvature: bool, progress: bool) -> dict[str, Any]:
     """The mechanism table of the suite's complete runs: each run's record (with the
     curvature at its onsets), the verdicts and the onset summary (`zgdyn.analysis.mechanism`)."""
     from ..analysis.mechanism import mechanism_record, onset_summary, verdicts
 
-    done = [sp for sp in specs if cards.get(str(sp.path), {}).get("status") == "complete"]
+    done = [sp for sp in specs if str(sp.path) in cards
+            and cards[str(sp.path)].status == "complete"]
     bar = None
     if progress and curvature:
         from tqdm.auto import tqdm
-        bar = tqdm(total=sum(cards[str(sp.path)]["collapses"] for sp in done),
+        bar = tqdm(total=sum(cards[str(sp.path)].collapses for sp in done),
                    desc=f"{suite.name}: curvature at onsets", unit="onset")
     records = []
     try:

@@ -418,7 +418,7 @@ def sweep_report(out: str | Path, *, x: str | None = None,
         card, error = None, r.get("error")
         if path.exists():
             try:
-                card = scorecard(path)
+                card = scorecard(path).to_dict()
             except ZgdynError as e:
                 error = str(e)
         status = card["status"] if card else ("invalid" if r.get("planned") == "invalid"

@@ -271,7 +271,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_scorecard(args: argparse.Namespace) -> int:
     from ..batch.scorecard import scorecard
 
-    cards = [scorecard(path, threshold=args.threshold) for path in args.runs]
+    cards = [scorecard(path, threshold=args.threshold).to_dict() for path in args.runs]
     if args.json:
         print_json(cards)
     else:
