@@ -1,10 +1,11 @@
 """The report's conclusions follow the numbers planted under them."""
 
 import numpy as np
+import pytest
 
 from zgdyn.present.conclusions import (cycle_conclusion, full_cycle, grokking_conclusion,
-                               late_rate_agreement, perturb_conclusion, saddle_conclusion,
-                               table1_conclusion, table2_conclusion, table3_conclusion)
+                                       late_rate_agreement, perturb_conclusion, saddle_conclusion,
+                                       table1_conclusion, table2_conclusion, table3_conclusion)
 from zgdyn.present.report_sections import ESSAY_SINGLE, ESSAY_TWO_PHASE, _reads_as
 
 
@@ -99,3 +100,42 @@ def test_perturbation_conclusion_compares_with_the_control():
     assert "grow faster than in the s = 0 control" in text
     assert late_rate_agreement(same) == ("The late rate has the sign of the Hessian's "
                                          "predicted rate in 2 of 4 rows.")
+
+
+def _planted_variants():
+    """Baseline 0.90 / 0.70 at s = 1.5 / 2 (the essay: 0.732 / 0.444); variant "a" on seed 1
+    only, 0.75 / 0.50; variant "b" on both seeds, 0.88 / 0.72."""
+    table = {("baseline", 1.5): 0.90, ("baseline", 2.0): 0.70, ("a", 1.5): 0.75,
+             ("a", 2.0): 0.50, ("b", 1.5): 0.88, ("b", 2.0): 0.72}
+    tasks, cards = [], []
+    for (v, s), m in table.items():
+        for seed in ((1,) if v == "a" else (1, 2)):
+            path = f"{v}-s{s}-{seed}.h5"
+            tasks.append({"path": path, "table": "two_phase", "variant": v, "s": s,
+                          "seed": seed})
+            cards.append({"path": path, "status": "complete", "phase2_mean_test": m})
+    tasks.append({"path": "baseline-s3-1.h5", "table": "two_phase", "variant": "baseline",
+                  "s": 3.0, "seed": 1})  # never finished: no card
+    return {"suite": {"variants": {"baseline": {}, "a": {}, "b": {}}}, "tasks": tasks,
+            "cards": cards}
+
+
+def test_variant_effects_are_paired_by_seed_and_share_the_gap():
+    from zgdyn.present.conclusions import variant_conclusion
+    from zgdyn.present.report_sections import variant_effects
+
+    rows = {(r["variant"], r["s"]): r for r in variant_effects(_planted_variants())}
+    assert set(rows) == {("a", 1.5), ("a", 2.0), ("b", 1.5), ("b", 2.0)}
+    a = rows["a", 1.5]
+    assert a["n"] == 1 and a["seeds"] == [1] and a["baseline"] == pytest.approx(0.90)
+    assert a["change"] == pytest.approx(-0.15)
+    assert a["share"] == pytest.approx(-0.15 / (0.732 - 0.90))  # 89% of the gap
+    assert rows["b", 2.0]["share"] == pytest.approx(0.02 / (0.444 - 0.70))  # widens it
+    text = variant_conclusion(list(rows.values()), "baseline")
+    assert text.index("a moves") < text.index("The others: b")
+    assert "s = 1.5 by -15.0 pts (89% of the gap, 1 seed)" in text
+    assert "it explains most of the difference" in text
+    near = [dict(r, gap=0.05) for r in rows.values()]
+    assert "no gap for a variant to explain" in variant_conclusion(near, "baseline")
+    weak = [dict(r, share=0.2) for r in rows.values()]
+    assert "no variant explains most of the difference" in variant_conclusion(weak, "baseline")

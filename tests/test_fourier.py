@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from zgdyn.analysis.fourier import (all_logits, checkpoint_measures, detect_key_freqs, diagonal_fraction,
-                           energy_map, fourier_basis, fourier_energy, frequency_norms, gini,
-                           key_projector, memorization_projector, progress_measures,
-                           spectrum, split_logits, weight_decomposition)
+from zgdyn.analysis.fourier import (all_logits, checkpoint_measures, detect_key_freqs,
+                                    diagonal_fraction, energy_map, fourier_basis, fourier_energy,
+                                    frequency_norms, gini, key_projector, memorization_projector,
+                                    progress_measures, spectrum, split_logits,
+                                    weight_decomposition)
 from zgdyn.core.model import build_model
 
 

@@ -6,12 +6,12 @@ import torch
 from torch import nn
 
 from zgdyn.core.data import make_split, zipf_weights
-from zgdyn.analysis.hessian import (
-    adam_preconditioner, adam_stability_threshold, dense_hessian, extreme_eigs, flatten_params,
-    gradient, gradient_overlaps, hutchinson_trace, linearized_growth_rates, make_hvp,
-    per_pair_gradients, preconditioned_hvp, rademacher_probes, slq_density, smoothed_density,
-    subspace_overlap, unflatten, weighted_loss_fn,
-)
+from zgdyn.analysis.hessian import (adam_preconditioner, adam_stability_threshold, dense_hessian,
+                                    extreme_eigs, flatten_params, gradient, gradient_overlaps,
+                                    hutchinson_trace, linearized_growth_rates, make_hvp,
+                                    per_pair_gradients, preconditioned_hvp, rademacher_probes,
+                                    slq_density, smoothed_density, subspace_overlap, unflatten,
+                                    weighted_loss_fn)
 from zgdyn.core.model import build_model, functional_logits, param_shapes
 
 

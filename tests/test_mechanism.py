@@ -12,7 +12,8 @@ from helpers import small_config
 from zgdyn.core.config import Config
 from zgdyn.analysis.hessian import dense_hessian, weighted_loss_fn
 from zgdyn.analysis.mechanism import (EOS_BAND, RunRecord, mechanism_record, onset_curvature,
-                             period_predictions, run_record, stability_threshold, verdicts)
+                                      period_predictions, run_record, stability_threshold,
+                                      verdicts)
 from zgdyn.store.runner import train_run
 from zgdyn.store.reader import open_run
 

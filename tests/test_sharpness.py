@@ -16,7 +16,8 @@ from zgdyn.core.data import zipf_weights
 from zgdyn.analysis.hessian import dense_hessian, flatten_params, weighted_loss_fn
 from zgdyn.store.runner import replay_run, train_run
 from zgdyn.analysis.sharpness import (adam_states, measure_epochs, onset_table, onset_verdicts,
-                             sharpness_onsets, sharpness_run, sorted_sharpness, thresholds)
+                                      sharpness_onsets, sharpness_run, sorted_sharpness,
+                                      thresholds)
 from zgdyn.store.reader import open_run
 
 pytestmark = pytest.mark.heavy  # trains runs, kills processes: not in the inner loop

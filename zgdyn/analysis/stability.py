@@ -25,9 +25,9 @@ from ..store.reader import open_run
 from ..store.writer import AnalysisWriter
 from .fourier import key_freqs_of, memorization_projector
 from .hessian import (adam_preconditioner, adam_stability_threshold, extreme_eigs,
-    lanczos_extremes, flatten_params, gradient, gradient_overlaps, linearized_growth_rates,
-    make_hvp, per_pair_gradients, preconditioned_hvp, subspace_overlap, unflatten,
-    weighted_loss_fn)
+                      lanczos_extremes, flatten_params, gradient, gradient_overlaps,
+                      linearized_growth_rates, make_hvp, per_pair_gradients, preconditioned_hvp,
+                      subspace_overlap, unflatten, weighted_loss_fn)
 from .hvp import LOSS_HEADS, MLPHessian
 from .krylov import block_extremes, preconditioned_block
 

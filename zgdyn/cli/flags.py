@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ..core.config import (DTYPE_NAMES, INITS, LOSSES, OPTIMIZERS, WEIGHTINGS, fields_by_section,
-    flat_name)
+                           flat_name)
 
 
 CHOICES = {"weighting": WEIGHTINGS, "init": INITS, "dtype": DTYPE_NAMES, "loss": LOSSES,

@@ -39,7 +39,8 @@ from .analysis_commands import (cmd_analyze, cmd_events, cmd_fit, cmd_hessian, c
 from .commands import (cmd_bench, cmd_demo, cmd_info, cmd_reproduce, cmd_scorecard, cmd_stats,
                        cmd_sweep, cmd_sweep_report, cmd_train, cmd_two_phase, cmd_verify, fail)
 from .flags import (ENSEMBLE_FIELDS, Parser, add_config_flags, add_device_flag, add_plugin_flag,
-    add_pool_flags, add_suite_flags, figure_flag, json_flag, progress_flag, threshold_flag)
+                    add_pool_flags, add_suite_flags, figure_flag, json_flag, progress_flag,
+                    threshold_flag)
 
 
 def _train(sub: argparse._SubParsersAction) -> None:

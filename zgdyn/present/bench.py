@@ -212,8 +212,8 @@ def bench_analysis(p: int = 97, hidden: tuple[int, ...] = (128, 128), n: int = 2
     """Analysis throughput: checkpoints/s of `checkpoint_measures`, HVPs/s, and the HVPs that
     Lanczos (ARPACK) and deflated power iteration need for the top k at equal tolerance."""
     from ..analysis.fourier import checkpoint_measures
-    from ..analysis.hessian import (deflated_power_iteration, extreme_eigs, flatten_params, make_hvp,
-                          weighted_loss_fn)
+    from ..analysis.hessian import (deflated_power_iteration, extreme_eigs, flatten_params,
+                                    make_hvp, weighted_loss_fn)
     from ..core.model import build_model
 
     split = make_split(p, 0.3, 42)

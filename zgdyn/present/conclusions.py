@@ -155,6 +155,39 @@ def table3_conclusion(rows: list[tuple[float, float | None]],
     return text
 
 
+def variant_conclusion(rows: list[dict[str, Any]], baseline: str) -> str:
+    """rows: `report_sections.variant_effects`, one per (variant, s) on the seeds it shares
+    with `baseline`. Names the variant that moves the phase-2 mean test accuracy furthest
+    toward the essay's where the baseline differs from the essay by more than POINTS."""
+    gaps = [r for r in rows if r["gap"] is not None and abs(r["gap"]) > POINTS]
+    if not rows:
+        return "No variant shares a finished two-phase run's seed with the baseline."
+    if not gaps:
+        return (f"The {baseline} runs are within {100 * POINTS:.0f} points of the essay at "
+                "every exponent the variants ran: there is no gap for a variant to explain.")
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in gaps:
+        by.setdefault(r["variant"], []).append(r)
+    share = {v: float(np.mean([r["share"] for r in rs])) for v, rs in by.items()}
+    order = sorted(share, key=lambda v: -share[v])
+    best = order[0]
+
+    def said(v: str) -> str:
+        return _join([f"s = {r['s']:g} by {100 * r['change']:+.1f} pts ({r['share']:.0%} of "
+                      f"the gap, {r['n']} seed{'s' if r['n'] > 1 else ''})" for r in by[v]])
+
+    where = _join([f"s = {s:g}" for s in sorted({r["s"] for r in gaps})])
+    text = (f"Where the {baseline} runs hold the solution better or worse than the essay "
+            f"(by more than {100 * POINTS:.0f} points: {where}), {best} moves the phase-2 "
+            f"mean test accuracy furthest toward the essay's: {said(best)}")
+    if share[best] >= 0.5:
+        text += "; it explains most of the difference."
+    else:
+        text += "; no variant explains most of the difference."
+    rest = [f"{v}: {said(v)}" for v in order[1:]]
+    return text + (f" The others: {'; '.join(rest)}." if rest else "")
+
+
 # -- the saddle table and the perturbations ---------------------------------------------------
 
 
@@ -248,5 +281,5 @@ def late_rate_agreement(perturb: dict[str, Any]) -> str:
 
 __all__ = ["full_cycle", "cycle_conclusion", "grokking_conclusion", "table1_conclusion",
            "table2_conclusion", "table3_conclusion", "saddle_conclusion", "perturb_conclusion",
-           "late_rate_agreement", "point_converged", "AGREE", "POINTS", "CLIMB", "RECOVER",
+           "late_rate_agreement", "point_converged", "variant_conclusion", "AGREE", "POINTS", "CLIMB", "RECOVER",
            "HOLDS", "FALLS", "CONVERGED_GRAD", "SAME_GROWTH"]

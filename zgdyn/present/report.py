@@ -16,8 +16,8 @@ from typing import Any
 from ..core.config import ZgdynError
 from .conclusions import grokking_conclusion
 from .report_sections import (ESSAY_SINGLE, ESSAY_STATS, ESSAY_TWO_PHASE, _num, _pct, cycle_runs,
-    section_cycle, section_mechanism, section_perturb, section_saddle, section_table1,
-    section_table2, section_table3)
+                              section_cycle, section_mechanism, section_perturb, section_saddle,
+                              section_table1, section_table2, section_table3, section_variants)
 
 MARKER = "<!-- written by zgdyn reproduce; rerunning it rewrites this file -->"
 
@@ -136,6 +136,8 @@ def _sections(result: dict[str, Any], figures: dict[str, str]) -> list[tuple[str
         if "two-phase" in figures:
             lines += ["", f"![two phase]({figures['two-phase']})"]
         out.append(("Table 3: two phase", lines, concl))
+        if len({t["variant"] for t in result["tasks"] if t["table"] == "two_phase"}) > 1:
+            out.append(("Table 3 under the variants", *section_variants(result)))
     if result["saddle"] is not None:
         out.append(("The saddle table", *section_saddle(result)))
     if result["perturb"] is not None:
@@ -149,6 +151,7 @@ def _sections(result: dict[str, Any], figures: dict[str, str]) -> list[tuple[str
 # the sections whose conclusions make the summary, in its order
 SUMMARY = ("Grokking at s = 0", "The s = 1.5 cycle",
            "Why the Fourier solution falls: the mechanism table", "Table 3: two phase",
+           "Table 3 under the variants",
            "The saddle table", "The perturbation experiment")
 
 

@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 
 from .conclusions import (CONVERGED_GRAD, cycle_conclusion, full_cycle, late_rate_agreement,
-    perturb_conclusion, point_converged, saddle_conclusion, table1_conclusion, table2_conclusion,
-    table3_conclusion)
+                          perturb_conclusion, point_converged, saddle_conclusion,
+                          table1_conclusion, table2_conclusion, table3_conclusion,
+                          variant_conclusion)
 
 # The essay's numbers (p = 97, train fraction 0.3, 500k epochs, one seed).
 # Table 1 as the essay prints it (None: the essay gives no number); the top-1 and top-2
@@ -180,6 +181,51 @@ def section_table3(result: dict[str, Any]) -> tuple[list[str], str]:
             for r in _rows(result, "two_phase", ESSAY_TWO_PHASE)
             if r["variant"] == first and not r.get("missing")]
     return lines, table3_conclusion(mine, ESSAY_TWO_PHASE)
+
+
+def variant_effects(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each two-phase variant against the first (the baseline), per s, on the seeds both
+    finished: the mean change of the phase-2 mean test accuracy, and the share of the gap
+    between the baseline and the essay that the change closes (1 = all of it)."""
+    variants = list(result["suite"]["variants"])
+    by_path = {c["path"]: c for c in result["cards"] if c["status"] == "complete"}
+    score: dict[tuple[str, float, int], float] = {}
+    for t in result["tasks"]:
+        card = by_path.get(t["path"])
+        if t["table"] == "two_phase" and card and card["phase2_mean_test"] is not None:
+            score[t["variant"], t["s"], t["seed"]] = card["phase2_mean_test"]
+    base, out = variants[0], []
+    for v in variants[1:]:
+        for s in sorted({s for (w, s, _) in score if w == v}):
+            seeds = sorted(k for (w, x, k) in score if w == v and x == s
+                           and (base, s, k) in score)
+            if not seeds:
+                continue
+            b = float(np.mean([score[base, s, k] for k in seeds]))
+            m = float(np.mean([score[v, s, k] for k in seeds]))
+            essay = ESSAY_TWO_PHASE.get(s, (None,))[0]
+            gap = None if essay is None else essay - b
+            out.append({"variant": v, "s": s, "n": len(seeds), "seeds": seeds, "baseline": b,
+                        "mean": m, "change": m - b, "essay": essay, "gap": gap,
+                        "share": None if not gap else (m - b) / gap})
+    return out
+
+
+def section_variants(result: dict[str, Any]) -> tuple[list[str], str]:
+    rows = variant_effects(result)
+    base = next(iter(result["suite"]["variants"]))
+    lines = [f"Each variant's phase-2 mean test accuracy against {base}'s on the seeds both "
+             "ran (mean over them); \"share\" is the part of the gap between "
+             f"{base} and the essay that the variant closes (100%: all of it, below 0: it "
+             "widens it).", "",
+             f"| variant | s | seeds | {base} | variant | change | essay | share of the gap |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        share = "–" if r["share"] is None else f"{r['share']:.0%}"
+        lines.append(f"| {r['variant']} | {r['s']:g} | {r['n']} | {_pct(r['baseline'])} | "
+                     f"{_pct(r['mean'])} | {100 * r['change']:+.1f} pts | {_pct(r['essay'])} "
+                     f"| {share} |")
+    return lines, variant_conclusion(rows, base)
 
 
 def section_saddle(result: dict[str, Any]) -> tuple[list[str], str]:
@@ -378,4 +424,5 @@ def mechanism_conclusion(mech: dict[str, Any]) -> str:
 __all__ = ["ESSAY_STATS", "ESSAY_SINGLE", "ESSAY_SINGLE_EPOCHS", "ESSAY_TWO_PHASE", "ESSAY_CYCLE",
            "section_table1", "section_table2", "section_table3", "section_saddle",
            "section_perturb", "cycle_runs", "section_cycle", "mechanism_rows", "section_mechanism",
-           "mechanism_conclusion", "TABLE3_COLUMNS", "table3_cells"]
+           "mechanism_conclusion", "TABLE3_COLUMNS", "table3_cells", "variant_effects",
+           "section_variants"]
