@@ -93,3 +93,68 @@ def test_bad_hook_names_are_config_errors(name):
     from zgdyn.core.config import ConfigError
     with pytest.raises(ConfigError, match="hook"):
         OptimConfig(hook=name)
+
+
+def test_perp_grad_projects_each_tensor_orthogonal_to_its_weights_at_its_norm():
+    """⊥Grad's defining property, densely: per tensor, g⊥ = (g − (θ·g/θ·θ) θ) · |g|/|g − ...|,
+    so θ·g⊥ = 0 and |g⊥| = |g|; then the optimizer steps on g⊥."""
+    import numpy as np
+
+    from zgdyn import Config
+
+    optim = OptimConfig(lr=1e-2, weight_decay=0.5, hook="perp_grad")
+    step, _, _ = _setup(optim=optim, use_onednn=False)
+    step.hook = make_hook(Config(optim=optim))
+    step.loss_and_grad()
+    before = {k: v.numpy().copy() for k, v in step.views(step.grad).items()}
+    thetas = {k: v.numpy().copy() for k, v in step.views(step.theta).items()}
+    step.hook.grad(step)
+    for name, g in step.views(step.grad).items():
+        w, g0, g1 = thetas[name].ravel(), before[name].ravel(), g.numpy().ravel()
+        perp = g0 - (w @ g0) / (w @ w) * w
+        np.testing.assert_allclose(g1, perp * np.linalg.norm(g0) / np.linalg.norm(perp),
+                                   rtol=1e-12, atol=1e-15)
+        assert abs(w @ g1) <= 1e-12 * np.linalg.norm(w) * np.linalg.norm(g1)
+        assert abs(w @ g0) > 1e-6 * np.linalg.norm(w) * np.linalg.norm(g0)  # it did project
+    # a step with the hook is the optimizer's step on the projected gradient
+    hooked, plain = _setup(optim=optim, use_onednn=False)[0], _setup(optim=optim)[0]
+    hooked.hook = make_hook(Config(optim=optim))
+    hooked.step()
+    plain.loss_and_grad()
+    make_hook(Config(optim=optim)).grad(plain)
+    plain.optimizer_step()
+    torch.testing.assert_close(hooked.theta, plain.theta, rtol=1e-12, atol=1e-15)
+
+
+def test_fixed_norm_keeps_the_parameters_on_the_initial_sphere(small):
+    """Omnigrok's constraint: after every step ‖θ‖ = strength · ‖θ_0‖, and the step is the
+    optimizer's step followed by the radial rescale."""
+    from zgdyn.core.train import Callback, Trainer
+
+    cfg = small(120, dtype="float64", zipf_s=1.5, hook="fixed_norm", hook_strength=0.8)
+    norms = []
+
+    class Norms(Callback):
+        def on_eval(self, trainer, metrics):
+            norms.append(float(trainer.step.theta.norm()))
+
+    trainer = Trainer(cfg)
+    r0 = float(trainer.step.theta.norm())
+    trainer.run([Norms()])
+    assert len(norms) == 13
+    assert norms[0] == pytest.approx(r0)  # epoch 0: the initialization, untouched
+    assert all(n == pytest.approx(0.8 * r0, rel=1e-12) for n in norms[1:])
+    st = trainer.step
+    theta = st.theta.clone()
+    st.loss_and_grad()
+    st.t += 1
+    expect = theta.clone()
+    from zgdyn.core.optim import update
+    m, v = st.exp_avg.clone(), st.exp_avg_sq.clone()
+    update([expect], [st.grad.clone()], [m], [v], [None], [st.optim], [st.t], st.shapes)
+    st.t -= 1
+    expect *= 0.8 * r0 / float(expect.norm())
+    st.hook.update(st)
+    torch.testing.assert_close(st.theta, expect, rtol=1e-12, atol=1e-15)
+    with pytest.raises(Exception, match="fixed_norm: --hook-strength is the norm"):
+        Trainer(small(10, hook="fixed_norm", hook_strength=0.0))

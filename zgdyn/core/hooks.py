@@ -33,6 +33,8 @@ import importlib
 import re
 from typing import TYPE_CHECKING
 
+import torch
+
 from .config import Config, ZgdynError
 
 if TYPE_CHECKING:
@@ -115,4 +117,51 @@ class CoupledL2(Hook):
         step.grad.add_(step.theta, alpha=self.strength)
 
 
-__all__ = ["Hook", "HOOKS", "register", "load_plugins", "make_hook", "CoupledL2"]
+@register("perp_grad")
+class PerpGrad(Hook):
+    """⊥Grad (Prieto et al. 2025, "Grokking at the edge of numerical stability", arXiv
+    2501.04697): each parameter tensor's gradient loses its component along that tensor,
+    g ← g − (θ·g / θ·θ) θ, and is rescaled to its former norm, as the paper's code does; the
+    optimizer then steps on it. What is removed is the "naïve loss minimization" direction,
+    which scales the logits without changing predictions. The strength is unused (0).
+    """
+
+    def grad(self, step: FusedStep) -> None:
+        thetas, grads = step.views(step.theta), step.views(step.grad)
+        for name, g in grads.items():
+            w = thetas[name].reshape(-1)
+            flat = g.reshape(-1)
+            g_norm = flat.norm()
+            flat.sub_(w, alpha=float(torch.dot(w, flat) / (torch.dot(w, w) + 1e-30)))
+            flat.mul_(g_norm / (flat.norm() + 1e-30))
+
+
+@register("fixed_norm")
+class FixedNorm(Hook):
+    """A fixed parameter norm, as in Omnigrok (Liu et al. 2022, "Omnigrok: grokking beyond
+    algorithmic data", arXiv 2210.01117): after each optimizer step, θ ← θ · R / ‖θ‖ with
+    R = strength × ‖θ_0‖, the norm of the run's initialization (recomputed from the config,
+    so a resumed run projects onto the same sphere). Strength 1 keeps the initial norm;
+    Omnigrok's grokking-free runs constrain it below the norm weight decay settles at.
+    """
+
+    def __init__(self, strength: float, config: Config) -> None:
+        super().__init__(strength, config)
+        if not strength > 0:
+            raise ZgdynError(f"hook fixed_norm: --hook-strength is the norm as a multiple of "
+                             f"the initialization's, > 0; got {strength}")
+        from .model import build_model
+
+        d, m = config.data, config.model
+        init = build_model(d.p, m.hidden, init=m.init, seed=config.seed, dtype=m.dtype)
+        self.radius = strength * float(torch.sqrt(sum((t.detach().double() ** 2).sum()
+                                                      for t in init.parameters())))
+
+    def update(self, step: FusedStep) -> bool:
+        step.optimizer_step()
+        step.theta.mul_(self.radius / float(step.theta.double().norm()))
+        return True
+
+
+__all__ = ["Hook", "HOOKS", "register", "load_plugins", "make_hook", "CoupledL2", "PerpGrad",
+           "FixedNorm"]
