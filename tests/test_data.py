@@ -99,3 +99,49 @@ def test_default_rng_split_is_the_two_phase_scripts_permutation():
     assert len(set(split.train_idx[:10]) & set(other.train_idx[:10])) < 10
     with pytest.raises(ValueError, match="rng: must be random_state | default_rng"):
         make_split(p, frac, seed, "mt19937")
+
+
+def test_cap_weights_water_fills_to_its_closed_form():
+    from zgdyn.core.data import cap_weights
+
+    # 0.7 is capped at 1.5/3 = 0.5; 0.3 of mass left for (0.2, 0.1) scaled by 0.5/0.3
+    np.testing.assert_allclose(cap_weights(np.array([0.2, 0.7, 0.1]), 1.5),
+                               [1 / 3, 0.5, 1 / 6], rtol=1e-15)
+    w = np.array([0.25, 0.25, 0.25, 0.25])
+    np.testing.assert_array_equal(cap_weights(w, 2.0), w)  # nothing above the cap
+
+
+@pytest.mark.parametrize("s,cap", [(1.5, 10.0), (2.0, 3.0), (3.0, 1.01), (1.0, 500.0)])
+def test_capped_zipf_weights_keep_their_order_and_bound_the_sample_size(s, cap):
+    from zgdyn.core.data import cap_weights
+
+    w = zipf_weights(make_split(97, 0.3, 42), s)
+    c = cap_weights(w, cap)
+    n = len(w)
+    assert c.sum() == pytest.approx(1.0, abs=1e-12)
+    assert c.max() <= cap / n * (1 + 1e-12)
+    assert np.all(np.diff(c) <= 1e-18)  # rank order kept (ranks are already sorted)
+    assert 1.0 / np.sum(c * c) >= n / cap * (1 - 1e-9)
+    free = c < cap / n * (1 - 1e-12)  # the uncapped pairs: scaled by one factor
+    ratio = c[free] / w[free]
+    assert free.any() and np.ptp(ratio) <= 1e-12 * ratio.max()
+
+
+def test_a_run_trains_on_capped_weights_and_stores_them(tmp_path):
+    from helpers import small_config
+    from zgdyn.core.data import cap_weights
+    from zgdyn.core.train import Trainer
+    from zgdyn.store.reader import open_run
+    from zgdyn.store.runner import train_run
+
+    cfg = small_config(40, zipf_s=2.0, weight_cap=4.0)
+    trainer = Trainer(cfg)
+    w = trainer.phase_weights[0].numpy()
+    np.testing.assert_array_equal(w, cap_weights(zipf_weights(trainer.split, 2.0), 4.0))
+    assert w.max() == pytest.approx(4.0 / len(w))
+    train_run(cfg, tmp_path / "c.h5")
+    with open_run(tmp_path / "c.h5") as run:
+        np.testing.assert_array_equal(run.weights(0), w)
+    from zgdyn.core.config import ConfigError
+    with pytest.raises(ConfigError, match="weight_cap: must be a number > 1"):
+        small_config(10, weight_cap=1.0)

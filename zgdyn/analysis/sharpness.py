@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from ..core.config import DETECTOR_OFF, ZgdynError
-from ..core.data import zipf_weights
+from ..core.data import loss_weights
 from ..core.runtime import torch_threads
 from ..core.train import Trainer
 from ..store.reader import Run, open_run
@@ -144,7 +144,7 @@ def _weights_at(run: Run, zipf_s: float | None) -> Any:
     def at(epoch: int) -> tuple[float, np.ndarray]:
         s = zipf_s if zipf_s is not None else phase_s[1 if 0 <= switch <= epoch else 0]
         if s not in cache:
-            cache[s] = zipf_weights(split, s, cfg.data.weighting)
+            cache[s] = loss_weights(split, s, cfg.data)
         return s, cache[s]
 
     return at

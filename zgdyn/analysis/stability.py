@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..core.config import ZgdynError
-from ..core.data import zipf_weights
+from ..core.data import loss_weights
 from ..core.model import DTYPES
 from ..core.runtime import progress_bar
 from ..store.reader import open_run
@@ -53,7 +53,7 @@ class Point:
     step: int | None
 
     def weights(self, s: float) -> np.ndarray:
-        return zipf_weights(self.split, s, self.config.data.weighting)
+        return loss_weights(self.split, s, self.config.data)
 
     def loss(self, s: float, coupled_wd: float = 0.0) -> Callable[[torch.Tensor], torch.Tensor]:
         a, b, y = self.pairs

@@ -80,6 +80,10 @@ class DataConfig:
     train_frac: float = _f(0.3, "fraction of the p^2 pairs in the training set, in (0, 1)")
     weighting: str = _f("rank", "Zipf weighting mode: rank | independent | output_freq")
     zipf_s: float = _f(0.0, "Zipf exponent s >= 0 of the training weights (0 = uniform)")
+    weight_cap: float | None = _f(None, "cap every pair's loss weight at this multiple of the "
+                                  "uniform 1/n_train, the capped mass spread over the others "
+                                  "in proportion (water-filling), so the effective sample "
+                                  "size stays >= n_train / cap; > 1, unset = no cap")
     split_rng: str = _f("random_state", "how the seed shuffles the pairs: random_state "
                         "(numpy RandomState(seed).shuffle, the reference's single-phase "
                         "script) | default_rng (default_rng(seed).permutation, its two-phase "
@@ -96,6 +100,9 @@ class DataConfig:
                self.train_frac)
         _check(self.weighting in WEIGHTINGS, "weighting", " | ".join(WEIGHTINGS), self.weighting)
         _check(_is_real(self.zipf_s) and self.zipf_s >= 0, "zipf_s", "a number >= 0", self.zipf_s)
+        if self.weight_cap is not None:
+            _check(_is_real(self.weight_cap) and self.weight_cap > 1, "weight_cap",
+                   "a number > 1 (1 would be uniform weights)", self.weight_cap)
         _check(self.split_rng in SPLIT_RNGS, "split_rng", " | ".join(SPLIT_RNGS), self.split_rng)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import WEIGHTINGS, ConfigError
+from .config import WEIGHTINGS, ConfigError, DataConfig
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,34 @@ def zipf_weights(split: Split, s: float, mode: str = "rank") -> np.ndarray:
     return w / w.sum()
 
 
+def cap_weights(w: np.ndarray, cap: float) -> np.ndarray:
+    """Weights w (n,), sum 1, with none above cap/n: the largest are set to cap/n and the
+    rest scaled by one common factor so the sum stays 1 (water-filling). The order is
+    kept, and the effective sample size 1/Σw² is at least n/cap."""
+    n, c = len(w), cap / len(w)
+    if w.max() <= c:
+        return w.copy()
+    order = np.argsort(-w, kind="stable")
+    ws = w[order]
+    suffix = np.cumsum(ws[::-1])[::-1]  # suffix[k] = ws[k:].sum()
+    k = np.arange(n)
+    fits = ws * (1.0 - k * c) <= c * suffix  # the k largest capped, the rest then fit
+    first = int(np.argmax(fits))
+    out = np.empty_like(ws)
+    out[:first] = c
+    out[first:] = ws[first:] * ((1.0 - first * c) / suffix[first])
+    capped = np.empty_like(w)
+    capped[order] = out
+    return capped
+
+
+def loss_weights(split: Split, s: float, data: DataConfig) -> np.ndarray:
+    """The training loss's weights under exponent s: `zipf_weights` in the config's
+    weighting mode, capped by its weight_cap where it has one."""
+    w = zipf_weights(split, s, data.weighting)
+    return w if data.weight_cap is None else cap_weights(w, data.weight_cap)
+
+
 def distribution_stats(w: np.ndarray) -> dict[str, float]:
     """Statistics of normalized weights w (n,).
 
@@ -105,4 +133,5 @@ def stats_table(p: int, train_frac: float, exponents: list[float], *, seed: int 
             for s in exponents]
 
 
-__all__ = ["Split", "make_split", "zipf_weights", "distribution_stats", "stats_table"]
+__all__ = ["Split", "make_split", "zipf_weights", "cap_weights", "loss_weights",
+           "distribution_stats", "stats_table"]

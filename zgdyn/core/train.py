@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .config import Config, ZgdynError
-from .data import Split, make_split, zipf_weights
+from .data import Split, loss_weights, make_split
 from .evaluate import Evaluator
 from .hooks import make_hook
 from .model import build_model
@@ -94,7 +94,7 @@ class Trainer:
         self.phase_s = [d.zipf_s]
         if config.schedule.switch_s is not None:
             self.phase_s.append(config.schedule.switch_s)
-        self.phase_weights = [torch.as_tensor(zipf_weights(self.split, s, d.weighting))
+        self.phase_weights = [torch.as_tensor(loss_weights(self.split, s, d))
                               for s in self.phase_s]  # (n_train,) float64 each
         a, b, _ = self.split.tokens(self.split.train_idx)
         self.step = FusedStep(d.p, m.hidden, torch.as_tensor(a), torch.as_tensor(b),

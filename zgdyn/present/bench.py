@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..core.config import Config, ConfigError, DataConfig, RecordConfig, ScheduleConfig
-from ..core.data import make_split, zipf_weights
+from ..core.data import loss_weights, make_split, zipf_weights
 from ..core.model import matmul_flops
 from ..core.step import _mkldnn_linear_available, keep_heap_mapped
 from ..core.train import Trainer
@@ -57,7 +57,7 @@ def _plain_loop_body(cfg: Config, epochs: int) -> float:
     tr = torch.as_tensor(split.train_idx, device=dev)
     te = torch.as_tensor(split.test_idx, device=dev)
     x_tr, y_tr = x[tr], y[tr]
-    w = torch.as_tensor(zipf_weights(split, d.zipf_s, d.weighting), device=dev).float()
+    w = torch.as_tensor(loss_weights(split, d.zipf_s, d), device=dev).float()
     dims = [2 * d.p, *cfg.model.hidden]
     layers: list[nn.Module] = []
     for d_in, d_out in zip(dims[:-1], dims[1:]):
@@ -343,7 +343,7 @@ def bench_point(p: int = 97, hidden: tuple[int, ...] = (128, 128), *,
         params, cfg, split = r.params_at(epoch), r.config, r.split
     s = cfg.schedule.switch_s if cfg.schedule.switch_s is not None else cfg.data.zipf_s
     a, b, y = split.tokens(split.train_idx)
-    return (cfg.data.p, params, a, b, y, zipf_weights(split, s, cfg.data.weighting),
+    return (cfg.data.p, params, a, b, y, loss_weights(split, s, cfg.data),
             f"{run} at epoch {epoch}, s = {s:g}")
 
 
