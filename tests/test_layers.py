@@ -1,6 +1,6 @@
 """The package's floors (README, "Layout"): one subpackage per floor, each importing only
 from its own floor or below; h5py appears only in the store's writer, reader and integrity
-modules, matplotlib only in present/plots.py."""
+modules, matplotlib only in present/plots.py and present/suite_plots.py."""
 
 import ast
 from pathlib import Path
@@ -12,7 +12,7 @@ LEVEL = {pkg: i for i, names in enumerate(FLOORS) for pkg in names.split()}
 ROOT = Path(zgdyn.__file__).parent
 OUTSIDE = {"__init__.py", "__main__.py"}  # the package's front door and `python -m zgdyn`
 H5PY = {"store/writer.py", "store/reader.py", "store/integrity.py"}
-MATPLOTLIB = {"present/plots.py"}
+MATPLOTLIB = {"present/plots.py", "present/suite_plots.py"}
 
 
 def _modules():

@@ -12,7 +12,8 @@ import torch
 
 from zgdyn.core.config import ConfigError
 from zgdyn.store.runner import resume_run, train_run
-from zgdyn.store.journal import JournaledFile, RunFileError, recover
+from zgdyn.store.journal import RunFileError, recover
+from zgdyn.store.pagefile import JournaledFile
 from zgdyn.store.reader import open_run
 from zgdyn.store.writer import RunWriter
 from zgdyn.core.train import MetricsLog, Trainer

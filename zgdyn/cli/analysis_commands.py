@@ -246,7 +246,7 @@ def cmd_perturb(args: argparse.Namespace) -> int:
                     seed=args.seed, dtype=args.dtype, early=args.early,
                     progress=not args.no_progress and not args.json)
     if outs:
-        from ..present.plots import plot_perturb
+        from ..present.suite_plots import plot_perturb
         save_figure(plot_perturb(r), outs)
     if args.json:
         print_json({k: v for k, v in r.items() if k != "curves"})

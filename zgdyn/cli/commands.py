@@ -373,7 +373,7 @@ def cmd_sweep_report(args: argparse.Namespace) -> int:
     figure = args.figure or args.sweep_dir / "phase_diagram.png"
     outs = []
     if r["phase"] is not None and any(x["card"] for x in r["rows"]):
-        from ..present.plots import plot_phase_diagram
+        from ..present.suite_plots import plot_phase_diagram
         outs = figure_paths(figure, force=True)
         save_figure(plot_phase_diagram(r["phase"], title=f"sweep {r['name']}: mean over "
                                         "runs at each point"), outs)

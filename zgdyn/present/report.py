@@ -48,7 +48,8 @@ def _curves(result: dict[str, Any], table: str, align_switch: bool) -> list[dict
 
 def _figures(result: dict[str, Any], fig_dir: Path) -> dict[str, str]:
     from ..analysis.analyze import sorted_trajectory
-    from .plots import plot_accuracy_curves, plot_dynamics, plot_perturb, plot_portrait, save
+    from .plots import plot_dynamics, plot_portrait, save
+    from .suite_plots import plot_accuracy_curves, plot_perturb
     from ..store.reader import open_run
 
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -86,7 +87,7 @@ def _figures(result: dict[str, Any], fig_dir: Path) -> dict[str, str]:
         figs["perturb"] = plot_perturb(result["perturb"])
     if result.get("mechanism") and result["mechanism"]["records"]:
         from ..analysis.mechanism import RunRecord, period_predictions
-        from .plots import plot_period_laws
+        from .suite_plots import plot_period_laws
         mech = result["mechanism"]
         laws = period_predictions([RunRecord.from_dict(d) for d in mech["records"]],
                                   mech["baseline"])

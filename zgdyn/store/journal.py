@@ -41,11 +41,11 @@ from ..core.config import ZgdynError
 from .locks import bump_mtime, commit_lock, lock_shared
 
 JOURNAL_SUFFIX = "-journal"
-_PAGE = 4096
+PAGE = 4096
 _MAGIC = b"ZGDYNJ02"
 # magic, body length, body crc32, old size, new size, records, written pages, header crc32
 _HEADER = struct.Struct("<8sQIQQQQI")
-_HEADER_SIZE = 64
+HEADER_SIZE = 64
 _RECORD = struct.Struct("<QI")  # offset, length; the original bytes follow
 _WRITE = struct.Struct("<QII")  # page offset, length, crc32 of the bytes the commit writes
 
@@ -78,7 +78,7 @@ def _no_space() -> OSError:
     return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
-def _write_all(fd: int, data: Any) -> None:
+def write_all(fd: int, data: Any) -> None:
     """os.write until every byte is written (a full disk writes short, then fails)."""
     view = memoryview(data).cast("B")
     while len(view):
@@ -88,7 +88,7 @@ def _write_all(fd: int, data: Any) -> None:
         view = view[n:]
 
 
-def _pwrite_all(fd: int, data: Any, offset: int) -> None:
+def pwrite_all(fd: int, data: Any, offset: int) -> None:
     view = memoryview(data).cast("B")
     while len(view):
         n = os.pwrite(fd, view, offset)
@@ -97,7 +97,7 @@ def _pwrite_all(fd: int, data: Any, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
-def _pread_all(fd: int, n: int, offset: int) -> bytes:
+def pread_all(fd: int, n: int, offset: int) -> bytes:
     """Up to `n` bytes at `offset` (fewer only at the end of the file)."""
     out = bytearray()
     while len(out) < n:
@@ -131,7 +131,7 @@ class Journal:
         fields = (_MAGIC, len(body), zlib.crc32(body), self.old_size, self.new_size,
                   len(self.records), len(self.writes))
         head = _HEADER.pack(*fields, zlib.crc32(_HEADER.pack(*fields, 0)))
-        return head.ljust(_HEADER_SIZE, b"\0"), bytes(body)
+        return head.ljust(HEADER_SIZE, b"\0"), bytes(body)
 
 
 class _Discard:
@@ -171,19 +171,19 @@ def _load_journal(path: Path, jpath: Path) -> Journal | _Discard | None:
     except FileNotFoundError:
         return None
     try:
-        blob = _pread_all(fd, os.fstat(fd).st_size, 0)
+        blob = pread_all(fd, os.fstat(fd).st_size, 0)
     finally:
         os.close(fd)
-    head = blob[:_HEADER_SIZE]
+    head = blob[:HEADER_SIZE]
     if not any(head):  # empty, or a body without its header: the file was never touched
         return DISCARD
-    if len(blob) < _HEADER_SIZE:
+    if len(blob) < HEADER_SIZE:
         raise _corrupt(path, jpath, f"{len(blob)} bytes, shorter than its header")
     magic, body_len, body_crc, old, new, n_rec, n_wr, crc = _HEADER.unpack_from(head)
     if magic != _MAGIC or zlib.crc32(_HEADER.pack(magic, body_len, body_crc, old, new,
                                                   n_rec, n_wr, 0)) != crc:
         raise _corrupt(path, jpath, "its header fails its checksum")
-    body = blob[_HEADER_SIZE:]
+    body = blob[HEADER_SIZE:]
     if len(body) != body_len or zlib.crc32(body) != body_crc:
         raise _corrupt(path, jpath, f"its body ({len(body)} of {body_len} bytes) fails its "
                        "checksum")
@@ -216,31 +216,31 @@ def _check_fits(j: Journal, fd: int, path: Path, jpath: Path) -> None:
     size = os.fstat(fd).st_size
     old = {}
     for off, data in j.records:
-        if off % _PAGE or off in old or len(data) != min(_PAGE, j.old_size - off) \
+        if off % PAGE or off in old or len(data) != min(PAGE, j.old_size - off) \
                 or off >= j.old_size:
             raise refuse(f"a record of {len(data)} bytes at offset {off} does not fit the "
                          f"old size {j.old_size}")
         old[off] = data
     written = {}
     for off, length, crc in j.writes:
-        if off % _PAGE or off in written or length != min(_PAGE, j.new_size - off) \
+        if off % PAGE or off in written or length != min(PAGE, j.new_size - off) \
                 or off >= j.new_size:
             raise refuse(f"a written page of {length} bytes at offset {off} does not fit the "
                          f"new size {j.new_size}")
         written[off] = (length, crc)
-    top = max([j.old_size, j.new_size] + [off + _PAGE for off in written])
+    top = max([j.old_size, j.new_size] + [off + PAGE for off in written])
     if size > top:
         raise refuse(f"the file has {size:,} bytes, more than the {top:,} the commit could "
                      "have made")
     if size < j.old_size:  # the bytes between the file's end and the old size: all saved?
-        first = size // _PAGE * _PAGE
-        if sum(off >= first for off in old) < -(-(j.old_size - first) // _PAGE):
+        first = size // PAGE * PAGE
+        if sum(off >= first for off in old) < -(-(j.old_size - first) // PAGE):
             raise refuse(f"its old size {j.old_size:,} is larger than the file ({size:,} "
                          "bytes) and it does not hold the original bytes there")
-    for off in range(0, size, _PAGE):
+    for off in range(0, size, PAGE):
         if off < j.old_size and off not in old and off not in written:
             continue  # a page the commit did not touch
-        cur = _pread_all(fd, _PAGE, off)
+        cur = pread_all(fd, PAGE, off)
         before = old.get(off, b"")
         unchanged = cur[:len(before)] == before and not any(cur[len(before):])
         if off in written:
@@ -251,17 +251,17 @@ def _check_fits(j: Journal, fd: int, path: Path, jpath: Path) -> None:
             raise refuse(f"the page at offset {off:,} holds neither its old nor its new bytes")
 
 
-def _undo(fd: int, j: Journal) -> None:
+def undo(fd: int, j: Journal) -> None:
     """Put the file back as the journal says it was."""
     before = os.fstat(fd).st_mtime_ns
     for off, data in j.records:
-        _pwrite_all(fd, data, off)
+        pwrite_all(fd, data, off)
     os.ftruncate(fd, j.old_size)
     os.fsync(fd)
     bump_mtime(fd, before)
 
 
-def _rollback(fd: int, path: Path, jpath: Path) -> bool:
+def rollback(fd: int, path: Path, jpath: Path) -> bool:
     """Undo an interrupted commit on `fd` (flocked and commit-locked by the caller).
     Returns whether there was one."""
     j = _load_journal(path, jpath)
@@ -270,7 +270,7 @@ def _rollback(fd: int, path: Path, jpath: Path) -> bool:
     if isinstance(j, Journal):  # the file may be half-written: restore it
         _check_fits(j, fd, path, jpath)
         try:
-            _undo(fd, j)
+            undo(fd, j)
         except OSError as e:
             raise RunFileError(f"{path}: rolling back an interrupted commit failed "
                                f"({e.strerror or e}); nothing is lost, the journal {jpath} "
@@ -280,241 +280,7 @@ def _rollback(fd: int, path: Path, jpath: Path) -> bool:
     return True
 
 
-def _open_rw(path: Path) -> int:
-    try:
-        return os.open(path, os.O_RDWR | os.O_NOFOLLOW)
-    except IsADirectoryError:
-        raise RunFileError(f"{path}: is a directory, not a run file") from None
-    except OSError as e:
-        raise RunFileError(f"{path}: cannot be opened for writing ({e.strerror or e})") \
-            from None
-
-
 # -- the file objects ------------------------------------------------------------------------
-
-
-class _FileObject:
-    """seek, tell and read on top of `readinto`, over a file of `size` bytes."""
-
-    size = 0
-    pos = 0
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self.pos = offset if whence == 0 else self.pos + offset if whence == 1 else \
-            self.size + offset
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
-
-    def readinto(self, buf: Any) -> int:  # pragma: no cover (overridden)
-        raise NotImplementedError
-
-    def read(self, n: int = -1) -> bytes:
-        n = max(0, self.size - self.pos) if n < 0 else n
-        buf = bytearray(n)
-        got = self.readinto(buf)
-        return bytes(buf[:got])
-
-    def flush(self) -> None:
-        """Nothing: a JournaledFile reaches the disk only in `commit`."""
-
-
-class ReadOnlyFile(_FileObject):
-    """A read-only file object over `fd`, for h5py's ``fileobj`` driver. Each one is a file
-    of its own to HDF5, so its cache never mixes with another opening's."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd, self.pos = fd, 0
-        self.size = os.fstat(fd).st_size
-
-    def readinto(self, buf: Any) -> int:
-        out = memoryview(buf).cast("B")
-        n = max(0, min(len(out), self.size - self.pos))
-        done = 0
-        while done < n:
-            got = os.preadv(self.fd, [out[done:n]], self.pos + done)
-            if got <= 0:
-                break
-            done += got
-        self.pos += done
-        return done
-
-
-class JournaledFile(_FileObject):
-    """A file object for h5py's ``fileobj`` driver: writes stay in memory until `commit`.
-
-    Holds an exclusive flock on the file while open (`fd`: a descriptor of `path` that
-    already holds it).
-    """
-
-    def __init__(self, path: Path, *, fd: int | None = None) -> None:
-        self.path = Path(path)
-        self.jpath = journal_path(self.path)
-        self.fd = _open_rw(self.path) if fd is None else fd
-        try:
-            if fd is None:
-                lock_for_writing(self.fd, self.path)
-            with commit_lock(self.fd, exclusive=True):
-                _rollback(self.fd, self.path, self.jpath)
-        except BaseException:
-            os.close(self.fd)
-            raise
-        self.disk_size = os.fstat(self.fd).st_size
-        self.size = self.disk_size
-        self.pos = 0
-        self.pages: dict[int, bytearray] = {}
-        self.made_journal = False  # by the commit under way
-
-    def _page(self, i: int) -> bytearray:
-        page = self.pages.get(i)
-        if page is None:
-            page = bytearray(_PAGE)
-            if i * _PAGE < self.disk_size:
-                data = _pread_all(self.fd, _PAGE, i * _PAGE)
-                page[:len(data)] = data
-            self.pages[i] = page
-        return page
-
-    def readinto(self, buf: Any) -> int:
-        out = memoryview(buf).cast("B")
-        n = max(0, min(len(out), self.size - self.pos))
-        done = 0
-        while done < n:
-            addr = self.pos + done
-            i, off = divmod(addr, _PAGE)
-            take = min(_PAGE - off, n - done)
-            page = self.pages.get(i)
-            if page is not None:
-                out[done:done + take] = page[off:off + take]
-            else:
-                data = _pread_all(self.fd, take, addr) if addr < self.disk_size else b""
-                out[done:done + len(data)] = data
-                out[done + len(data):done + take] = bytes(take - len(data))
-            done += take
-        self.pos += n
-        return n
-
-    def write(self, data: Any) -> int:
-        src = memoryview(data).cast("B")
-        done = 0
-        while done < len(src):
-            i, off = divmod(self.pos + done, _PAGE)
-            take = min(_PAGE - off, len(src) - done)
-            self._page(i)[off:off + take] = src[done:done + take]
-            done += take
-        self.pos += done
-        self.size = max(self.size, self.pos)
-        return done
-
-    def truncate(self, size: int | None = None) -> int:
-        size = self.pos if size is None else size
-        for i in [i for i in self.pages if i * _PAGE >= size]:
-            del self.pages[i]
-        i, off = divmod(size, _PAGE)
-        if off and i in self.pages:
-            self.pages[i][off:] = bytes(_PAGE - off)
-        self.size = size
-        return size
-
-    def _journal(self) -> Journal:
-        """The journal of committing the overlay: originals of the dirty pages on disk and
-        of every page a shrink cuts off, and the checksums of the pages to write."""
-        old, new = self.disk_size, self.size
-        saved = {i for i in self.pages if i * _PAGE < old}
-        if new < old:
-            saved.update(range(new // _PAGE, -(-old // _PAGE)))
-        records = [(i * _PAGE, _pread_all(self.fd, min(_PAGE, old - i * _PAGE), i * _PAGE))
-                   for i in sorted(saved)]
-        writes = []
-        for i in sorted(self.pages):
-            if i * _PAGE < new:
-                n = min(_PAGE, new - i * _PAGE)
-                writes.append((i * _PAGE, n, zlib.crc32(memoryview(self.pages[i])[:n])))
-        return Journal(old, new, records, writes)
-
-    def _write_journal(self, head: bytes, body: bytes) -> None:
-        """Write the journal: body, fsync, header, fsync. The path must hold no journal or a
-        stale regular one (removed first); the journal is created exclusively, unfollowed."""
-        if check_journal_path(self.path, self.jpath) is not None:
-            self.jpath.unlink()  # stale (a failed unlink of an earlier commit)
-        try:
-            jfd = os.open(self.jpath, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                          0o644)
-        except FileExistsError:
-            raise RunFileError(f"{self.jpath}: appeared while {self.path} was committing; "
-                               "another program is using the journal's name") from None
-        self.made_journal = True
-        try:
-            os.lseek(jfd, _HEADER_SIZE, os.SEEK_SET)
-            _write_all(jfd, body)
-            os.fsync(jfd)
-            os.lseek(jfd, 0, os.SEEK_SET)
-            _write_all(jfd, head)
-            os.fsync(jfd)
-        finally:
-            os.close(jfd)
-
-    def _write_pages(self) -> None:
-        run_start, run = None, bytearray()
-        for i in sorted(self.pages):  # coalesce consecutive pages into one pwrite
-            if i * _PAGE >= self.size:
-                break
-            if run_start is not None and i * _PAGE == run_start + len(run):
-                run += self.pages[i]
-            else:
-                if run_start is not None:
-                    _pwrite_all(self.fd, run, run_start)
-                run_start, run = i * _PAGE, bytearray(self.pages[i])
-        if run_start is not None:
-            _pwrite_all(self.fd, run, run_start)
-
-    def commit(self) -> None:
-        """Atomically make the file on disk equal to the in-memory view.
-
-        On a failure (a full disk, say) the file is put back as it was, and the error is
-        raised; if even that fails, the journal stays for the next opening to roll back.
-        """
-        if not self.pages and self.size == self.disk_size:
-            return
-        j = self._journal()
-        head, body = j.encode()
-        with commit_lock(self.fd, exclusive=True):
-            before = os.fstat(self.fd).st_mtime_ns
-            touched = self.made_journal = False
-            try:
-                self._write_journal(head, body)
-                touched = True  # from here on the file may differ from its last commit
-                self._write_pages()
-                os.ftruncate(self.fd, self.size)
-                os.fsync(self.fd)
-                bump_mtime(self.fd, before)
-                self.jpath.unlink()
-            except BaseException:
-                self._abandon(j, touched)
-                raise
-        self.pages.clear()
-        self.disk_size = self.size
-
-    def _abandon(self, j: Journal, touched: bool) -> None:
-        """After a failed commit: undo what it wrote, then remove the journal it made."""
-        try:
-            if touched:
-                _undo(self.fd, j)
-            if self.made_journal:
-                self.jpath.unlink()
-        except OSError:
-            pass  # the journal (complete, if the file was touched) stays for the next open
-
-    def discard(self) -> None:
-        """Forget every write since the last commit."""
-        self.pages.clear()
-        self.size = self.disk_size
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
 
 # -- recovery and readers --------------------------------------------------------------------
@@ -545,7 +311,7 @@ def recover(path: str | Path, *, wait_s: float = 5.0) -> bool:
             continue
         try:
             with commit_lock(fd, exclusive=True):
-                return _rollback(fd, path, jpath)
+                return rollback(fd, path, jpath)
         except OSError as e:
             raise RunFileError(f"{path}: has an interrupted commit that needs write access "
                                f"to roll back ({e.strerror})") from None
@@ -575,6 +341,6 @@ def open_for_reading(path: Path) -> tuple[int, bool]:
     raise RunFileError(f"{path}: keeps showing an interrupted commit; is a writer failing?")
 
 
-__all__ = ["JOURNAL_SUFFIX", "RunFileError", "Journal", "DISCARD", "ReadOnlyFile",
-           "JournaledFile", "recover", "open_for_reading", "journal_path", "check_journal_path",
-           "lock_for_writing"]
+__all__ = ["JOURNAL_SUFFIX", "RunFileError", "Journal", "DISCARD", "recover", "open_for_reading",
+           "journal_path", "check_journal_path", "lock_for_writing", "pread_all", "pwrite_all",
+           "write_all", "rollback", "undo", "PAGE", "HEADER_SIZE"]

@@ -28,8 +28,9 @@ from ..core.model import MLP, build_model, param_shapes
 from ..core.optim import needs_max_moment
 from ..core.train import Snapshot
 from .integrity import HDF5_ERRORS, check_attrs, check_layout, damaged, verify
-from .journal import ReadOnlyFile, RunFileError, open_for_reading
+from .journal import RunFileError, open_for_reading
 from .locks import lock_shared, stamp, unlock
+from .pagefile import ReadOnlyFile
 
 FORMAT = "zgdyn.run"
 FORMAT_VERSION = 1

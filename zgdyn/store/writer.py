@@ -33,9 +33,9 @@ from ..core.train import METRICS, Callback, Snapshot, Trainer
 from ..core.watch import Window
 from .integrity import ATTRS_CRC, HDF5_ERRORS, attrs_checksum, check_attrs, check_layout, \
     damaged, moment_groups, parse_watch_state
-from .journal import JournaledFile, RunFileError, check_journal_path, journal_path, \
-    lock_for_writing
+from .journal import RunFileError, check_journal_path, journal_path, lock_for_writing
 from .locks import stamp
+from .pagefile import JournaledFile
 from .reader import FORMAT, FORMAT_VERSION, WINDOW_INDEX, WINDOW_LOSSES, Run, check_path, \
     config_of, is_hdf5, read_snapshot, validate
 
