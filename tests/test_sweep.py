@@ -178,7 +178,7 @@ def test_report_table_scorecards_and_figure(local, capsys):
     assert [x["label"] for x in r["rows"]] == LABELS
     for x in r["rows"]:
         assert x["status"] == "complete"
-        assert x["card"] == json.loads(json.dumps(scorecard(x["path"]), default=str))
+        assert x["card"] == json.loads(json.dumps(scorecard(x["path"]).to_dict(), default=str))
     phase = r["phase"]
     assert (phase["x"], phase["y"], phase["xs"], phase["ys"]) == \
         ("zipf_s", "weight_decay", [0, 1.5], [0.3, 1])

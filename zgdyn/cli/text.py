@@ -160,7 +160,7 @@ def format_scorecards(cards: list[dict[str, Any]]) -> str:
 def format_two_phase(result: dict[str, Any]) -> str:
     from ..present.report_sections import TABLE3_COLUMNS, table3_cells
 
-    rows = [list(TABLE3_COLUMNS), *table3_cells(result)]
+    rows = [list(TABLE3_COLUMNS), *table3_cells(result, digits=2)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE3_COLUMNS))]
     lines = [f"two-phase runs under {result['out']}/runs/{result['suite']['name']} "
              f"(phase-2 statistics over evaluations; mean ± std over seeds)"]

@@ -41,10 +41,10 @@ def _pct(x: float | None, digits: int = 1) -> str:
 
 
 def _ms(cell: dict[str, Any], fmt: str = ",.0f", pct: bool = False,
-        missing: str = "–") -> str:
+        missing: str = "–", digits: int = 1) -> str:
     """mean ± std (n), or the one value; `missing` names runs without a value (e.g.
-    "never" for a first epoch that never came)."""
-    f = (lambda x: _pct(x)) if pct else (lambda x: _num(x, fmt))
+    "never" for a first epoch that never came); percentages to `digits` decimals."""
+    f = (lambda x: _pct(x, digits)) if pct else (lambda x: _num(x, fmt))
     if cell["n"] == 0:
         return missing if cell["never"] else "–"
     out = f(cell["mean"]) + ("" if cell["std"] is None else f" ± {f(cell['std'])}")
@@ -151,18 +151,19 @@ TABLE3_COLUMNS = ("run", "seeds", "phase-2 mean test: essay", "here", "differenc
                   "collapses in phase 2", "to the first collapse", "to test < 50%")
 
 
-def table3_cells(result: dict[str, Any]) -> list[list[str]]:
-    """The two-phase table's cells, one list per row (columns `TABLE3_COLUMNS`): REPORT.md
-    and `zgdyn two-phase` both show it."""
+def table3_cells(result: dict[str, Any], digits: int = 1) -> list[list[str]]:
+    """The two-phase table's cells, one list per row (columns `TABLE3_COLUMNS`), with
+    percentages to `digits` decimals: REPORT.md (1) and `zgdyn two-phase` (2) show it."""
     out = []
+    pc = lambda x: _pct(x, digits)  # noqa: E731
+    ms = lambda cell: _ms(cell, pct=True, digits=digits)  # noqa: E731
     for r in _rows(result, "two_phase", ESSAY_TWO_PHASE):
         e = ESSAY_TWO_PHASE.get(r["s"], (None, None, None))
         out.append([
-            f"{_variant(r, result)}s = 0 → {r['s']:g}", _seeds(r), _pct(e[0]),
-            _ms(r["phase2_mean_test"], pct=True), _diff(r["phase2_mean_test"], e[0], True),
-            _pct(e[1]), _ms(r["phase2_std_test"], pct=True),
-            _ms(r["phase2_min_test"], pct=True), _pct(e[2]),
-            _ms(r["phase2_frac_below_50"], pct=True), _ms(r["phase2_collapses"], ".1f"),
+            f"{_variant(r, result)}s = 0 → {r['s']:g}", _seeds(r), pc(e[0]),
+            ms(r["phase2_mean_test"]), _diff(r["phase2_mean_test"], e[0], True),
+            pc(e[1]), ms(r["phase2_std_test"]), ms(r["phase2_min_test"]), pc(e[2]),
+            ms(r["phase2_frac_below_50"]), _ms(r["phase2_collapses"], ".1f"),
             _ms(r["phase2_first_collapse"], missing="never"),
             _ms(r["phase2_first_below_50"], missing="never")])
     return out
