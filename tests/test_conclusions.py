@@ -139,3 +139,24 @@ def test_variant_effects_are_paired_by_seed_and_share_the_gap():
     assert "no gap for a variant to explain" in variant_conclusion(near, "baseline")
     weak = [dict(r, share=0.2) for r in rows.values()]
     assert "no variant explains most of the difference" in variant_conclusion(weak, "baseline")
+
+
+def test_runs_that_never_switched_are_said_so():
+    from zgdyn.present.report_sections import section_variants, table3_cells
+
+    result = _planted_variants()
+    for c in result["cards"]:
+        c["switch_epoch"] = 1000
+    result["tasks"].append({"path": "c-s1.5-1.h5", "table": "two_phase", "variant": "c",
+                            "s": 1.5, "seed": 1})
+    result["cards"].append({"path": "c-s1.5-1.h5", "status": "complete",
+                            "phase2_mean_test": None, "switch_epoch": None})
+    result["suite"]["variants"]["c"] = {}
+    empty = {"mean": None, "std": None, "n": 0, "never": 1}
+    from zgdyn.batch.scorecard import NUMERIC
+    result["tables"] = [{"table": "two_phase", "variant": "c", "s": 1.5, "n_runs": 1,
+                         **{k: empty for k in NUMERIC}}]
+    rows = table3_cells(result)
+    assert any(r[0] == "c s = 0 → 1.5" and r[3] == "did not switch" for r in rows)
+    _, text = section_variants(result)
+    assert "Runs of c never switched" in text

@@ -159,6 +159,11 @@ def table3_cells(result: dict[str, Any], digits: int = 1) -> list[list[str]]:
     ms = lambda cell: _ms(cell, pct=True, digits=digits)  # noqa: E731
     for r in _rows(result, "two_phase", ESSAY_TWO_PHASE):
         e = ESSAY_TWO_PHASE.get(r["s"], (None, None, None))
+        if not r.get("missing") and r["phase2_mean_test"]["n"] == 0:  # phase 1 never ended
+            out.append([f"{_variant(r, result)}s = 0 → {r['s']:g}", _seeds(r), pc(e[0]),
+                        "did not switch", "–", pc(e[1]), "–", "–", pc(e[2]),
+                        *["–"] * 4])
+            continue
         out.append([
             f"{_variant(r, result)}s = 0 → {r['s']:g}", _seeds(r), pc(e[0]),
             ms(r["phase2_mean_test"]), _diff(r["phase2_mean_test"], e[0], True),
@@ -226,7 +231,18 @@ def section_variants(result: dict[str, Any]) -> tuple[list[str], str]:
         lines.append(f"| {r['variant']} | {r['s']:g} | {r['n']} | {_pct(r['baseline'])} | "
                      f"{_pct(r['mean'])} | {100 * r['change']:+.1f} pts | {_pct(r['essay'])} "
                      f"| {share} |")
-    return lines, variant_conclusion(rows, base)
+    stuck = sorted({t["variant"] for t in result["tasks"] if t["table"] == "two_phase"
+                    and any(c["path"] == t["path"] and c["status"] == "complete"
+                            and c["switch_epoch"] is None for c in result["cards"])})
+    text = variant_conclusion(rows, base)
+    if stuck:
+        text += (f" Runs of {_join_names(stuck)} never switched: their phase 1 ended at its "
+                 "epoch cap below the switch's test accuracy, so they have no phase 2.")
+    return lines, text
+
+
+def _join_names(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def section_saddle(result: dict[str, Any]) -> tuple[list[str], str]:
