@@ -492,8 +492,10 @@ for d in folders:
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         rc = main(args + ["--seed", seed, "--out", os.path.join(d, "r.h5")])
-    with open(os.path.join(d, "result" + seed), "w") as fh:
+    result = os.path.join(d, "result" + seed)
+    with open(result + ".tmp", "w") as fh:  # whole or absent for the reader
         fh.write(f"{rc}\\n{err.getvalue()}")
+    os.replace(result + ".tmp", result)
 """
 
 
