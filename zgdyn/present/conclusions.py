@@ -155,10 +155,20 @@ def table3_conclusion(rows: list[tuple[float, float | None]],
     return text
 
 
-def variant_conclusion(rows: list[dict[str, Any]], baseline: str) -> str:
+def variant_conclusion(rows: list[dict[str, Any]], baseline: str,
+                       stuck: list[str] | tuple[str, ...] = ()) -> str:
     """rows: `report_sections.variant_effects`, one per (variant, s) on the seeds it shares
     with `baseline`. Names the variant that moves the phase-2 mean test accuracy furthest
-    toward the essay's where the baseline differs from the essay by more than POINTS."""
+    toward the essay's where the baseline differs from the essay by more than POINTS, and
+    the variants in `stuck`, whose runs never switched."""
+    text = _variant_effect(rows, baseline)
+    if stuck:
+        text += (f" Runs of {_join(list(stuck))} never switched: their phase 1 ended at its "
+                 "epoch cap below the switch's test accuracy, so they have no phase 2.")
+    return text
+
+
+def _variant_effect(rows: list[dict[str, Any]], baseline: str) -> str:
     gaps = [r for r in rows if r["gap"] is not None and abs(r["gap"]) > POINTS]
     if not rows:
         return "No variant shares a finished two-phase run's seed with the baseline."

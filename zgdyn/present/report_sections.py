@@ -234,15 +234,7 @@ def section_variants(result: dict[str, Any]) -> tuple[list[str], str]:
     stuck = sorted({t["variant"] for t in result["tasks"] if t["table"] == "two_phase"
                     and any(c["path"] == t["path"] and c["status"] == "complete"
                             and c["switch_epoch"] is None for c in result["cards"])})
-    text = variant_conclusion(rows, base)
-    if stuck:
-        text += (f" Runs of {_join_names(stuck)} never switched: their phase 1 ended at its "
-                 "epoch cap below the switch's test accuracy, so they have no phase 2.")
-    return lines, text
-
-
-def _join_names(names: list[str]) -> str:
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    return lines, variant_conclusion(rows, base, stuck)
 
 
 def section_saddle(result: dict[str, Any]) -> tuple[list[str], str]:
