@@ -128,3 +128,12 @@ def refusals(cases: list[list[str]], folder) -> list[tuple]:
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-2000:]
     return [tuple(r) for r in json.loads(res.stdout)]
+
+
+def planted(cls, **values):
+    """A typed result of class `cls` with the planted `values` and None in every other
+    field, for tests of code that reads only some fields."""
+    import dataclasses
+
+    return cls(**{f.name: values.pop(f.name, None) for f in dataclasses.fields(cls)},
+               **values)

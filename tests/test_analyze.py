@@ -28,7 +28,7 @@ def test_analyze_agrees_with_direct_recomputation(run_file):
     with open_run(run_file) as run:
         a = run.analysis("trajectory")
         key = a["attrs"]["settings"]["key"]
-        assert s["key"] == key and s["n_checkpoints"] == len(run.checkpoint_epochs)
+        assert list(s.key) == key and s.n_checkpoints == len(run.checkpoint_epochs)
         np.testing.assert_array_equal(a["epoch"], run.checkpoint_epochs)
         split = run.split
         for e in (40, 200, 300):  # phase 0 (s = 1.5) and phase 1 (s = 0)
@@ -80,12 +80,12 @@ def test_analyze_resumes_and_guards_its_settings(run_file, monkeypatch):
     with open_run(run_file) as run:
         assert len(run.analysis("trajectory")["epoch"]) == 4  # two commits of two
     s = analyze_run(str(run_file))
-    assert s["newly_analyzed"] == s["n_checkpoints"] - 4
-    assert analyze_run(str(run_file))["newly_analyzed"] == 0
+    assert s.newly_analyzed == s.n_checkpoints - 4
+    assert analyze_run(str(run_file)).newly_analyzed == 0
     with pytest.raises(ZgdynError, match="other settings"):
         analyze_run(str(run_file), top_k=2)
     s = analyze_run(str(run_file), top_k=2, force=True)
-    assert s["n_key"] == 2 and s["newly_analyzed"] == s["n_checkpoints"]
+    assert s.n_key == 2 and s.newly_analyzed == s.n_checkpoints
 
 
 def test_analyze_auto_mode_and_cli(run_file, capsys):

@@ -6,7 +6,15 @@ import pytest
 from zgdyn.present.conclusions import (cycle_conclusion, full_cycle, grokking_conclusion,
                                        late_rate_agreement, perturb_conclusion, saddle_conclusion,
                                        table1_conclusion, table2_conclusion, table3_conclusion)
+from dataclasses import replace
+
+from zgdyn.analysis.perturb import PerturbPrediction, PerturbResult, PerturbRow
+from zgdyn.analysis.stability import SaddleResult, SaddleRow
+from zgdyn.batch.results import SuiteInfo, SuiteResult, TaskEntry
+from zgdyn.batch.scorecard import Scorecard
 from zgdyn.present.report_sections import ESSAY_SINGLE, ESSAY_TWO_PHASE, _reads_as
+
+from helpers import planted
 
 
 def _metrics(test):
@@ -57,11 +65,11 @@ def test_table1_reads_the_essays_digits():
     assert "b do not" in table1_conclusion([("a", True), ("b", False)])
 
 
-SADDLE = {"rows": [
-    {"zipf_s": 0.0, "grad_norm": 1.3e-6, "lambda_min": -4.3e-8, "growth_rate": 0.00145,
-     "converged": False},
-    {"zipf_s": 1.5, "grad_norm": 9.2e-6, "lambda_min": -1.69e-6, "growth_rate": 0.116,
-     "converged": True}]}
+SADDLE = planted(SaddleResult, rows=(
+    planted(SaddleRow, zipf_s=0.0, grad_norm=1.3e-6, lambda_min=-4.3e-8, growth_rate=0.00145,
+            converged=False),
+    planted(SaddleRow, zipf_s=1.5, grad_norm=9.2e-6, lambda_min=-1.69e-6, growth_rate=0.116,
+            converged=True)))
 
 
 def test_saddle_conclusion_marks_convergence_and_the_control():
@@ -71,19 +79,19 @@ def test_saddle_conclusion_marks_convergence_and_the_control():
         "the point is a minimum" in text
     assert "unstable at s = 1.5" in text and "uniform control" not in text
     assert "did not converge at s = 0" in text
-    moving = {"rows": [{**SADDLE["rows"][0], "grad_norm": 0.0018, "converged": True},
-                       SADDLE["rows"][1]]}
+    moving = replace(SADDLE, rows=(replace(SADDLE.rows[0], grad_norm=0.0018, converged=True),
+                                   SADDLE.rows[1]))
     text = saddle_conclusion(moving, 1.0)
     assert text.startswith("The point is not converged (‖∇L_0‖ = 0.0018 ≥ 0.0001)")
     assert "the uniform control included" in text
 
 
 def _perturb(growth):
-    rows = [{"zipf_s": s, "direction": d, "eps": 1e-6, "growth_factor": g,
-             "rate_late": 0.01 if s else -0.01} for (s, d), g in growth.items()]
-    return {"rows": rows, "epochs": 200,
-            "predictions": [{"zipf_s": 0.0, "hessian_rate": 0.0014},
-                            {"zipf_s": 1.5, "hessian_rate": 0.4}]}
+    rows = tuple(planted(PerturbRow, zipf_s=s, direction=d, eps=1e-6, growth_factor=g,
+                         rate_late=0.01 if s else -0.01) for (s, d), g in growth.items())
+    return planted(PerturbResult, rows=rows, epochs=200, predictions=(
+        planted(PerturbPrediction, zipf_s=0.0, hessian_rate=0.0014),
+        planted(PerturbPrediction, zipf_s=1.5, hessian_rate=0.4)))
 
 
 def test_perturbation_conclusion_compares_with_the_control():
@@ -111,13 +119,15 @@ def _planted_variants():
     for (v, s), m in table.items():
         for seed in ((1,) if v == "a" else (1, 2)):
             path = f"{v}-s{s}-{seed}.h5"
-            tasks.append({"path": path, "table": "two_phase", "variant": v, "s": s,
-                          "seed": seed})
-            cards.append({"path": path, "status": "complete", "phase2_mean_test": m})
-    tasks.append({"path": "baseline-s3-1.h5", "table": "two_phase", "variant": "baseline",
-                  "s": 3.0, "seed": 1})  # never finished: no card
-    return {"suite": {"variants": {"baseline": {}, "a": {}, "b": {}}}, "tasks": tasks,
-            "cards": cards}
+            tasks.append(planted(TaskEntry, path=path, table="two_phase", variant=v, s=s,
+                                 seed=seed))
+            cards.append(planted(Scorecard, path=path, status="complete",
+                                 phase2_mean_test=m))
+    tasks.append(planted(TaskEntry, path="baseline-s3-1.h5", table="two_phase",
+                         variant="baseline", s=3.0, seed=1))  # never finished: no card
+    return planted(SuiteResult, suite=planted(SuiteInfo, variants={"baseline": {}, "a": {},
+                                                                   "b": {}}),
+                   tasks=tuple(tasks), cards=tuple(cards))
 
 
 def test_variant_effects_are_paired_by_seed_and_share_the_gap():
@@ -145,17 +155,18 @@ def test_runs_that_never_switched_are_said_so():
     from zgdyn.present.report_sections import section_variants, table3_cells
 
     result = _planted_variants()
-    for c in result["cards"]:
-        c["switch_epoch"] = 1000
-    result["tasks"].append({"path": "c-s1.5-1.h5", "table": "two_phase", "variant": "c",
-                            "s": 1.5, "seed": 1})
-    result["cards"].append({"path": "c-s1.5-1.h5", "status": "complete",
-                            "phase2_mean_test": None, "switch_epoch": None})
-    result["suite"]["variants"]["c"] = {}
+    cards = [replace(c, switch_epoch=1000) for c in result.cards]
+    tasks = [*result.tasks, planted(TaskEntry, path="c-s1.5-1.h5", table="two_phase",
+                                    variant="c", s=1.5, seed=1)]
+    cards.append(planted(Scorecard, path="c-s1.5-1.h5", status="complete",
+                         phase2_mean_test=None, switch_epoch=None))
+    suite = replace(result.suite, variants={**result.suite.variants, "c": {}})
     empty = {"mean": None, "std": None, "n": 0, "never": 1}
     from zgdyn.batch.scorecard import NUMERIC
-    result["tables"] = [{"table": "two_phase", "variant": "c", "s": 1.5, "n_runs": 1,
-                         **{k: empty for k in NUMERIC}}]
+    tables = ({"table": "two_phase", "variant": "c", "s": 1.5, "n_runs": 1,
+               **{k: empty for k in NUMERIC}},)
+    result = replace(result, suite=suite, tasks=tuple(tasks), cards=tuple(cards),
+                     tables=tables)
     rows = table3_cells(result)
     assert any(r[0] == "c s = 0 → 1.5" and r[3] == "did not switch" for r in rows)
     _, text = section_variants(result)

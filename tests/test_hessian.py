@@ -393,5 +393,5 @@ def test_hessian_and_saddle_repeat_bitwise_in_one_process(tmp_path):
         keep.append(np.empty(17 * i + 3))  # move the heap between the calls
         h = hessian_at(str(path), zipf_s=1.5, k=3, which="both", store=i == 0)
         s = saddle_table(str(path), exponents=(1.5,), store=i == 0)
-        runs.append((h["n_hvp"], h["eigenvalues"], h["residuals"], s["rows"]))
+        runs.append((h.n_hvp, h.eigenvalues, h.residuals, s.rows))
     assert runs[1] == runs[0] and runs[2] == runs[0]

@@ -248,14 +248,14 @@ def test_a_mechanism_suite_reports_its_table_and_verdicts(tmp_path):
         "single": {"zipf_s": [1.5], "epochs": 5200},
         "mechanism": {"baseline": "baseline", "onset_sharpness": False}})
     result = reproduce(suite, tmp_path, analyze=True, threads=1)
-    mech = result["mechanism"]
-    assert [r["collapses"] for r in mech["records"]] == [3, 3]
-    assert [r["intervals"] for r in mech["records"]] == [[2300.0, 2300.0]] * 2
-    saddle = next(v for v in mech["verdicts"] if v["mechanism"] == "saddle")
-    law = saddle["predictions"][0]
-    assert law["held"] is False and law["median_error"] == pytest.approx(1.0)
-    assert all(o["lambda_max"] is None for r in mech["records"] for o in r["onsets"])
-    text = Path(result["report"]).read_text()
+    mech = result.mechanism
+    assert [r.collapses for r in mech.records] == [3, 3]
+    assert [r.intervals for r in mech.records] == [[2300.0, 2300.0]] * 2
+    saddle = next(v for v in mech.verdicts if v.mechanism == "saddle")
+    law = saddle.predictions[0]
+    assert law.held is False and law.median_error == pytest.approx(1.0)
+    assert all(o.lambda_max is None for r in mech.records for o in r.onsets)
+    text = Path(result.report).read_text()
     assert "## Why the Fourier solution falls: the mechanism table" in text
     assert "| wd-2 | 1 | 3 | 2,300 |" in text
     assert "median error 100.0% over 1 runs; beyond 15.0%: wd-2" in text

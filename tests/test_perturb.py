@@ -55,22 +55,22 @@ def test_curves_equal_an_independent_recomputation(grokked):
         base.step.step()
         pert.step.step()
         dist.append(float((pert.step.theta - base.step.theta).norm()))
-    i = next(k for k, row in enumerate(r["rows"]) if row["direction"] == "random"
-             and row["eps"] == 1e-3)
-    assert r["curves"][i] == dist  # bitwise
-    for row in r["rows"]:
-        assert row["start"] == pytest.approx(row["eps"] * float(theta.norm()), rel=1e-12)
-    pred = r["predictions"][0]
+    i = next(k for k, row in enumerate(r.rows) if row.direction == "random"
+             and row.eps == 1e-3)
+    assert list(r.curves[i]) == dist  # bitwise
+    for row in r.rows:
+        assert row.start == pytest.approx(row.eps * float(theta.norm()), rel=1e-12)
+    pred = r.predictions[0]
     lr, wd = cfg.optim.lr, cfg.optim.weight_decay
-    assert pred["hessian_rate"] == pytest.approx(-lr * pred["mu_min"] - lr * wd, rel=1e-12)
-    assert pred["law_rate"] == pytest.approx(pred["gamma_inst"] - lr * wd, rel=1e-12)
+    assert pred.hessian_rate == pytest.approx(-lr * pred.mu_min - lr * wd, rel=1e-12)
+    assert pred.law_rate == pytest.approx(pred.gamma_inst - lr * wd, rel=1e-12)
 
 
 def test_theta_m_direction_lies_in_the_memorization_subspace(grokked):
     r = perturb_run(str(grokked), zipf_s=(1.0,), eps=(1e-4,), epochs=5, early=2,
                     directions=("theta_m",), store=True)
     stored = stored_perturb(grokked, 2500)
-    assert stored["rows"] == r["rows"] and stored["curves"] == r["curves"]
+    assert stored.rows == r.rows and stored.curves == r.curves
     with open_run(grokked) as run:
         key = run.analysis("trajectory")
     # the perturbed start minus the point is eps |theta| v with v = theta_M / |theta_M|
@@ -83,13 +83,13 @@ def test_theta_m_direction_lies_in_the_memorization_subspace(grokked):
     twice = project(pm)
     for name in params:
         torch.testing.assert_close(twice[name], pm[name], rtol=1e-12, atol=1e-12)
-    assert r["predictions"][0]["m_w"] == pytest.approx(
+    assert r.predictions[0].m_w == pytest.approx(
         float(torch.cat([t.flatten() for t in pm.values()]).norm()), rel=1e-9)
     # the direction itself: a unit vector entirely inside the memorization subspace
-    assert r["rows"][0]["overlap_theta_m"] == pytest.approx(1.0, rel=1e-9)
+    assert r.rows[0].overlap_theta_m == pytest.approx(1.0, rel=1e-9)
     other = perturb_run(str(grokked), zipf_s=(1.0,), eps=(1e-4,), epochs=4, early=1,
                         directions=("random",), store=False)
-    assert other["rows"][0]["overlap_theta_m"] < 0.9  # a random one is not
+    assert other.rows[0].overlap_theta_m < 0.9  # a random one is not
 
 
 def test_perturb_cli(grokked, tmp_path, capsys):

@@ -31,16 +31,16 @@ def test_hessian_at_matches_dense_and_is_stored(grokked, method):
     h = _dense(point, 1.5)
     evals = torch.linalg.eigvalsh(h)
     r = hessian_at(str(grokked), zipf_s=1.5, k=3, which="both", method=method)
-    assert r["method"] == method and "1e-06" in r["tolerance"]
-    np.testing.assert_allclose(r["eigenvalues"][:3], evals.flip(0)[:3].numpy(), rtol=1e-6,
+    assert r.method == method and "1e-06" in r.tolerance
+    np.testing.assert_allclose(r.eigenvalues[:3], evals.flip(0)[:3].numpy(), rtol=1e-6,
                                atol=1e-9)
-    np.testing.assert_allclose(r["eigenvalues"][3:], evals.flip(0)[-3:].numpy(), rtol=1e-6,
+    np.testing.assert_allclose(r.eigenvalues[3:], evals.flip(0)[-3:].numpy(), rtol=1e-6,
                                atol=1e-9)
-    assert r["converged"] and max(r["residuals"]) < 1e-6
-    assert all(0 <= o <= 1 for o in r["overlap_theta_m"])
+    assert r.converged and max(r.residuals) < 1e-6
+    assert all(0 <= o <= 1 for o in r.overlap_theta_m)
     with open_run(grokked) as run:
         stored = run.analysis("hessian/epoch400_s1.5_both_k3_float64")
-        np.testing.assert_allclose(stored["eigenvalues"], r["eigenvalues"])
+        np.testing.assert_allclose(stored["eigenvalues"], r.eigenvalues)
         assert stored["eigenvectors"].shape == (point.theta.numel(), 6)
 
 
@@ -54,11 +54,11 @@ def test_preconditioned_matches_dense(grokked, method):
     evals = torch.linalg.eigvalsh(m)
     r = hessian_at(str(grokked), zipf_s=2.0, k=2, which="both", preconditioned=True,
                    store=False, method=method)
-    np.testing.assert_allclose([r["eigenvalues"][0], r["eigenvalues"][-1]],
+    np.testing.assert_allclose([r.eigenvalues[0], r.eigenvalues[-1]],
                                [float(evals[-1]), float(evals[0])], rtol=1e-5)
-    expected = -o.lr * np.array(r["eigenvalues"]) - o.lr * o.weight_decay
-    np.testing.assert_allclose(r["growth_rates"], expected)
-    assert r["adam_threshold"] == pytest.approx(38 / o.lr)
+    expected = -o.lr * np.array(r.eigenvalues) - o.lr * o.weight_decay
+    np.testing.assert_allclose(r.growth_rates, expected)
+    assert r.adam_threshold == pytest.approx(38 / o.lr)
 
 
 @pytest.mark.parametrize("method", ["block", "arpack"])
@@ -66,19 +66,19 @@ def test_coupled_view_shifts_by_wd(grokked, method):
     a = hessian_at(str(grokked), zipf_s=1.0, k=1, which="top", store=False, method=method)
     b = hessian_at(str(grokked), zipf_s=1.0, k=1, which="top", coupled_wd=0.5, store=False,
                    method=method)
-    assert b["eigenvalues"][0] == pytest.approx(a["eigenvalues"][0] + 0.5, rel=1e-6)
+    assert b.eigenvalues[0] == pytest.approx(a.eigenvalues[0] + 0.5, rel=1e-6)
 
 
 def test_saddle_table_rows_agree_with_dense(grokked, capsys):
     r = saddle_table(str(grokked), exponents=(0.0, 2.0), tol=1e-8)
     point = load_point(str(grokked))
-    for row in r["rows"]:
-        evals = torch.linalg.eigvalsh(_dense(point, row["zipf_s"]))
-        assert row["lambda_min"] == pytest.approx(float(evals[0]), rel=1e-5, abs=1e-9)
-        assert row["lambda_max"] == pytest.approx(float(evals[-1]), rel=1e-5)
-        g = torch.func.grad(point.loss(row["zipf_s"]))(point.theta)
-        assert row["grad_norm"] == pytest.approx(float(g.norm()), rel=1e-9)
-        assert row["growth_rate"] == pytest.approx(-1e-3 * row["pre_lambda_min"] - 1e-3)
+    for row in r.rows:
+        evals = torch.linalg.eigvalsh(_dense(point, row.zipf_s))
+        assert row.lambda_min == pytest.approx(float(evals[0]), rel=1e-5, abs=1e-9)
+        assert row.lambda_max == pytest.approx(float(evals[-1]), rel=1e-5)
+        g = torch.func.grad(point.loss(row.zipf_s))(point.theta)
+        assert row.grad_norm == pytest.approx(float(g.norm()), rel=1e-9)
+        assert row.growth_rate == pytest.approx(-1e-3 * row.pre_lambda_min - 1e-3)
     assert main(["saddle", str(grokked), "--zipf-s", "0", "1", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [row["zipf_s"] for row in out["rows"]] == [0.0, 1.0]
@@ -118,7 +118,7 @@ def test_a_stablemax_run_gets_stablemax_curvature(tmp_path):
     assert abs(top - float(torch.linalg.eigvalsh(soft)[-1])) > 1e-3 * abs(top)
     for method in ("block", "arpack"):
         r = hessian_at(str(path), zipf_s=1.5, k=1, which="top", method=method, store=False)
-        assert r["eigenvalues"][0] == pytest.approx(top, rel=1e-6)
+        assert r.eigenvalues[0] == pytest.approx(top, rel=1e-6)
     sgd = tmp_path / "sgd.h5"
     train_run(small_config(epochs=100).replace(p=7, hidden=(6,), train_frac=0.6,
                                                optimizer="sgd", lr=0.1), sgd)
@@ -151,9 +151,9 @@ def test_progress_counts_every_hvp(grokked, monkeypatch):
     for method in ("block", "arpack"):
         r = hessian_at(str(grokked), zipf_s=1.5, k=2, method=method, store=False,
                        progress=True)
-        assert bars[-1].closed and bars[-1].n >= r["n_hvp"] - 2 * 2 > 0
+        assert bars[-1].closed and bars[-1].n >= r.n_hvp - 2 * 2 > 0
     t = saddle_table(str(grokked), exponents=(0.0, 1.5), steps=40, store=False, progress=True)
-    assert bars[-1].closed and bars[-1].n == sum(row["n_hvp"] for row in t["rows"])
+    assert bars[-1].closed and bars[-1].n == sum(row.n_hvp for row in t.rows)
     assert bars[-1].n <= bars[-1].total
     hessian_at(str(grokked), zipf_s=1.5, k=2, store=False)
     assert len(bars) == 3  # no bar without progress

@@ -43,8 +43,8 @@ def tiny(tmp_path_factory):
 
 def test_two_phase_split_as_in_the_essay(tiny):
     _, _, result = tiny
-    assert not result["errors"]
-    rows = {(r["table"], r["s"]): r for r in result["tables"]}
+    assert not result.errors
+    rows = {(r["table"], r["s"]): r for r in result.tables}
     assert rows[("two_phase", 1.0)]["n_runs"] == 2
     # the essay: 94.8% at s = 1 and 0.3% at s = 3
     assert rows[("two_phase", 1.0)]["phase2_mean_test"]["mean"] > 0.85
@@ -75,13 +75,31 @@ def test_scorecard_against_the_in_memory_run(tiny):
 def test_scorecards_round_trip_through_their_json_form(tiny):
     _, out, result = tiny
     paths = sorted(Path(out).rglob("*.h5"))
-    assert len(paths) == len(result["cards"]) >= 2
+    assert len(paths) == len(result.cards) >= 2
     for path in paths:
         card = scorecard(path)
         d = json.loads(json.dumps(card.to_dict()))
         assert Scorecard.from_dict(d) == card
         assert ("phase2_epochs" in d) == (card.switch_epoch is not None)
         assert list(d)[:3] == ["path", "status", "seed"]
+
+
+def test_suite_result_round_trips_through_its_json_form(tiny):
+    """The suite's typed result, its saddle table and perturbations included, read back
+    from its JSON form equals itself; the JSON keeps the keys `--json` always printed."""
+    from zgdyn.batch.results import SuiteResult
+
+    _, _, result = tiny
+    d = json.loads(json.dumps(result.to_dict()))
+    back = SuiteResult.from_dict(d)
+    assert back == result
+    assert back.saddle.rows[0] == result.saddle.rows[0] and back.cards == result.cards
+    assert list(d) == ["suite", "out", "tasks", "results", "errors", "cards", "tables",
+                       "anchor", "anchor_epoch", "saddle", "perturb", "anchor_weight_decay",
+                       "stats", "seconds", "jobs", "threads", "mechanism"]
+    assert "lambda" in d["perturb"] and "stored" not in d["saddle"]
+    with pytest.raises(KeyError, match="unknown fields"):
+        SuiteResult.from_dict({**d, "tabels": []})
 
 
 def test_aggregate_planted():
@@ -101,13 +119,13 @@ def test_aggregate_planted():
 
 def test_saddle_and_perturbation_ran_at_the_grokked_point(tiny):
     _, _, result = tiny
-    sd, pt = result["saddle"], result["perturb"]
-    assert [r["zipf_s"] for r in sd["rows"]] == [0.0, 3.0]
-    assert sd["rows"][1]["growth_rate"] > sd["rows"][0]["growth_rate"]
-    assert {r["direction"] for r in pt["rows"]} == {"theta_m", "hessian", "random"}
-    theta = pt["predictions"][0]["theta_norm"]
-    for r in pt["rows"]:  # every direction starts at the same distance, eps * |theta|
-        assert r["start"] == pytest.approx(1e-6 * theta, rel=1e-9)
+    sd, pt = result.saddle, result.perturb
+    assert [r.zipf_s for r in sd.rows] == [0.0, 3.0]
+    assert sd.rows[1].growth_rate > sd.rows[0].growth_rate
+    assert {r.direction for r in pt.rows} == {"theta_m", "hessian", "random"}
+    theta = pt.predictions[0].theta_norm
+    for r in pt.rows:  # every direction starts at the same distance, eps * |theta|
+        assert r.start == pytest.approx(1e-6 * theta, rel=1e-9)
 
 
 def test_report_lists_the_essays_numbers_beside_ours(tiny):
@@ -121,7 +139,7 @@ def test_report_lists_the_essays_numbers_beside_ours(tiny):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 10_000
         assert f"figures/{fig}.png" in text
     from zgdyn.present.report_sections import _ms
-    row = next(r for r in result["tables"] if r["table"] == "two_phase" and r["s"] == 3.0)
+    row = next(r for r in result.tables if r["table"] == "two_phase" and r["s"] == 3.0)
     assert f"| {_ms(row['phase2_frac_below_50'], pct=True)} |" in text  # over both seeds
 
 
@@ -130,16 +148,16 @@ def test_a_finished_suite_is_skipped_and_reports_again(tiny):
     tasks = plan(suite.runs(out))
     assert {t.action for t in tasks} == {"done"}
     again = run_suite(suite, out, jobs=1, threads=1)
-    assert {(r["action"], r["seconds"]) for r in again["results"]} == {("done", 0.0)}
-    assert again["tables"] == result["tables"]
-    assert again["saddle"]["stored"]  # read back, not recomputed
-    assert [r["converged"] for r in again["saddle"]["rows"]] == \
-        [r["converged"] for r in result["saddle"]["rows"]]
+    assert {(r["action"], r["seconds"]) for r in again.results} == {("done", 0.0)}
+    assert again.tables == result.tables
+    assert again.saddle.stored  # read back, not recomputed
+    assert [r.converged for r in again.saddle.rows] == \
+        [r.converged for r in result.saddle.rows]
     from zgdyn.cli.text import format_saddle
-    assert format_saddle(again["saddle"]) == format_saddle(result["saddle"])
-    assert [r["growth_rate"] for r in again["saddle"]["rows"]] == \
-        [r["growth_rate"] for r in result["saddle"]["rows"]]
-    assert again["perturb"]["rows"] == result["perturb"]["rows"]
+    assert format_saddle(again.saddle) == format_saddle(result.saddle)
+    assert [r.growth_rate for r in again.saddle.rows] == \
+        [r.growth_rate for r in result.saddle.rows]
+    assert again.perturb.rows == result.perturb.rows
 
 
 def test_an_interrupted_run_is_resumed_bitwise(tmp_path, tiny):
@@ -191,11 +209,11 @@ def test_a_failing_run_is_reported_and_the_others_finish(tmp_path):
          "variants": {"ok": {}, "bad": {"hook": "not_registered"}},
          "single": {"zipf_s": [0, 1]}}
     result = run_suite(suite_from_dict(d), tmp_path, analyze=False, threads=1)
-    failed = {os.path.basename(p) for p in result["errors"]}
+    failed = {os.path.basename(p) for p in result.errors}
     assert failed == {"bad-single-s0-seed1.h5", "bad-single-s1-seed1.h5"}
-    assert all("not registered" in e for e in result["errors"].values())
-    assert len(result["cards"]) == 2 and all(c["status"] == "complete"
-                                             for c in result["cards"])
+    assert all("not registered" in e for e in result.errors.values())
+    assert len(result.cards) == 2 and all(c.status == "complete"
+                                             for c in result.cards)
 
 
 def test_process_pool_equals_in_process(tmp_path):
@@ -204,9 +222,9 @@ def test_process_pool_equals_in_process(tmp_path):
          "single": {"zipf_s": [0, 2]}}
     a = run_suite(suite_from_dict(d), tmp_path / "a", jobs=1, threads=1, analyze=False)
     b = run_suite(suite_from_dict(d), tmp_path / "b", jobs=2, threads=1, analyze=False)
-    assert not a["errors"] and not b["errors"]
-    for ca, cb in zip(a["cards"], b["cards"]):
-        with open_run(ca["path"]) as ra, open_run(cb["path"]) as rb:
+    assert not a.errors and not b.errors
+    for ca, cb in zip(a.cards, b.cards):
+        with open_run(ca.path) as ra, open_run(cb.path) as rb:
             for k, v in ra.params_at(300).items():
                 assert torch.equal(rb.params_at(300)[k], v)
 
@@ -278,14 +296,14 @@ def test_only_one_table_runs_and_the_report_says_what_is_missing(tmp_path):
          "two_phase": {"switch_s": [3], "switch_at_epoch": 100, "phase2_epochs": 100}}
     suite = suite_from_dict(d)
     result = run_suite(suite, tmp_path, only=("two_phase",), analyze=False, threads=1)
-    actions = {os.path.basename(r["path"]): r["action"] for r in result["results"]}
+    actions = {os.path.basename(r["path"]): r["action"] for r in result.results}
     assert actions == {"single-s0-seed1.h5": "skipped", "two-phase-s3-seed1.h5": "train"}
-    assert not result["errors"] and len(result["cards"]) == 1
+    assert not result.errors and len(result.cards) == 1
     assert not (tmp_path / "runs" / "part" / "single-s0-seed1.h5").exists()
     text = write_report(result, tmp_path).read_text()
     assert "not run this time (1)" in text and "`single-s0-seed1.h5`" in text
     later = run_suite(suite, tmp_path, report_only=True, analyze=False)
-    assert {r["action"] for r in later["results"]} == {"skipped", "done"}
+    assert {r["action"] for r in later.results} == {"skipped", "done"}
 
 
 @pytest.mark.slow
@@ -354,17 +372,17 @@ def test_a_suite_trained_as_one_ensemble_shows_the_same_split(tiny, tmp_path):
     as the process pool's runs, the same first grokking epochs within one evaluation."""
     suite, _, pooled = tiny
     result = run_suite(suite, tmp_path, analyze=False, ensemble=0)
-    assert not result["errors"]
-    assert {c["status"] for c in result["cards"]} == {"complete"}
-    rows = {(r["table"], r["s"]): r for r in result["tables"]}
+    assert not result.errors
+    assert {c.status for c in result.cards} == {"complete"}
+    rows = {(r["table"], r["s"]): r for r in result.tables}
     assert rows[("two_phase", 1.0)]["phase2_mean_test"]["mean"] > 0.85
     assert rows[("two_phase", 3.0)]["phase2_mean_test"]["mean"] < 0.10
-    first = {c["path"].split("/")[-1]: c["first_95"] for c in result["cards"]}
-    for card in pooled["cards"]:
-        name = card["path"].split("/")[-1]
-        assert abs(first[name] - card["first_95"]) <= 50, name
+    first = {c.path.split("/")[-1]: c.first_95 for c in result.cards}
+    for card in pooled.cards:
+        name = card.path.split("/")[-1]
+        assert abs(first[name] - card.first_95) <= 50, name
     again = run_suite(suite, tmp_path, analyze=False, ensemble=2)
-    assert {r["action"] for r in again["results"]} == {"done"}
+    assert {r["action"] for r in again.results} == {"done"}
 
 
 def test_suite_ensemble_flag_bad_values_are_one_line(tmp_path, capsys):

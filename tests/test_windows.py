@@ -223,7 +223,7 @@ def test_analysis_fit_and_figures_see_the_window(reference, tmp_path, capsys):
     summary = analyze_run(str(path))
     with open_run(path) as run:  # the window's last epoch is also a keyframe's checkpoint
         only = np.setdiff1d(run.window_epochs, run.checkpoint_epochs)
-    assert summary["n_window_records"] == len(only) == 40
+    assert summary.n_window_records == len(only) == 40
     capsys.readouterr()
     assert main(["events", str(path), "--json"]) == 0
     events = json.loads(capsys.readouterr().out)["events"]

@@ -13,12 +13,14 @@ records already analyzed with the same settings are skipped.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..core.config import LOOKBACK, REFRACTORY, ZgdynError
+from ..core.results import Result
 from ..core.runtime import progress_bar
 from ..core.step import FusedStep
 from ..store.reader import Run
@@ -106,10 +108,81 @@ def record_each(writer: AnalysisWriter, epochs: list[int],
             bar.close()
 
 
+@dataclass(frozen=True)
+class FourierEnergyPath(Result):
+    """The Fourier energy at the first checkpoint, its peak (and where), and at the last."""
+
+    start: float
+    peak: float
+    peak_epoch: int
+    end: float
+
+
+@dataclass(frozen=True)
+class Extent(Result):
+    """A quantity's smallest and largest value over the checkpoints, and its last."""
+
+    min: float
+    max: float
+    end: float
+
+
+@dataclass(frozen=True)
+class GammaCurveSummary(Result):
+    """The binned γ(m) curve: m*, where γ crosses λ (None if it does not), and its bins."""
+
+    m_star: float | None
+    bins: int
+
+
+@dataclass(frozen=True)
+class GammaNearSolution(Result):
+    """The finite-difference γ averaged over the checkpoints near the best Fourier
+    solution, how many, and whether it exceeds λ there."""
+
+    gamma_fd_mean: float | None
+    n: int
+    above_lambda: bool | None
+
+
+@dataclass(frozen=True)
+class GammaInstSummary(Result):
+    """γ_inst at the keyframes: how many, the median, and the fraction above λ."""
+
+    n: int
+    median: float | None
+    frac_above_lambda: float | None
+
+
+@dataclass(frozen=True)
+class AnalysisSummary(Result):
+    """What `analyze_run` returns (`zgdyn analyze --json`), also stored with the analysis:
+    the key frequencies used, how many checkpoints, and the trajectory in brief."""
+
+    path: str
+    key_freqs: str
+    ref_epoch: int | None
+    top_k: int | None
+    key: tuple[int, ...] | None
+    n_key: int | None
+    n_key_auto_final: int
+    n_checkpoints: int
+    newly_analyzed: int
+    n_window_records: int
+    fourier_energy: FourierEnergyPath
+    diagonal_fraction_end: float
+    m_w: Extent
+    m_f: Extent
+    lambda_eff: float
+    gamma_curve: GammaCurveSummary
+    gamma_near_solution: GammaNearSolution
+    gamma_inst: GammaInstSummary
+
+
 def analyze_run(path: str, *, key_freqs: str = "fixed", ref_epoch: int | None = None,
                 top_k: int | None = None, force: bool = False, progress: bool = False,
-                commit_every: int = 50, desc: str = "analyze") -> dict[str, Any]:
-    """Analyze every checkpoint of a run (resumably) and return the summary.
+                commit_every: int = 50, desc: str = "analyze") -> AnalysisSummary:
+    """Analyze every checkpoint of a run (resumably) and return its summary.
 
     key_freqs: "fixed" (from `ref_epoch`, default the best-test checkpoint) or "auto"
     (afresh at each checkpoint). top_k: take the top_k diagonal frequencies instead of
@@ -126,7 +199,7 @@ def analyze_run(path: str, *, key_freqs: str = "fixed", ref_epoch: int | None = 
 
 def _analyze(writer: AnalysisWriter, run: Run, key_freqs: str, ref_epoch: int | None,
              top_k: int | None, force: bool, progress: bool, commit_every: int,
-             desc: str = "analyze") -> dict[str, Any]:
+             desc: str = "analyze") -> AnalysisSummary:
     cfg = run.config
     p = cfg.data.p
     if not len(run.checkpoint_epochs):
@@ -174,7 +247,7 @@ def _analyze(writer: AnalysisWriter, run: Run, key_freqs: str, ref_epoch: int | 
     fe = res["fourier_energy"][order]
     near = fe >= NEAR_SOLUTION * fe.max()  # checkpoints near the best Fourier solution
     g_near = float(np.nanmean(g_w[near])) if near.any() else None
-    summary = {
+    summary = AnalysisSummary.from_dict({
         "path": str(run.path),
         "key_freqs": key_freqs, "ref_epoch": ref_epoch, "top_k": top_k,
         "key": key, "n_key": len(key) if key is not None else None,
@@ -195,8 +268,8 @@ def _analyze(writer: AnalysisWriter, run: Run, key_freqs: str, ref_epoch: int | 
         "gamma_inst": {"n": len(kf_g), "median": float(np.median(kf_g)) if kf_g else None,
                        "frac_above_lambda": float(np.mean(np.array(kf_g) > lam)) if kf_g
                        else None},
-    }
-    writer.put_attrs({"summary": summary})
+    })
+    writer.put_attrs({"summary": summary.to_dict()})
     return summary
 
 
@@ -420,6 +493,8 @@ def _fit_slow_fast(path: str, tr: dict[str, Any], lm: np.ndarray, names: list[st
     return {"chosen": best.slow, "fits": {k: f.to_dict() for k, f in fits.items()}}
 
 
-__all__ = ["GROUP", "KEY_MODES", "NEAR_SOLUTION", "reference_epoch", "start_group",
-           "record_each", "analyze_run", "run_events", "FIT_GROUP", "SLOW_VARIABLES",
-           "sorted_trajectory", "MIN_EVENTS_2D", "fit_warnings", "fit_run"]
+__all__ = ["AnalysisSummary", "FourierEnergyPath", "Extent", "GammaCurveSummary",
+           "GammaNearSolution", "GammaInstSummary", "GROUP", "KEY_MODES", "NEAR_SOLUTION",
+           "reference_epoch", "start_group", "record_each", "analyze_run", "run_events",
+           "FIT_GROUP", "SLOW_VARIABLES", "sorted_trajectory", "MIN_EVENTS_2D", "fit_warnings",
+           "fit_run"]

@@ -301,6 +301,12 @@ class Verdict:
         return {"mechanism": self.mechanism, "summary": self.summary,
                 "predictions": [p.to_dict() for p in self.predictions]}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Verdict:
+        """The inverse of `to_dict` (its summary is recomputed, not read)."""
+        return cls(mechanism=d["mechanism"],
+                   predictions=[Prediction(**p) for p in d["predictions"]])
+
 
 def _median_rel(pairs: list[tuple[float, float, str]]) -> tuple[float | None, list[str]]:
     """Median |measured − predicted| / predicted over (measured, predicted, label), and

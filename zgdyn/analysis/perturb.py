@@ -18,19 +18,21 @@ norm, so the three start at the same distance. Both copies run in float64 by def
 rounding does not drown the smallest ε.
 
     >>> r = perturb_run("data/runs/grok-s0.h5", zipf_s=(1.5,), eps=(1e-4, 1e-3), epochs=300)
-    >>> r["rows"][0]["rate_early"], r["predictions"][0]["hessian_rate"]
+    >>> r.rows[0].rate_early, r.predictions[0].hessian_rate
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from ..core.config import DETECTOR_OFF, ZgdynError
+from ..core.results import Result
 from ..core.runtime import progress_bar
 from ..core.train import Trainer
 from ..store.reader import open_run
@@ -39,6 +41,63 @@ from .growth import adamw_direction, gamma_inst
 from .hessian import flatten_params, linearized_growth_rates, unflatten
 
 DIRECTIONS = ("theta_m", "hessian", "random")
+
+
+@dataclass(frozen=True)
+class PerturbPrediction(Result):
+    """The two predicted rates under L_s at the point: the 1-D law's γ_inst − λ, and (with
+    the hessian direction) −lr·μ_min − lr·wd along the most negative preconditioned
+    eigenvector; with |θ| and m_w = |θ_M| there."""
+
+    zipf_s: float
+    gamma_inst: float
+    law_rate: float
+    hessian_rate: float | None
+    mu_min: float | None
+    theta_norm: float
+    m_w: float
+
+
+@dataclass(frozen=True)
+class PerturbRow(Result):
+    """One (s, direction, ε): the distance curve's two rates (see `rates`), its ends and
+    growth factor, and the test accuracy of the perturbed and unperturbed copies at the end."""
+
+    zipf_s: float
+    direction: str
+    eps: float
+    overlap_theta_m: float
+    rate_early: float | None
+    rate_late: float | None
+    start: float
+    end: float
+    growth_factor: float
+    test_acc_end: float
+    base_test_acc_end: float
+
+
+@dataclass(frozen=True)
+class PerturbResult(Result):
+    """What `perturb_run` returns (`zgdyn perturb --json`): its settings, one prediction per
+    s, one row per (s, direction, ε) and each row's distance curve δ(t), t = 0..epochs."""
+
+    KEYS: ClassVar[dict[str, str]] = {"lam": "lambda"}
+    OMIT_NONE: ClassVar[tuple[str, ...]] = ("curves",)
+
+    path: str
+    epoch: int
+    epochs: int
+    dtype: str
+    zipf_s: tuple[float, ...]
+    lam: float
+    early: int
+    seed: int
+    n_key: int
+    directions: tuple[str, ...]
+    eps: tuple[float, ...]
+    predictions: tuple[PerturbPrediction, ...]
+    rows: tuple[PerturbRow, ...]
+    curves: tuple[tuple[float, ...], ...] | None = None
 
 
 def rates(dist: np.ndarray, early: int) -> dict[str, float | None]:
@@ -83,11 +142,11 @@ def perturb_run(path: str | Path, *, epoch: int | None = None,
                 eps: tuple[float, ...] = (1e-4, 1e-3, 1e-2), epochs: int = 300,
                 directions: tuple[str, ...] = DIRECTIONS, seed: int = 0,
                 dtype: str = "float64", early: int = 5, lanczos_steps: int = 150,
-                store: bool = True, progress: bool = False) -> dict[str, Any]:
+                store: bool = True, progress: bool = False) -> PerturbResult:
     """Run the perturbation experiment at a keyframe (default: the last) of `path`.
 
-    Returns {"rows": one per (s, direction, ε) with rate_early and rate_late,
-    "curves": δ(t) per row (len epochs + 1), "predictions": per s, ...}; with `store`, the
+    Returns a `PerturbResult`: one row per (s, direction, ε) with rate_early and
+    rate_late, δ(t) per row (len epochs + 1), one prediction per s; with `store`, the
     summary and curves also go to the run's ``analysis/perturb/epoch<E>`` group.
     progress: a tqdm bar on stderr, over the exponents' epochs.
     """
@@ -154,19 +213,17 @@ def perturb_run(path: str | Path, *, epoch: int | None = None,
         from .stability import write_result
         write_result(str(path), f"perturb/epoch{epoch}", {"summary": result},
                {"curves": np.stack(curves)})
-    result["curves"] = [c.tolist() for c in curves]
-    return result
+    return PerturbResult.from_dict({**result, "curves": [c.tolist() for c in curves]})
 
 
-def stored_perturb(path: str | Path, epoch: int) -> dict[str, Any] | None:
+def stored_perturb(path: str | Path, epoch: int) -> PerturbResult | None:
     """The result `perturb_run` stored for keyframe `epoch`, or None."""
     with open_run(path) as run:
         a = run.analysis(f"perturb/epoch{epoch}")
     if a is None:
         return None
-    result = dict(a["attrs"]["settings"]["summary"])
-    result["curves"] = a["curves"].tolist()
-    return result
+    return PerturbResult.from_dict({**a["attrs"]["settings"]["summary"],
+                                    "curves": a["curves"].tolist()})
 
 
 def _law_prediction(base: Trainer, project: Any, s: float,
@@ -233,4 +290,5 @@ def _distances(base: Trainer, trainers: list[tuple[str, float, Trainer]],
     return dist
 
 
-__all__ = ["perturb_run", "stored_perturb", "DIRECTIONS", "check_settings"]
+__all__ = ["PerturbPrediction", "PerturbRow", "PerturbResult", "perturb_run", "stored_perturb",
+           "DIRECTIONS", "check_settings"]

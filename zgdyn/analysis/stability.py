@@ -5,14 +5,15 @@ What `zgdyn hessian` and `zgdyn saddle` run, each one call. Results are also wri
 the run's ``analysis/hessian/...`` and ``analysis/saddle/...`` groups.
 
     >>> res = hessian_at("run.h5", zipf_s=1.5, k=10, which="both", preconditioned=True)
-    >>> rows = saddle_table("run.h5", exponents=[0, 1, 1.5, 2, 3])
+    >>> table = saddle_table("run.h5", exponents=[0, 1, 1.5, 2, 3])
+    >>> res.eigenvalues, table.rows[0].pre_lambda_min, res.to_dict()   # the --json form
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ import torch
 from ..core.config import ZgdynError
 from ..core.data import loss_weights
 from ..core.model import DTYPES
+from ..core.results import Result
 from ..core.runtime import progress_bar
 from ..store.reader import open_run
 from ..store.writer import AnalysisWriter
@@ -148,11 +150,80 @@ def spectrum_record(point: Point, s: float, k: int, which: str, preconditioned: 
             "converged": res.converged}
 
 
+@dataclass(frozen=True)
+class HessianResult(Result):
+    """What `hessian_at` returns (`zgdyn hessian --json`): the extreme eigenvalues (largest
+    first) with their residuals, each eigenvector's overlap with θ_M and its cosines with
+    the heaviest pairs' gradients; with `preconditioned`, Adam's stability threshold and
+    each eigenvalue's linearized growth rate."""
+
+    OMIT_NONE: ClassVar[tuple[str, ...]] = ("adam_threshold", "growth_rates")
+
+    path: str
+    epoch: int
+    zipf_s: float
+    dtype: str
+    which: str
+    k: int
+    preconditioned: bool
+    coupled_wd: float
+    method: str
+    tolerance: str
+    n_key: int
+    eigenvalues: tuple[float, ...]
+    residuals: tuple[float, ...]
+    n_hvp: int
+    converged: bool
+    overlap_theta_m: tuple[float, ...]
+    heavy_pairs: tuple[int, ...]
+    cos_heavy_pair_grads: tuple[tuple[float, ...], ...]
+    lr_wd: float
+    adam_threshold: float | None = None
+    growth_rates: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class SaddleRow(Result):
+    """One Zipf exponent of the saddle table (see `saddle_table`)."""
+
+    zipf_s: float
+    grad_norm: float
+    lambda_min: float
+    lambda_max: float
+    pre_lambda_min: float
+    pre_lambda_max: float
+    overlap_theta_m: float
+    growth_rate: float
+    curvature_rate: float
+    converged: bool
+    residual_pre_min: float
+    n_hvp: int
+
+
+@dataclass(frozen=True)
+class SaddleResult(Result):
+    """What `saddle_table` returns (`zgdyn saddle --json`): one row per exponent, and
+    whether the growth rate rises with s; `stored` where it was read back from the run
+    file instead of computed."""
+
+    OMIT_NONE: ClassVar[tuple[str, ...]] = ("stored",)
+
+    path: str
+    epoch: int
+    dtype: str
+    n_key: int
+    lr_wd: float
+    adam_threshold: float
+    rows: tuple[SaddleRow, ...]
+    monotone_growth: bool
+    stored: bool | None = None
+
+
 def hessian_at(path: str, *, epoch: int | None = None, zipf_s: float | None = None,
                k: int = 10, which: str = "both", preconditioned: bool = False,
                dtype: str = "float64", tol: float | None = None, coupled_wd: float = 0.0,
                n_pairs: int = 5, store: bool = True, device: str = "cpu",
-               method: str = "block", progress: bool = False) -> dict[str, Any]:
+               method: str = "block", progress: bool = False) -> HessianResult:
     """Extreme eigenpairs of the Hessian of L_s (or of D^{-1/2} H D^{-1/2}) at a checkpoint.
 
     zipf_s: the exponent of the loss (default: the run's, after any switch). method:
@@ -190,7 +261,7 @@ def hessian_at(path: str, *, epoch: int | None = None, zipf_s: float | None = No
     grads = per_pair_gradients(point.p, point.theta, point.like, a, b, y, heavy)
     cos = gradient_overlaps(vecs, grads).double().cpu().numpy()
     o = cfg.optim
-    result = {
+    result = HessianResult.from_dict({
         "path": str(path), "epoch": point.epoch, "zipf_s": float(zipf_s), "dtype": dtype,
         "which": which, "k": k, "preconditioned": preconditioned, "coupled_wd": coupled_wd,
         "method": method, "tolerance": METHODS[method].format(tol=tol),
@@ -199,15 +270,14 @@ def hessian_at(path: str, *, epoch: int | None = None, zipf_s: float | None = No
         "converged": rec["converged"], "overlap_theta_m": overlap_m.tolist(),
         "heavy_pairs": heavy.tolist(), "cos_heavy_pair_grads": cos.tolist(),
         "lr_wd": o.lr * o.weight_decay,
-    }
-    if preconditioned:
-        result["adam_threshold"] = adam_stability_threshold(o.lr, o.beta1)
-        result["growth_rates"] = linearized_growth_rates(rec["eigenvalues"], o.lr,
-                                                         o.weight_decay).tolist()
+        "adam_threshold": adam_stability_threshold(o.lr, o.beta1) if preconditioned else None,
+        "growth_rates": linearized_growth_rates(rec["eigenvalues"], o.lr,
+                                                o.weight_decay).tolist()
+        if preconditioned else None})
     if store:
         name = (f"hessian/epoch{point.epoch}_s{zipf_s:g}_{which}_k{k}"
                 f"{'_pre' if preconditioned else ''}_{dtype}")
-        write_result(path, name, result, {"eigenvectors": vecs.float().cpu().numpy(),
+        write_result(path, name, result.to_dict(), {"eigenvectors": vecs.float().cpu().numpy(),
                                     "eigenvalues": rec["eigenvalues"],
                                     "overlap_theta_m": overlap_m})
     return result
@@ -227,7 +297,7 @@ def saddle_table(path: str, *, epoch: int | None = None,
                  exponents: tuple[float, ...] = (0.0, 1.0, 1.5, 2.0, 3.0),
                  dtype: str = "float64", tol: float | None = None, steps: int = 150,
                  store: bool = True, device: str = "cpu",
-                 progress: bool = False) -> dict[str, Any]:
+                 progress: bool = False) -> SaddleResult:
     """One row per Zipf exponent at one checkpoint (default: the last keyframe).
 
     Columns: ‖∇L_s‖; λ_min, λ_max of H_s; λ_min, λ_max of D^{-1/2} H_s D^{-1/2}; the overlap
@@ -257,7 +327,7 @@ def saddle_table(path: str, *, epoch: int | None = None,
         pre = spectrum_record(point, s, 1, "both", True, tol, 0.0, steps=steps, bar=bar)
         v_min = pre["eigenvectors"][:, -1:].to(point.theta)
         mu_min = float(pre["eigenvalues"][-1])
-        rows.append({
+        rows.append(SaddleRow(**{
             "zipf_s": float(s),
             "grad_norm": float(gradient(point.loss(s), point.theta).norm()),
             "lambda_min": float(raw["eigenvalues"][-1]),
@@ -269,21 +339,24 @@ def saddle_table(path: str, *, epoch: int | None = None,
             "converged": bool(raw["converged"] and pre["converged"]),
             "residual_pre_min": float(pre["residuals"][-1]),
             "n_hvp": raw["n_hvp"] + pre["n_hvp"],
-        })
+        }))
         bottom_vecs.append(v_min[:, 0].float().cpu().numpy())
     if bar is not None:
         bar.close()
-    result = {"path": str(path), "epoch": epoch, "dtype": dtype, "n_key": len(point.key),
-              "lr_wd": o.lr * o.weight_decay,
-              "adam_threshold": adam_stability_threshold(o.lr, o.beta1), "rows": rows,
-              "monotone_growth": bool(np.all(np.diff([r["growth_rate"] for r in rows]) >= 0))}
+    result = SaddleResult(
+        path=str(path), epoch=epoch, dtype=dtype, n_key=len(point.key),
+        lr_wd=o.lr * o.weight_decay, adam_threshold=adam_stability_threshold(o.lr, o.beta1),
+        rows=tuple(rows),
+        monotone_growth=bool(np.all(np.diff([r.growth_rate for r in rows]) >= 0)))
     if store:
-        cols = {c: np.array([r[c] for r in rows], dtype=np.float64)
-                for c in rows[0]}  # converged as 1.0 / 0.0
-        write_result(path, f"saddle/epoch{epoch}_{dtype}", {k: v for k, v in result.items()
+        table = [r.to_dict() for r in rows]
+        cols = {c: np.array([r[c] for r in table], dtype=np.float64)
+                for c in table[0]}  # converged as 1.0 / 0.0
+        write_result(path, f"saddle/epoch{epoch}_{dtype}", {k: v for k, v in result.to_dict().items()
                                                       if k != "rows"},
                {**cols, "bottom_direction": np.stack(bottom_vecs)})
     return result
 
 
-__all__ = ["hessian_at", "saddle_table", "load_point", "Point", "write_result", "spectrum_record"]
+__all__ = ["HessianResult", "SaddleRow", "SaddleResult", "hessian_at", "saddle_table",
+           "load_point", "Point", "write_result", "spectrum_record"]

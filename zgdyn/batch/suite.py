@@ -46,6 +46,9 @@ from ..core.config import Config, ConfigError, ZgdynError, flatten, from_flat, r
 from .execute import Task, ensemble_backend, execute
 
 if TYPE_CHECKING:
+    from ..analysis.perturb import PerturbResult
+    from ..analysis.stability import SaddleResult
+    from .results import MechanismSummary, SuiteResult
     from .scorecard import Scorecard
 
 SECTIONS = {"single": "zipf_s", "two_phase": "switch_s"}
@@ -58,14 +61,12 @@ SUITES_DIR = Path("experiments")
 # a suite's, a variant's or a sweep's name: it names a folder or files, so no path in it
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
-
 def check_name(where: str, name: Any, names: str) -> str:
     """`name` if it is a NAME, else a ConfigError saying so (`names`: what it names)."""
     if not (isinstance(name, str) and NAME.fullmatch(name)):
         raise ConfigError(f"{where}: must be 1 to 64 letters, digits, '_', '-', '.', not "
                           f"starting with '_', '-' or '.' (it names {names}), got {name!r}")
     return name
-
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -81,7 +82,6 @@ class RunSpec:
     @property
     def label(self) -> str:
         return self.path.stem
-
 
 @dataclass
 class Suite:
@@ -128,7 +128,6 @@ class Suite:
         single-phase run at s = 0 (first variant, first seed)."""
         return next((r for r in specs if r.table == "single" and r.s == 0), None)
 
-
 def _list(name: str, value: Any, kind: type | tuple = (int, float)) -> list:
     if not isinstance(value, list):
         value = [value]
@@ -137,13 +136,11 @@ def _list(name: str, value: Any, kind: type | tuple = (int, float)) -> list:
         raise ConfigError(f"{name}: must be a non-empty list of {what}, got {value!r}")
     return value
 
-
 def _seeds(where: str, value: Any) -> list[int]:
     seeds = _list(where, value, int)
     if len(set(seeds)) != len(seeds) or any(not 0 <= s < 2**32 for s in seeds):
         raise ConfigError(f"{where}: must be distinct integers in [0, 2^32), got {seeds}")
     return seeds
-
 
 def with_seeds(d: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
     """A suite's TOML table restricted to `seeds`: they replace its seeds, and a table
@@ -167,13 +164,11 @@ def with_seeds(d: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
             del out[table]
     return out
 
-
 def _known(where: str, table: dict[str, Any], allowed: set[str]) -> None:
     bad = sorted(set(table) - allowed)
     if bad:
         raise ConfigError(f"{where}: unknown key {bad[0]!r}; allowed: "
                           f"{', '.join(sorted(allowed))}")
-
 
 def suite_from_dict(d: dict[str, Any], source: str = "") -> Suite:
     """Validate a suite's TOML table (see the module docstring)."""
@@ -249,7 +244,6 @@ def suite_from_dict(d: dict[str, Any], source: str = "") -> Suite:
                           "run; add 0 to [single] zipf_s")
     return suite
 
-
 def find_suite(name: str) -> Path:
     """A suite file: `name` itself if it is a file, else experiments/suite_<name>.toml here
     or in the source tree zgdyn was installed from."""
@@ -263,14 +257,11 @@ def find_suite(name: str) -> Path:
     raise ConfigError(f"suite {name!r}: no such suite file; known suites: "
                       f"{', '.join(known) or 'none'} (or give a path to a suite TOML)")
 
-
 def load_suite(name: str) -> Suite:
     path = find_suite(name)
     return suite_from_dict(read_toml(path, "suite file"), str(path))
 
-
 # -- planning --------------------------------------------------------------------------------
-
 
 def plan(specs: list[RunSpec]) -> list[Task]:
     """One task per run. A file that holds another config is an error (nothing is touched),
@@ -311,28 +302,25 @@ def plan(specs: list[RunSpec]) -> list[Task]:
                               + (f", switched at {switch}" if switch >= 0 else "")))
     return tasks
 
-
-
-
-
-
 # -- the whole suite -------------------------------------------------------------------------
 
-
 def _stored_saddle(path: Path, epoch: int, dtype: str,
-                   exponents: list[float]) -> dict[str, Any] | None:
+                   exponents: list[float]) -> SaddleResult | None:
+    from ..analysis.stability import SaddleResult, SaddleRow
     from ..store.reader import open_run
 
     with open_run(path) as run:
         a = run.analysis(f"saddle/epoch{epoch}_{dtype}")
     if a is None or [float(x) for x in a["zipf_s"]] != [float(x) for x in exponents]:
         return None
-    cols = [k for k in a if k not in ("attrs", "bottom_direction")]
-    rows = [{c: float(a[c][i]) for c in cols} for i in range(len(a["zipf_s"]))]
-    for row in rows:  # files written before convergence was stored: unknown, say no
+    rows = []
+    for i in range(len(a["zipf_s"])):
+        row = {f: float(a[f][i]) for f in SaddleRow.__dataclass_fields__ if f in a}
+        # files written before convergence was stored: unknown, say no
         row["converged"] = bool(row.get("converged", 0.0))
-    return {**a["attrs"]["settings"], "rows": rows, "stored": True}
-
+        row["n_hvp"] = int(row["n_hvp"])
+        rows.append(SaddleRow(**row))
+    return SaddleResult(**{**a["attrs"]["settings"], "rows": tuple(rows), "stored": True})
 
 def _perturb_settings(sec: dict[str, Any]) -> dict[str, Any]:
     """The [perturb] table as `perturb_run` keywords, checked (ConfigError if bad)."""
@@ -353,13 +341,12 @@ def _perturb_settings(sec: dict[str, Any]) -> dict[str, Any]:
     ps["eps"] = tuple(float(x) for x in ps["eps"])
     return ps
 
-
 def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | None = None,
               plugins: tuple[str, ...] = (), progress: bool = False,
               report_only: bool = False, only: tuple[str, ...] | None = None,
               analyze: bool = True, device: str | None = None,
               ensemble: int | None = None,
-              on_stage: Callable[[str], None] = lambda stage: None) -> dict[str, Any]:
+              on_stage: Callable[[str], None] = lambda stage: None) -> SuiteResult:
     """Run (unless `report_only`; with `only`, just the runs of those tables) and analyze
     every run of `suite` under `out`/runs/<name>; return everything the report shows.
     `on_stage` hears the name of each stage as it starts. With `analyze` False, runs are
@@ -367,6 +354,7 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | No
     every run's device; `ensemble` (K, or 0 for all at once) trains the runs here as
     ensembles of up to K members instead of in a process pool."""
     from ..core.data import stats_table
+    from .results import SuiteInfo, SuiteResult, TaskEntry
     from .scorecard import aggregate
 
     t0 = time.perf_counter()
@@ -406,22 +394,19 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | No
     p = next(iter(specs)).config.data
     stats = stats_table(p.p, p.train_frac, [0, 1, 1.5, 2, 3], seed=specs[0].seed,
                         mode=p.weighting)
-    return {"suite": {"name": suite.name, "description": suite.description,
-                      "source": suite.source, "seeds": suite.seeds,
-                      "variants": suite.variants, "base": suite.base},
-            "out": str(out), "tasks": [{"path": str(t.spec.path), "table": t.spec.table,
-                                        "variant": t.spec.variant, "s": t.spec.s,
-                                        "seed": t.spec.seed, "planned": t.action,
-                                        "note": t.note} for t in tasks],
-            "results": results, "errors": errors,
-            "cards": [c.to_dict() for c in cards.values()],
-            "tables": tables, "anchor": None if anchor is None else str(anchor.path),
-            "anchor_epoch": anchor_epoch, "saddle": saddle, "perturb": perturb,
-            "anchor_weight_decay": None if anchor is None
-            else anchor.config.optim.weight_decay,
-            "stats": stats, "seconds": {"runs": t_runs, "total": time.perf_counter() - t0},
-            "jobs": jobs, "threads": threads, "mechanism": mechanism}
-
+    return SuiteResult(
+        suite=SuiteInfo(name=suite.name, description=suite.description, source=suite.source,
+                        seeds=suite.seeds, variants=suite.variants, base=suite.base),
+        out=str(out),
+        tasks=tuple(TaskEntry(path=str(t.spec.path), table=t.spec.table,
+                              variant=t.spec.variant, s=t.spec.s, seed=t.spec.seed,
+                              planned=t.action, note=t.note) for t in tasks),
+        results=tuple(results), errors=errors, cards=tuple(cards.values()),
+        tables=tuple(tables), anchor=None if anchor is None else str(anchor.path),
+        anchor_epoch=anchor_epoch, saddle=saddle, perturb=perturb,
+        anchor_weight_decay=None if anchor is None else anchor.config.optim.weight_decay,
+        stats=tuple(stats), seconds={"runs": t_runs, "total": time.perf_counter() - t0},
+        jobs=jobs, threads=threads, mechanism=mechanism)
 
 def _score_runs(specs: list[RunSpec], results: list[dict[str, Any]], *, analyze: bool,
                 progress: bool) -> tuple[dict[str, Scorecard], dict[str, str]]:
@@ -443,10 +428,9 @@ def _score_runs(specs: list[RunSpec], results: list[dict[str, Any]], *, analyze:
             errors[str(spec.path)] = str(e)
     return cards, errors
 
-
 def _anchor_analyses(suite: Suite, anchor: RunSpec | None, anchor_card: Scorecard | None, *,
                      analyze: bool, progress: bool, on_stage: Callable[[str], None]
-                     ) -> tuple[int | None, dict[str, Any] | None, dict[str, Any] | None]:
+                     ) -> tuple[int | None, SaddleResult | None, PerturbResult | None]:
     """(epoch, saddle table, perturbation experiment) at the anchor run's last keyframe,
     each stored result reused where its settings match."""
     from ..analysis.perturb import perturb_run, stored_perturb
@@ -470,19 +454,20 @@ def _anchor_analyses(suite: Suite, anchor: RunSpec | None, anchor_card: Scorecar
             on_stage("perturb")
             ps = _perturb_settings(suite.perturb)
             old = stored_perturb(anchor.path, anchor_epoch)
+            kept = {} if old is None else old.to_dict()
             same = old is not None and all(
-                (tuple(old[k]) if isinstance(old[k], list) else old[k]) == v
-                for k, v in ps.items() if k in old)
+                (tuple(kept[k]) if isinstance(kept[k], list) else kept[k]) == v
+                for k, v in ps.items() if k in kept)
             perturb = old if same else perturb_run(str(anchor.path), epoch=anchor_epoch,
                                                    progress=progress, **ps)
     return anchor_epoch, saddle, perturb
 
-
 def _mechanism(suite: Suite, specs: list[RunSpec], cards: dict[str, Scorecard], *,
-               curvature: bool, progress: bool) -> dict[str, Any]:
+               curvature: bool, progress: bool) -> MechanismSummary:
     """The mechanism table of the suite's complete runs: each run's record (with the
     curvature at its onsets), the verdicts and the onset summary (`zgdyn.analysis.mechanism`)."""
     from ..analysis.mechanism import mechanism_record, onset_summary, verdicts
+    from .results import MechanismSummary
 
     done = [sp for sp in specs if str(sp.path) in cards
             and cards[str(sp.path)].status == "complete"]
@@ -501,11 +486,10 @@ def _mechanism(suite: Suite, specs: list[RunSpec], cards: dict[str, Scorecard], 
         if bar is not None:
             bar.close()
     baseline = suite.mechanism["baseline"]
-    return {"baseline": baseline, "variants": list(suite.variants),
-            "records": [r.to_dict() for r in records],
-            "verdicts": [v.to_dict() for v in verdicts(records, baseline=baseline)],
-            "onset": onset_summary(records)}
-
+    return MechanismSummary(baseline=baseline, variants=tuple(suite.variants),
+                            records=tuple(records),
+                            verdicts=tuple(verdicts(records, baseline=baseline)),
+                            onset=onset_summary(records))
 
 __all__ = ["SECTIONS", "TOP_KEYS", "MECHANISM_KEYS", "SADDLE_KEYS", "PERTURB_KEYS", "SUITES_DIR",
            "NAME", "check_name", "RunSpec", "Suite", "with_seeds", "suite_from_dict", "find_suite",

@@ -19,30 +19,30 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.json:
         print_json(s)
         return 0
-    fe, g = s["fourier_energy"], s["gamma_curve"]
-    key = (f"{s['n_key']} fixed from epoch {s['ref_epoch']}: {s['key']}"
-           if s["key"] is not None else f"chosen afresh at each checkpoint "
-           f"({s['n_key_auto_final']} at the last)")
-    m_star = "none (gamma stays on one side of lambda)" if g["m_star"] is None \
-        else f"{g['m_star']:.3g}"
-    gn = s["gamma_near_solution"]
-    near = "-" if gn["gamma_fd_mean"] is None else \
-        f"{gn['gamma_fd_mean']:.3g} ({'above' if gn['above_lambda'] else 'below'} lambda)"
-    gi = s["gamma_inst"]
+    fe, g = s.fourier_energy, s.gamma_curve
+    key = (f"{s.n_key} fixed from epoch {s.ref_epoch}: {list(s.key)}"
+           if s.key is not None else f"chosen afresh at each checkpoint "
+           f"({s.n_key_auto_final} at the last)")
+    m_star = "none (gamma stays on one side of lambda)" if g.m_star is None \
+        else f"{g.m_star:.3g}"
+    gn = s.gamma_near_solution
+    near = "-" if gn.gamma_fd_mean is None else \
+        f"{gn.gamma_fd_mean:.3g} ({'above' if gn.above_lambda else 'below'} lambda)"
+    gi = s.gamma_inst
     lines = [
-        f"analyzed       {s['n_checkpoints']} checkpoints + {s['n_window_records']} window "
-        f"records ({s['newly_analyzed']} new) -> "
-        f"{s['path']}:analysis/trajectory",
+        f"analyzed       {s.n_checkpoints} checkpoints + {s.n_window_records} window "
+        f"records ({s.newly_analyzed} new) -> "
+        f"{s.path}:analysis/trajectory",
         f"key freqs      {key}",
-        f"Fourier energy start {fe['start']:.3f}, peak {fe['peak']:.3f} (epoch "
-        f"{fe['peak_epoch']}), end {fe['end']:.3f}; all-diagonal fraction at the end "
-        f"{s['diagonal_fraction_end']:.3f}",
-        f"m_w (weights)  {s['m_w']['min']:.3g} .. {s['m_w']['max']:.3g}, end {s['m_w']['end']:.3g}",
-        f"m_f (logits)   {s['m_f']['min']:.3g} .. {s['m_f']['max']:.3g}, end {s['m_f']['end']:.3g}",
-        f"gamma(m)       lambda_eff = lr*wd = {s['lambda_eff']:.3g}/epoch; crossing m* = {m_star}; "
-        f"gamma_fd near the solution (energy >= 95% of peak, {gn['n']} checkpoints): {near}",
-        f"gamma_inst     {gi['n']} keyframes, median {opt(gi['median'], '.3g')}/epoch, "
-        f"fraction above lambda {opt(gi['frac_above_lambda'], '.2f')}",
+        f"Fourier energy start {fe.start:.3f}, peak {fe.peak:.3f} (epoch "
+        f"{fe.peak_epoch}), end {fe.end:.3f}; all-diagonal fraction at the end "
+        f"{s.diagonal_fraction_end:.3f}",
+        f"m_w (weights)  {s.m_w.min:.3g} .. {s.m_w.max:.3g}, end {s.m_w.end:.3g}",
+        f"m_f (logits)   {s.m_f.min:.3g} .. {s.m_f.max:.3g}, end {s.m_f.end:.3g}",
+        f"gamma(m)       lambda_eff = lr*wd = {s.lambda_eff:.3g}/epoch; crossing m* = {m_star}; "
+        f"gamma_fd near the solution (energy >= 95% of peak, {gn.n} checkpoints): {near}",
+        f"gamma_inst     {gi.n} keyframes, median {opt(gi.median, '.3g')}/epoch, "
+        f"fraction above lambda {opt(gi.frac_above_lambda, '.2f')}",
     ]
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
@@ -184,23 +184,23 @@ def cmd_hessian(args: argparse.Namespace) -> int:
     if args.json:
         print_json(r)
         return 0
-    kind = "D^-1/2 H D^-1/2 (Adam-preconditioned)" if r["preconditioned"] else "H"
-    lines = [f"{kind} of L_s, s = {r['zipf_s']:g}, at epoch {r['epoch']} ({r['dtype']}; "
-             f"{r['n_hvp']} HVPs, converged: {r['converged']})",
-             f"tolerance: {r['tolerance']}",
+    kind = "D^-1/2 H D^-1/2 (Adam-preconditioned)" if r.preconditioned else "H"
+    lines = [f"{kind} of L_s, s = {r.zipf_s:g}, at epoch {r.epoch} ({r.dtype}; "
+             f"{r.n_hvp} HVPs, converged: {r.converged})",
+             f"tolerance: {r.tolerance}",
              f"{'#':>3} {'eigenvalue':>12} {'residual':>10} {'overlap θ_M':>12} "
              f"{'max |cos| heavy-pair grads':>27}"
-             + (f" {'growth/epoch':>13}" if r["preconditioned"] else "")]
-    for i, lam in enumerate(r["eigenvalues"]):
-        cos = max(abs(c) for c in r["cos_heavy_pair_grads"][i])
-        row = (f"{i + 1:>3} {fmt(lam):>12} {fmt(r['residuals'][i]):>10} "
-               f"{r['overlap_theta_m'][i]:>12.3f} {cos:>27.3f}")
-        if r["preconditioned"]:
-            row += f" {fmt(r['growth_rates'][i]):>13}"
+             + (f" {'growth/epoch':>13}" if r.preconditioned else "")]
+    for i, lam in enumerate(r.eigenvalues):
+        cos = max(abs(c) for c in r.cos_heavy_pair_grads[i])
+        row = (f"{i + 1:>3} {fmt(lam):>12} {fmt(r.residuals[i]):>10} "
+               f"{r.overlap_theta_m[i]:>12.3f} {cos:>27.3f}")
+        if r.preconditioned:
+            row += f" {fmt(r.growth_rates[i]):>13}"
         lines.append(row)
-    if r["preconditioned"]:
-        lines.append(f"Adam stability threshold 38/lr = {r['adam_threshold']:.4g}; "
-                     f"decay lr*wd = {r['lr_wd']:g}/epoch")
+    if r.preconditioned:
+        lines.append(f"Adam stability threshold 38/lr = {r.adam_threshold:.4g}; "
+                     f"decay lr*wd = {r.lr_wd:g}/epoch")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 
@@ -249,7 +249,7 @@ def cmd_perturb(args: argparse.Namespace) -> int:
         from ..present.suite_plots import plot_perturb
         save_figure(plot_perturb(r), outs)
     if args.json:
-        print_json({k: v for k, v in r.items() if k != "curves"})
+        print_json({k: v for k, v in r.to_dict().items() if k != "curves"})
     else:
         sys.stdout.write(format_perturb(r) + (f"wrote {', '.join(map(str, outs))}\n"
                                               if outs else ""))

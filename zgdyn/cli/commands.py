@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.config import Config, ZgdynError, fields_by_section, flatten, from_flat, load_toml
 from .common import device_arg, figure_paths, print_json, save_figure
@@ -13,6 +13,8 @@ from .flags import ENSEMBLE_FIELDS
 from .text import (fmt_ratio, fmt_sig, format_info, format_scorecards, format_summary,
                    format_sweep_report, format_two_phase, pct)
 
+if TYPE_CHECKING:
+    from ..batch.results import SuiteResult
 
 RUNS_DIR = Path("data/runs")
 
@@ -281,7 +283,7 @@ def cmd_scorecard(args: argparse.Namespace) -> int:
 
 def _run_suite_cli(args: argparse.Namespace, suite: Any, *, analyze: bool = True,
                    report_only: bool = False, only: tuple[str, ...] | None = None,
-                   seeds: list[int] | None = None) -> dict[str, Any]:
+                   seeds: list[int] | None = None) -> SuiteResult:
     """A suite's runs from the command line: with a report (`suite` a name or a file),
     or without (`suite` a Suite, for two-phase)."""
     from ..present.report import reproduce
@@ -321,11 +323,11 @@ def cmd_two_phase(args: argparse.Namespace) -> int:
                             source="(two-phase flags)")
     result = _run_suite_cli(args, suite, analyze=False)
     if args.json:
-        print_json({k: result[k] for k in ("suite", "out", "tables", "cards", "errors",
-                                             "seconds")})
+        d = result.to_dict()
+        print_json({k: d[k] for k in ("suite", "out", "tables", "cards", "errors", "seconds")})
     else:
         sys.stdout.write(format_two_phase(result))
-    return 1 if result["errors"] else 0
+    return 1 if result.errors else 0
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -333,10 +335,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     result = _run_suite_cli(args, args.suite, report_only=args.report_only, only=only,
                             seeds=args.seeds)
     if args.json:
-        print_json({k: v for k, v in result.items() if k != "perturb"})
+        print_json({k: v for k, v in result.to_dict().items() if k != "perturb"})
     else:
-        sys.stdout.write(format_summary(result) + f"report: {result['report']}\n")
-    return 1 if result["errors"] else 0
+        sys.stdout.write(format_summary(result) + f"report: {result.report}\n")
+    return 1 if result.errors else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

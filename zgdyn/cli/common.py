@@ -29,7 +29,10 @@ def check_finite(flag: str, values: Any, low: float = 0.0) -> None:
 
 
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    """`obj` as indented JSON on stdout; typed results by their `to_dict`."""
+    from ..core.results import plain
+
+    sys.stdout.write(json.dumps(plain(obj), indent=2, default=str) + "\n")
 
 
 def save_figure(fig: Any, outs: list[Path]) -> None:

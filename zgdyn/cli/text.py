@@ -4,8 +4,12 @@ prints a table."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
+    from ..analysis.perturb import PerturbResult
+    from ..analysis.stability import SaddleResult
+    from ..batch.results import SuiteResult
 
 
 def pct(x: float | None) -> str:
@@ -91,20 +95,20 @@ def fmt(x: float) -> str:
     return f"{x:.3g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
 
 
-def format_saddle(r: dict[str, Any]) -> str:
-    lines = [f"saddle test at epoch {r['epoch']} ({r['dtype']}, {r['n_key']} key frequencies); "
-             f"decay rate lr*wd = {r['lr_wd']:g}/epoch, Adam threshold {r['adam_threshold']:.4g}",
+def format_saddle(r: SaddleResult) -> str:
+    lines = [f"saddle test at epoch {r.epoch} ({r.dtype}, {r.n_key} key frequencies); "
+             f"decay rate lr*wd = {r.lr_wd:g}/epoch, Adam threshold {r.adam_threshold:.4g}",
              f"{'s':>4} {'|grad L_s|':>11} {'λ_min':>10} {'λ_max':>10} {'pre λ_min':>10} "
              f"{'pre λ_max':>10} {'overlap θ_M':>11} {'growth/epoch':>12}"]
-    for row in r["rows"]:
-        lines.append(f"{row['zipf_s']:>4g} {fmt(row['grad_norm']):>11} "
-                     f"{fmt(row['lambda_min']):>10} {fmt(row['lambda_max']):>10} "
-                     f"{fmt(row['pre_lambda_min']):>10} {fmt(row['pre_lambda_max']):>10} "
-                     f"{row['overlap_theta_m']:>11.3f} {fmt(row['growth_rate']):>12}"
-                     + ("" if row["converged"] else "  (not converged)"))
+    for row in r.rows:
+        lines.append(f"{row.zipf_s:>4g} {fmt(row.grad_norm):>11} "
+                     f"{fmt(row.lambda_min):>10} {fmt(row.lambda_max):>10} "
+                     f"{fmt(row.pre_lambda_min):>10} {fmt(row.pre_lambda_max):>10} "
+                     f"{row.overlap_theta_m:>11.3f} {fmt(row.growth_rate):>12}"
+                     + ("" if row.converged else "  (not converged)"))
     lines.append("growth = -lr*(pre λ_min) - lr*wd: > 0 means the linearized AdamW update leaves "
                  "the point along that direction; monotone in s: "
-                 f"{'yes' if r['monotone_growth'] else 'no'}")
+                 f"{'yes' if r.monotone_growth else 'no'}")
     return "\n".join(lines) + "\n"
 
 
@@ -157,51 +161,51 @@ def format_scorecards(cards: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def format_two_phase(result: dict[str, Any]) -> str:
+def format_two_phase(result: SuiteResult) -> str:
     from ..present.report_sections import TABLE3_COLUMNS, table3_cells
 
     rows = [list(TABLE3_COLUMNS), *table3_cells(result, digits=2)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE3_COLUMNS))]
-    lines = [f"two-phase runs under {result['out']}/runs/{result['suite']['name']} "
+    lines = [f"two-phase runs under {result.out}/runs/{result.suite.name} "
              f"(phase-2 statistics over evaluations; mean ± std over seeds)"]
     lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    lines += [f"failed: {p}: {e}" for p, e in result["errors"].items()]
+    lines += [f"failed: {p}: {e}" for p, e in result.errors.items()]
     return "\n".join(lines) + "\n"
 
 
-def format_perturb(r: dict[str, Any]) -> str:
-    lines = [f"perturbations of {r['path']} at epoch {r['epoch']} ({r['dtype']}, {r['epochs']} "
-             f"epochs; lambda = lr*wd = {r['lambda']:g}/epoch)"]
-    for p in r["predictions"]:
-        lines.append(f"s = {p['zipf_s']:g}: predicted growth/epoch: Hessian (preconditioned "
-                     f"mu_min = {opt(p['mu_min'], '.4g')}) {opt(p['hessian_rate'], '.4g')}; "
-                     f"1-D law gamma_inst - lambda = {p['law_rate']:.4g}")
+def format_perturb(r: PerturbResult) -> str:
+    lines = [f"perturbations of {r.path} at epoch {r.epoch} ({r.dtype}, {r.epochs} "
+             f"epochs; lambda = lr*wd = {r.lam:g}/epoch)"]
+    for p in r.predictions:
+        lines.append(f"s = {p.zipf_s:g}: predicted growth/epoch: Hessian (preconditioned "
+                     f"mu_min = {opt(p.mu_min, '.4g')}) {opt(p.hessian_rate, '.4g')}; "
+                     f"1-D law gamma_inst - lambda = {p.law_rate:.4g}")
     lines.append(f"{'s':>5} {'direction':>9} {'eps':>8} {'early rate':>11} {'late rate':>11} "
                  f"{'delta end/start':>15} {'test acc end':>12} {'(unperturbed)':>13}")
-    for x in r["rows"]:
-        lines.append(f"{x['zipf_s']:>5g} {x['direction']:>9} {x['eps']:>8.0e} "
-                     f"{opt(x['rate_early'], '.4g'):>11} {opt(x['rate_late'], '.4g'):>11} "
-                     f"{x['growth_factor']:>15.4g} {pct(x['test_acc_end']):>12} "
-                     f"{pct(x['base_test_acc_end']):>13}")
+    for x in r.rows:
+        lines.append(f"{x.zipf_s:>5g} {x.direction:>9} {x.eps:>8.0e} "
+                     f"{opt(x.rate_early, '.4g'):>11} {opt(x.rate_late, '.4g'):>11} "
+                     f"{x.growth_factor:>15.4g} {pct(x.test_acc_end):>12} "
+                     f"{pct(x.base_test_acc_end):>13}")
     return "\n".join(lines) + "\n"
 
 
-def format_summary(result: dict[str, Any]) -> str:
+def format_summary(result: SuiteResult) -> str:
     """The demo's terminal summary: grokking, the two-phase table, the saddle table."""
     lines = []
-    anchor = next((c for c in result["cards"] if c["path"] == result["anchor"]), None)
+    anchor = result.card(result.anchor) if result.anchor else None
     if anchor is not None:
         lines.append(f"grokking at s = 0: first >= 95% test at epoch "
-                     f"{opt(anchor['first_95'], ',d')} (essay: 14,000); final test "
-                     f"{pct(anchor['final_test_acc'])}")
-    if any(r["table"] == "two_phase" for r in result["tables"]):
+                     f"{opt(anchor.first_95, ',d')} (essay: 14,000); final test "
+                     f"{pct(anchor.final_test_acc)}")
+    if any(r["table"] == "two_phase" for r in result.tables):
         lines.append(format_two_phase(result).rstrip("\n"))
-    if result["saddle"] is not None:
-        lines.append(format_saddle(result["saddle"]).rstrip("\n"))
-    if result["perturb"] is not None:
-        lines.append(format_perturb(result["perturb"]).rstrip("\n"))
-    lines.append(f"took {result['seconds']['total'] / 60:.1f} min "
-                 f"(runs {result['seconds']['runs'] / 60:.1f} min)")
+    if result.saddle is not None:
+        lines.append(format_saddle(result.saddle).rstrip("\n"))
+    if result.perturb is not None:
+        lines.append(format_perturb(result.perturb).rstrip("\n"))
+    lines.append(f"took {result.seconds['total'] / 60:.1f} min "
+                 f"(runs {result.seconds['runs'] / 60:.1f} min)")
     return "\n".join(lines) + "\n"
 
 

@@ -3,15 +3,19 @@ thresholds: never written by hand. Pure functions of a suite's result pieces (sc
 rows, the saddle table, the perturbation rows, metrics arrays); each returns text.
 
     >>> cycle = full_cycle(metrics, collapse_epochs)
-    >>> saddle_conclusion(result["saddle"])
+    >>> saddle_conclusion(result.saddle)
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..analysis.perturb import PerturbResult
+    from ..analysis.stability import SaddleResult
 
 AGREE = 0.20  # an epoch count "agrees" with the essay's within this relative difference
 POINTS = 0.10  # an accuracy "agrees" within this many points (0.10 = 10 percentage points)
@@ -201,37 +205,37 @@ def _variant_effect(rows: list[dict[str, Any]], baseline: str) -> str:
 # -- the saddle table and the perturbations ---------------------------------------------------
 
 
-def point_converged(saddle: dict[str, Any]) -> tuple[bool, float | None]:
+def point_converged(saddle: SaddleResult) -> tuple[bool, float | None]:
     """Whether the saddle table's point is converged under its own loss (s = 0 row's
     gradient norm below CONVERGED_GRAD), and that norm."""
-    row0 = next((r for r in saddle["rows"] if r["zipf_s"] == 0), None)
+    row0 = next((r for r in saddle.rows if r.zipf_s == 0), None)
     if row0 is None:
         return True, None
-    return row0["grad_norm"] < CONVERGED_GRAD, row0["grad_norm"]
+    return row0.grad_norm < CONVERGED_GRAD, row0.grad_norm
 
 
-def saddle_conclusion(saddle: dict[str, Any], weight_decay: float) -> str:
-    rows = saddle["rows"]
+def saddle_conclusion(saddle: SaddleResult, weight_decay: float) -> str:
+    rows = saddle.rows
     ok, g0 = point_converged(saddle)
-    unconverged = [f"s = {r['zipf_s']:g}" for r in rows if not r["converged"]]
-    grow = [r for r in rows if r["growth_rate"] > 0 and r["converged"]]
+    unconverged = [f"s = {r.zipf_s:g}" for r in rows if not r.converged]
+    grow = [r for r in rows if r.growth_rate > 0 and r.converged]
     parts = []
     if not ok:
         parts.append(f"The point is not converged (‖∇L_0‖ = {g0:.2g} ≥ {CONVERGED_GRAD:g}): "
                      "it is moving under its own loss, so the table describes the "
                      "curvature along a trajectory, not a stationary point, and no row "
                      "is evidence of a saddle")
-    zipf = [r for r in rows if r["zipf_s"] > 0]
+    zipf = [r for r in rows if r.zipf_s > 0]
     if zipf:
-        worst = min(zipf, key=lambda r: r["lambda_min"])
-        ratio = abs(worst["lambda_min"]) / weight_decay if weight_decay else math.inf
-        coupled = "a minimum" if worst["lambda_min"] + weight_decay > 0 else "a saddle"
-        parts.append(f"The loss's own most negative curvature is {worst['lambda_min']:.2g} "
-                     f"(s = {worst['zipf_s']:g}), {ratio:.2g} of wd = {weight_decay:g}, so "
+        worst = min(zipf, key=lambda r: r.lambda_min)
+        ratio = abs(worst.lambda_min) / weight_decay if weight_decay else math.inf
+        coupled = "a minimum" if worst.lambda_min + weight_decay > 0 else "a saddle"
+        parts.append(f"The loss's own most negative curvature is {worst.lambda_min:.2g} "
+                     f"(s = {worst.zipf_s:g}), {ratio:.2g} of wd = {weight_decay:g}, so "
                      f"with the decay counted (H + wd·I) the point is {coupled}")
     if grow:
-        names = [f"s = {r['zipf_s']:g}" for r in grow]
-        ctrl = any(r["zipf_s"] == 0 for r in grow)
+        names = [f"s = {r.zipf_s:g}" for r in grow]
+        ctrl = any(r.zipf_s == 0 for r in grow)
         parts.append(f"Adam's preconditioner makes the linearized step unstable at "
                      f"{_join(names)}" + (", the uniform control included: the instability "
                                           "is not specific to Zipf weighting" if ctrl else ""))
@@ -241,13 +245,13 @@ def saddle_conclusion(saddle: dict[str, Any], weight_decay: float) -> str:
     return ". ".join(parts) + "." if parts else "Nothing to conclude: the table is empty."
 
 
-def perturb_conclusion(perturb: dict[str, Any]) -> str:
+def perturb_conclusion(perturb: PerturbResult) -> str:
     """Whether perturbations grow faster with Zipf weighting than in the s = 0 control, and
     whether the Hessian direction grows faster than a random one."""
-    rows = perturb["rows"]
-    eps = min(r["eps"] for r in rows)
-    grow = {(r["zipf_s"], r["direction"]): r["growth_factor"] for r in rows
-            if r["eps"] == eps}
+    rows = perturb.rows
+    eps = min(r.eps for r in rows)
+    grow = {(r.zipf_s, r.direction): r.growth_factor for r in rows
+            if r.eps == eps}
     zipf = sorted({s for s, _ in grow if s > 0})
     parts = []
     if any(s == 0 for s, _ in grow) and zipf:
@@ -271,17 +275,17 @@ def perturb_conclusion(perturb: dict[str, Any]) -> str:
     verdict = ("The perturbations single out the saddle direction"
                if singled and any("faster than" in p for p in parts) else
                "The perturbations do not single out the Zipf saddle")
-    rule = (f"ε = {eps:g}, growth factors δ(end)/δ(0) over {perturb['epochs']} epochs; "
+    rule = (f"ε = {eps:g}, growth factors δ(end)/δ(0) over {perturb.epochs} epochs; "
             f"\"as fast\" means within {SAME_GROWTH:g}×")
     return f"{verdict}: " + "; ".join(parts) + f" ({rule})." if parts else \
         f"Nothing to compare: no s = 0 control or no Zipf rows ({rule})."
 
 
-def late_rate_agreement(perturb: dict[str, Any]) -> str:
+def late_rate_agreement(perturb: PerturbResult) -> str:
     """How often the late rate has the sign of the Hessian's prediction."""
-    preds = {p["zipf_s"]: p["hessian_rate"] for p in perturb["predictions"]}
-    pairs = [(preds[r["zipf_s"]], r["rate_late"]) for r in perturb["rows"]
-             if preds.get(r["zipf_s"]) is not None and r["rate_late"] is not None]
+    preds = {p.zipf_s: p.hessian_rate for p in perturb.predictions}
+    pairs = [(preds[r.zipf_s], r.rate_late) for r in perturb.rows
+             if preds.get(r.zipf_s) is not None and r.rate_late is not None]
     if not pairs:
         return ""
     same = sum(np.sign(a) == np.sign(b) for a, b in pairs)

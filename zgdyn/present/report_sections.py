@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,6 +14,10 @@ from .conclusions import (CONVERGED_GRAD, cycle_conclusion, full_cycle, late_rat
                           perturb_conclusion, point_converged, saddle_conclusion,
                           table1_conclusion, table2_conclusion, table3_conclusion,
                           variant_conclusion)
+
+if TYPE_CHECKING:
+    from ..batch.results import MechanismSummary, SuiteResult
+    from ..batch.scorecard import Scorecard
 
 # The essay's numbers (p = 97, train fraction 0.3, 500k epochs, one seed).
 # Table 1 as the essay prints it (None: the essay gives no number); the top-1 and top-2
@@ -61,18 +65,18 @@ def _diff(cell: dict[str, Any], essay: float | None, pct: bool = False) -> str:
     return f"{100 * d:+.1f} pts" if pct else f"{d:+,.0f}"
 
 
-def _rows(result: dict[str, Any], table: str, essay: dict[float, Any]) -> list[dict[str, Any]]:
+def _rows(result: SuiteResult, table: str, essay: dict[float, Any]) -> list[dict[str, Any]]:
     """The measured rows of a table, plus a "not run" row for each exponent the essay
     reports that was not measured (in the first variant), so every essay number shows."""
     from ..batch.scorecard import NUMERIC
 
-    rows = [r for r in result["tables"] if r["table"] == table]
-    first = next(iter(result["suite"]["variants"]))
+    rows = [r for r in result.tables if r["table"] == table]
+    first = next(iter(result.suite.variants))
     have = {r["s"] for r in rows if r["variant"] == first}
     empty = {"mean": None, "std": None, "n": 0, "never": 0}
     rows += [{"table": table, "variant": first, "s": s, "n_runs": 0, "missing": True,
               **{k: empty for k in NUMERIC}} for s in essay if s not in have]
-    order = list(result["suite"]["variants"])
+    order = list(result.suite.variants)
     return sorted(rows, key=lambda r: (order.index(r["variant"]), r["s"]))
 
 
@@ -80,13 +84,13 @@ def _seeds(r: dict[str, Any]) -> str:
     return "not run" if r.get("missing") else str(r["n_runs"])
 
 
-def _variant(r: dict[str, Any], result: dict[str, Any]) -> str:
-    return "" if len(result["suite"]["variants"]) == 1 else f"{r['variant']} "
+def _variant(r: dict[str, Any], result: SuiteResult) -> str:
+    return "" if len(result.suite.variants) == 1 else f"{r['variant']} "
 
 
-def _epochs_of(result: dict[str, Any], table: str) -> list[int]:
-    return sorted({c["epochs_done"] for c in result["cards"]
-                   if (c["switch_s"] is not None) == (table == "two_phase")})
+def _epochs_of(result: SuiteResult, table: str) -> list[int]:
+    return sorted({c.epochs_done for c in result.cards
+                   if (c.switch_s is not None) == (table == "two_phase")})
 
 
 def _reads_as(value: float, shown: str) -> bool:
@@ -98,14 +102,14 @@ def _reads_as(value: float, shown: str) -> bool:
     return abs(x - float(text)) < unit
 
 
-def section_table1(result: dict[str, Any]) -> tuple[list[str], str]:
+def section_table1(result: SuiteResult) -> tuple[list[str], str]:
     lines = ["The essay's Table 1 beside zgdyn's (\"–\": the essay gives no number; its "
              "top-1 and top-2 weights at s = 1.5 are from its text).", "",
              "| s | max/min weight: essay | here | ESS 1/Σw²: essay | here | top-10% mass: "
              "essay | here | top-1: essay | here | top-2: essay | here |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     matches = []
-    for r in result["stats"]:
+    for r in result.stats:
         e = ESSAY_STATS.get(r["s"], (None,) * 5)
         here = (r["ratio"], r["ess"], r["top10_mass"], r["top1"], r["top2"])
         names = ("max/min", "ESS", "top-10% mass", "top-1", "top-2")
@@ -122,7 +126,7 @@ def section_table1(result: dict[str, Any]) -> tuple[list[str], str]:
     return lines, table1_conclusion(matches)
 
 
-def section_table2(result: dict[str, Any]) -> tuple[list[str], str]:
+def section_table2(result: SuiteResult) -> tuple[list[str], str]:
     rows = _rows(result, "single", ESSAY_SINGLE)
     epochs = _epochs_of(result, "single")
     length = (f"Runs of {', '.join(f'{e:,}' for e in epochs)} epochs" if epochs
@@ -140,7 +144,7 @@ def section_table2(result: dict[str, Any]) -> tuple[list[str], str]:
             f"{_pct(e[1], 0) if e[1] is not None else '–'} | "
             f"{_ms(r['frac_above_95'], pct=True)} | {_diff(r['frac_above_95'], e[1], True)} | "
             f"{_ms(r['collapses_per_100k'], '.2f')} | {_ms(r['period_mean'])} |")
-    first = next(iter(result["suite"]["variants"]))
+    first = next(iter(result.suite.variants))
     mine = [{"s": r["s"], "first_95": r["first_95"]["mean"]} for r in rows
             if r["variant"] == first and not r.get("missing")]
     return lines, table2_conclusion(mine, ESSAY_SINGLE)
@@ -151,7 +155,7 @@ TABLE3_COLUMNS = ("run", "seeds", "phase-2 mean test: essay", "here", "differenc
                   "collapses in phase 2", "to the first collapse", "to test < 50%")
 
 
-def table3_cells(result: dict[str, Any], digits: int = 1) -> list[list[str]]:
+def table3_cells(result: SuiteResult, digits: int = 1) -> list[list[str]]:
     """The two-phase table's cells, one list per row (columns `TABLE3_COLUMNS`), with
     percentages to `digits` decimals: REPORT.md (1) and `zgdyn two-phase` (2) show it."""
     out = []
@@ -174,32 +178,32 @@ def table3_cells(result: dict[str, Any], digits: int = 1) -> list[list[str]]:
     return out
 
 
-def section_table3(result: dict[str, Any]) -> tuple[list[str], str]:
-    epochs = sorted({c["phase2_epochs"] for c in result["cards"] if c.get("phase2_epochs")})
+def section_table3(result: SuiteResult) -> tuple[list[str], str]:
+    epochs = sorted({c.phase2_epochs for c in result.cards if c.phase2_epochs})
     lasted = (f"Phase 2 lasted {', '.join(f'{e:,}' for e in epochs)} epochs" if epochs
               else "No two-phase run has finished")
     lines = [f"{lasted} (the essay does not say how long its phase 2 was).", "",
              "| " + " | ".join(TABLE3_COLUMNS) + " |",
              "|" + "---|" * len(TABLE3_COLUMNS)]
     lines += ["| " + " | ".join(cells) + " |" for cells in table3_cells(result)]
-    first = next(iter(result["suite"]["variants"]))
+    first = next(iter(result.suite.variants))
     mine = [(r["s"], r["phase2_mean_test"]["mean"])
             for r in _rows(result, "two_phase", ESSAY_TWO_PHASE)
             if r["variant"] == first and not r.get("missing")]
     return lines, table3_conclusion(mine, ESSAY_TWO_PHASE)
 
 
-def variant_effects(result: dict[str, Any]) -> list[dict[str, Any]]:
+def variant_effects(result: SuiteResult) -> list[dict[str, Any]]:
     """Each two-phase variant against the first (the baseline), per s, on the seeds both
     finished: the mean change of the phase-2 mean test accuracy, and the share of the gap
     between the baseline and the essay that the change closes (1 = all of it)."""
-    variants = list(result["suite"]["variants"])
-    by_path = {c["path"]: c for c in result["cards"] if c["status"] == "complete"}
+    variants = list(result.suite.variants)
+    by_path = {c.path: c for c in result.cards if c.status == "complete"}
     score: dict[tuple[str, float, int], float] = {}
-    for t in result["tasks"]:
-        card = by_path.get(t["path"])
-        if t["table"] == "two_phase" and card and card["phase2_mean_test"] is not None:
-            score[t["variant"], t["s"], t["seed"]] = card["phase2_mean_test"]
+    for t in result.tasks:
+        card = by_path.get(t.path)
+        if t.table == "two_phase" and card and card.phase2_mean_test is not None:
+            score[t.variant, t.s, t.seed] = card.phase2_mean_test
     base, out = variants[0], []
     for v in variants[1:]:
         for s in sorted({s for (w, s, _) in score if w == v}):
@@ -217,9 +221,9 @@ def variant_effects(result: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def section_variants(result: dict[str, Any]) -> tuple[list[str], str]:
+def section_variants(result: SuiteResult) -> tuple[list[str], str]:
     rows = variant_effects(result)
-    base = next(iter(result["suite"]["variants"]))
+    base = next(iter(result.suite.variants))
     lines = [f"Each variant's phase-2 mean test accuracy against {base}'s on the seeds both "
              "ran (mean over them); \"share\" is the part of the gap between "
              f"{base} and the essay that the variant closes (100%: all of it, below 0: it "
@@ -231,73 +235,73 @@ def section_variants(result: dict[str, Any]) -> tuple[list[str], str]:
         lines.append(f"| {r['variant']} | {r['s']:g} | {r['n']} | {_pct(r['baseline'])} | "
                      f"{_pct(r['mean'])} | {100 * r['change']:+.1f} pts | {_pct(r['essay'])} "
                      f"| {share} |")
-    stuck = sorted({t["variant"] for t in result["tasks"] if t["table"] == "two_phase"
-                    and any(c["path"] == t["path"] and c["status"] == "complete"
-                            and c["switch_epoch"] is None for c in result["cards"])})
+    stuck = sorted({t.variant for t in result.tasks if t.table == "two_phase"
+                    and any(c.path == t.path and c.status == "complete"
+                            and c.switch_epoch is None for c in result.cards)})
     return lines, variant_conclusion(rows, base, stuck)
 
 
-def section_saddle(result: dict[str, Any]) -> tuple[list[str], str]:
-    sd = result["saddle"]
+def section_saddle(result: SuiteResult) -> tuple[list[str], str]:
+    sd = result.saddle
     ok, g0 = point_converged(sd)
     state = ("converged" if ok else "not converged") + (
         "" if g0 is None else f": ‖∇L_0‖ = {g0:.2g}, against {CONVERGED_GRAD:g}")
-    lines = [f"At the last keyframe (epoch {sd['epoch']:,}) of `{Path(result['anchor']).name}`"
-             f", {sd['dtype']}; the point is {state}. Growth = −lr·μ_min − lr·wd per "
+    lines = [f"At the last keyframe (epoch {sd.epoch:,}) of `{Path(result.anchor).name}`"
+             f", {sd.dtype}; the point is {state}. Growth = −lr·μ_min − lr·wd per "
              "epoch, μ_min the most negative eigenvalue of Adam's preconditioned Hessian "
              "D^-1/2 H_s D^-1/2: > 0 means the linearized AdamW step leaves the point along "
              "that direction. \"eigs\" says whether both spectra converged.", "",
              "| s | ‖∇L_s‖ | λ_min(H) | λ_max(H) | pre λ_min | pre λ_max | overlap θ_M | "
              "growth/epoch | eigs |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in sd["rows"]:
-        lines.append(f"| {r['zipf_s']:g} | {r['grad_norm']:.3g} | {r['lambda_min']:.3g} | "
-                     f"{r['lambda_max']:.3g} | {r['pre_lambda_min']:.3g} | "
-                     f"{r['pre_lambda_max']:.3g} | {r['overlap_theta_m']:.3f} | "
-                     f"{r['growth_rate']:.3g} | "
-                     f"{'converged' if r['converged'] else 'not converged'} |")
-    wd = result.get("anchor_weight_decay", 1.0)
+    for r in sd.rows:
+        lines.append(f"| {r.zipf_s:g} | {r.grad_norm:.3g} | {r.lambda_min:.3g} | "
+                     f"{r.lambda_max:.3g} | {r.pre_lambda_min:.3g} | "
+                     f"{r.pre_lambda_max:.3g} | {r.overlap_theta_m:.3f} | "
+                     f"{r.growth_rate:.3g} | "
+                     f"{'converged' if r.converged else 'not converged'} |")
+    wd = 1.0 if result.anchor_weight_decay is None else result.anchor_weight_decay
     return lines, saddle_conclusion(sd, wd)
 
 
-def section_perturb(result: dict[str, Any]) -> tuple[list[str], str]:
-    pt = result["perturb"]
-    lines = [f"From the same keyframe, {pt['dtype']}: the point is moved by ε·‖θ‖ along a unit "
-             f"direction and trained {pt['epochs']} epochs under Zipf s beside an unperturbed "
-             f"copy. Early rate: ln(δ({pt['early']}) / δ(0)) / {pt['early']}; late rate: the "
+def section_perturb(result: SuiteResult) -> tuple[list[str], str]:
+    pt = result.perturb
+    lines = [f"From the same keyframe, {pt.dtype}: the point is moved by ε·‖θ‖ along a unit "
+             f"direction and trained {pt.epochs} epochs under Zipf s beside an unperturbed "
+             f"copy. Early rate: ln(δ({pt.early}) / δ(0)) / {pt.early}; late rate: the "
              "slope of ln δ over the second half. Per epoch; λ = lr·wd = "
-             f"{pt['lambda']:g}.", "",
+             f"{pt.lam:g}.", "",
              "| s | Hessian's prediction | 1-D law's γ − λ | direction | ε | early rate | late "
              "rate | δ(end)/δ(0) |", "|---|---|---|---|---|---|---|---|"]
-    preds = {p["zipf_s"]: p for p in pt["predictions"]}
-    for r in pt["rows"]:
-        p = preds[r["zipf_s"]]
-        lines.append(f"| {r['zipf_s']:g} | {_num(p['hessian_rate'], '.3g')} | "
-                     f"{_num(p['law_rate'], '.3g')} | {r['direction']} | {r['eps']:g} | "
-                     f"{_num(r['rate_early'], '.3g')} | {_num(r['rate_late'], '.3g')} | "
-                     f"{r['growth_factor']:.3g} |")
+    preds = {p.zipf_s: p for p in pt.predictions}
+    for r in pt.rows:
+        p = preds[r.zipf_s]
+        lines.append(f"| {r.zipf_s:g} | {_num(p.hessian_rate, '.3g')} | "
+                     f"{_num(p.law_rate, '.3g')} | {r.direction} | {r.eps:g} | "
+                     f"{_num(r.rate_early, '.3g')} | {_num(r.rate_late, '.3g')} | "
+                     f"{r.growth_factor:.3g} |")
     agree = late_rate_agreement(pt)
     return lines, perturb_conclusion(pt) + (f" {agree}" if agree else "")
 
 
-def cycle_runs(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """The single-phase Zipf runs (s > 0, in suite order) with their first full cycle
-    (`conclusions.full_cycle`)."""
+def cycle_runs(result: SuiteResult) -> list[tuple[Scorecard, dict[str, Any]]]:
+    """The single-phase Zipf runs (s > 0, in suite order), each scorecard with its first
+    full cycle (`conclusions.full_cycle`)."""
     from ..store.reader import open_run
 
     out = []
-    for c in result["cards"]:
-        if c["switch_s"] is not None or not c["zipf_s"] > 0:
+    for c in result.cards:
+        if c.switch_s is not None or not c.zipf_s > 0:
             continue
-        with open_run(c["path"]) as run:
-            cycle = full_cycle(run.metrics, c["collapse_epochs"])
-        out.append({**c, "cycle": cycle})
+        with open_run(c.path) as run:
+            cycle = full_cycle(run.metrics, c.collapse_epochs)
+        out.append((c, cycle))
     return out
 
 
-def section_cycle(result: dict[str, Any]) -> tuple[list[str], str]:
+def section_cycle(result: SuiteResult) -> tuple[list[str], str]:
     from ..analysis.analyze import run_events
 
-    runs = [c for c in cycle_runs(result) if c["zipf_s"] == 1.5]
+    runs = [(c, cycle) for c, cycle in cycle_runs(result) if c.zipf_s == 1.5]
     if not runs:
         return [], ""
     lines = [f"The essay: build ~{ESSAY_CYCLE['build']:,} epochs, collapse in "
@@ -306,16 +310,16 @@ def section_cycle(result: dict[str, Any]) -> tuple[list[str], str]:
              f"{_pct(ESSAY_CYCLE['peak_test'], 0)}.", "",
              "| run | collapse (epoch) | train-loss rise (epochs) | test before → after | "
              "Fourier energy before → after |", "|---|---|---|---|---|"]
-    for c in runs:
-        for e in run_events(c["path"])["events"]:
-            lines.append(f"| {Path(c['path']).name} | {e['epoch']:,} | {e['duration']:.1f} | "
+    for c, _ in runs:
+        for e in run_events(c.path)["events"]:
+            lines.append(f"| {Path(c.path).name} | {e['epoch']:,} | {e['duration']:.1f} | "
                          f"{_pct(e['test_acc_before'])} → {_pct(e['test_acc_after'])} | "
                          f"{_num(e['fourier_before'], '.3f')} → "
                          f"{_num(e['fourier_after'], '.3f')} |")
-        if not c["collapses"]:
-            lines.append(f"| {Path(c['path']).name} | no collapse | | | |")
-    return lines, " ".join(cycle_conclusion(Path(c["path"]).name, c["cycle"], c["epochs_done"])
-                           for c in runs)
+        if not c.collapses:
+            lines.append(f"| {Path(c.path).name} | no collapse | | | |")
+    return lines, " ".join(cycle_conclusion(Path(c.path).name, cycle, c.epochs_done)
+                           for c, cycle in runs)
 
 
 def _med(xs: list[float]) -> float | None:
@@ -332,15 +336,13 @@ def _mean_sd(xs: list[float | None], fmt: str = ",.0f") -> str:
     return f"{format(float(np.mean(xs)), fmt)} ± {format(float(np.std(xs, ddof=1)), fmt)}"
 
 
-def mechanism_rows(mech: dict[str, Any]) -> list[dict[str, Any]]:
+def mechanism_rows(mech: MechanismSummary) -> list[dict[str, Any]]:
     """One row per control of the mechanism table: what was measured over its seeds and
     what each mechanism predicts for it (see `zgdyn.analysis.mechanism`)."""
-    from ..analysis.mechanism import RunRecord
-
-    recs = [RunRecord.from_dict(d) for d in mech["records"]]
-    base = {r.seed: r for r in recs if r.variant == mech["baseline"]}
+    recs = mech.records
+    base = {r.seed: r for r in recs if r.variant == mech.baseline}
     rows = []
-    for variant in mech["variants"]:
+    for variant in mech.variants:
         mine = [r for r in recs if r.variant == variant]
         if not mine:
             continue
@@ -372,9 +374,9 @@ def mechanism_rows(mech: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def section_mechanism(result: dict[str, Any],
+def section_mechanism(result: SuiteResult,
                       figures: dict[str, str]) -> tuple[list[str], str]:
-    mech = result["mechanism"]
+    mech = result.mechanism
     rows = mechanism_rows(mech)
     if not rows:
         return ["No run of this suite is complete yet, so there is no mechanism table."], ""
@@ -402,22 +404,22 @@ def section_mechanism(result: dict[str, Any],
     lines += ["", "**Verdicts** (a period law holds where its median relative error is within "
               "15%; \"near ε\" is within a factor 10; \"at the threshold\" within a factor "
               "2):", ""]
-    for v in mech["verdicts"]:
-        lines.append(f"- **{v['mechanism']}**: {v['summary']}.")
-        for p in v["predictions"]:
-            mark = "untested" if p["held"] is None else "held" if p["held"] else "failed"
-            lines.append(f"  - {p['claim']}: {mark} ({p['detail']}).")
+    for v in mech.verdicts:
+        lines.append(f"- **{v.mechanism}**: {v.summary}.")
+        for p in v.predictions:
+            mark = "untested" if p.held is None else "held" if p.held else "failed"
+            lines.append(f"  - {p.claim}: {mark} ({p.detail}).")
     if "mechanism" in figures:
         lines += ["", f"![measured period against each law]({figures['mechanism']})"]
     return lines, mechanism_conclusion(mech)
 
 
-def mechanism_conclusion(mech: dict[str, Any]) -> str:
+def mechanism_conclusion(mech: MechanismSummary) -> str:
     """One or two sentences from the verdicts: which mechanisms held and which failed."""
-    held = [v["mechanism"] for v in mech["verdicts"] if v["summary"] == "held"]
-    failed = [v["mechanism"] for v in mech["verdicts"] if v["summary"] == "failed"]
-    mixed = [f"{v['mechanism']} ({v['summary']})" for v in mech["verdicts"]
-             if v["summary"] not in ("held", "failed", "untested")]
+    held = [v.mechanism for v in mech.verdicts if v.summary == "held"]
+    failed = [v.mechanism for v in mech.verdicts if v.summary == "failed"]
+    mixed = [f"{v.mechanism} ({v.summary})" for v in mech.verdicts
+             if v.summary not in ("held", "failed", "untested")]
     parts = []
     if held:
         parts.append(f"every tested prediction of {' and '.join(held)} held")
@@ -425,9 +427,9 @@ def mechanism_conclusion(mech: dict[str, Any]) -> str:
         parts.append(f"{', '.join(mixed)} held in part")
     if failed:
         parts.append(f"{' and '.join(failed)} failed every prediction tested")
-    n = len({r["variant"] for r in mech["records"]})
+    n = len({r.variant for r in mech.records})
     text = "; ".join(parts) if parts else "nothing could be tested yet"
-    return f"From {len(mech['records'])} runs of {n} controls: {text}."
+    return f"From {len(mech.records)} runs of {n} controls: {text}."
 
 
 __all__ = ["ESSAY_STATS", "ESSAY_SINGLE", "ESSAY_SINGLE_EPOCHS", "ESSAY_TWO_PHASE", "ESSAY_CYCLE",

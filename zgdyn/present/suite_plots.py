@@ -4,11 +4,14 @@ mechanism table's period laws and a sweep's phase diagram. Like `plots`, it retu
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
+
+if TYPE_CHECKING:
+    from ..analysis.perturb import PerturbResult
 
 
 def plot_accuracy_curves(curves: list[dict[str, Any]], *, xlabel: str = "epoch",
@@ -37,31 +40,31 @@ def plot_accuracy_curves(curves: list[dict[str, Any]], *, xlabel: str = "epoch",
     return fig
 
 
-def plot_perturb(result: dict[str, Any], *, title: str = "") -> Figure:
+def plot_perturb(result: PerturbResult, *, title: str = "") -> Figure:
     """The perturbation experiment: ln of the distance δ(t) to the unperturbed copy, one
     panel per Zipf exponent, one color per direction and one line style per ε, with the
     Hessian's predicted slope from the start drawn dashed."""
-    s_values = [p["zipf_s"] for p in result["predictions"]]
+    s_values = [p.zipf_s for p in result.predictions]
     fig = Figure(figsize=(4.5 * len(s_values), 4.2), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(s_values), sharey=True))
     styles = ["-", "--", "-.", ":"]
-    colors = {d: f"C{k}" for k, d in enumerate(result["directions"])}
-    for ax, pred in zip(axes, result["predictions"]):
-        s = pred["zipf_s"]
-        for row, curve in zip(result["rows"], result["curves"]):
-            if row["zipf_s"] != s:
+    colors = {d: f"C{k}" for k, d in enumerate(result.directions)}
+    for ax, pred in zip(axes, result.predictions):
+        s = pred.zipf_s
+        for row, curve in zip(result.rows, result.curves):
+            if row.zipf_s != s:
                 continue
-            k = result["eps"].index(row["eps"])
-            ax.semilogy(np.arange(len(curve)), curve, color=colors[row["direction"]],
+            k = list(result.eps).index(row.eps)
+            ax.semilogy(np.arange(len(curve)), curve, color=colors[row.direction],
                         ls=styles[k % len(styles)], lw=1.2,
-                        label=f"{row['direction']}, ε = {row['eps']:g}")
-            if row["direction"] == "hessian" and pred["hessian_rate"] is not None:
+                        label=f"{row.direction}, ε = {row.eps:g}")
+            if row.direction == "hessian" and pred.hessian_rate is not None:
                 t = np.arange(0, min(len(curve), 1 + max(3, int(5 / max(
-                    abs(pred["hessian_rate"]), 1e-9)))))
-                ax.semilogy(t, curve[0] * np.exp(pred["hessian_rate"] * t), color="k",
+                    abs(pred.hessian_rate), 1e-9)))))
+                ax.semilogy(t, curve[0] * np.exp(pred.hessian_rate * t), color="k",
                             ls=styles[k % len(styles)], lw=0.8, alpha=0.6)
-        ax.set_title(f"s = {s:g}: predicted {pred['hessian_rate']:.3g}/epoch (black)"
-                     if pred["hessian_rate"] is not None else f"s = {s:g}", fontsize=9)
+        ax.set_title(f"s = {s:g}: predicted {pred.hessian_rate:.3g}/epoch (black)"
+                     if pred.hessian_rate is not None else f"s = {s:g}", fontsize=9)
         ax.set_xlabel("epochs after the perturbation")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("‖θ_perturbed − θ_unperturbed‖")
