@@ -158,3 +158,59 @@ def test_fixed_norm_keeps_the_parameters_on_the_initial_sphere(small):
     torch.testing.assert_close(st.theta, expect, rtol=1e-12, atol=1e-15)
     with pytest.raises(Exception, match="fixed_norm: --hook-strength is the norm"):
         Trainer(small(10, hook="fixed_norm", hook_strength=0.0))
+
+
+def test_grokfast_is_adamw_on_the_gradient_plus_its_amplified_ema():
+    """Grokfast-EMA as its paper's code writes it, densely beside torch.optim.AdamW: μ_1 = g_1,
+    μ_t = α μ_{t-1} + (1 − α) g_t, and AdamW steps on g_t + λ μ_t; 40 steps in float64."""
+    from zgdyn import Config
+    from zgdyn.core.hooks import Grokfast
+
+    optim = OptimConfig(lr=1e-2, weight_decay=0.5, hook="grokfast", hook_strength=2.0)
+    step, model, (a, b, y, w) = _setup(optim=optim, use_onednn=False)
+    step.hook = make_hook(Config(optim=optim))
+    step.hook.init_state(step.theta)
+    opt = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=0.5,
+                            betas=(optim.beta1, optim.beta2), eps=optim.eps)
+    alpha, mu = Grokfast.ALPHA, {}
+    for _ in range(40):
+        step.step()
+        opt.zero_grad()
+        _autograd_loss(dict(model.named_parameters()), a, b, y, w, 13).backward()
+        for name, t in model.named_parameters():
+            g = t.grad.detach().clone()
+            mu[name] = g if name not in mu else alpha * mu[name] + (1 - alpha) * g
+            t.grad.add_(mu[name], alpha=2.0)
+        opt.step()
+    for name, t in model.named_parameters():
+        torch.testing.assert_close(step.params[name], t.detach(), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(step.views(step.hook.buffers["grad_ema"])[name], mu[name],
+                                   rtol=1e-10, atol=1e-13)
+    with pytest.raises(Exception, match="grokfast: --hook-strength is the amplification"):
+        make_hook(Config(optim=OptimConfig(hook="grokfast", hook_strength=-1.0)))
+
+
+def test_grokfast_keeps_its_ema_in_keyframes_and_resumes_bitwise(tmp_path):
+    from helpers import StopAt, small_config
+    from zgdyn.store.reader import verify_run
+    from zgdyn.store.runner import resume_run, train_run
+
+    cfg = small_config(300, zipf_s=1.5, hook="grokfast", hook_strength=2.0)
+    whole, cut = tmp_path / "whole.h5", tmp_path / "cut.h5"
+    done = train_run(cfg, whole)
+    train_run(cfg, cut, callbacks=[StopAt(150)])
+    with open_run(cut) as run:
+        assert run.last_keyframe == 150  # a stop writes a keyframe where it stops
+    resume_run(cut)
+    with open_run(whole) as a, open_run(cut) as b:
+        sa = a.snapshot_at(200)
+        assert set(sa.hook_state) == {"grad_ema"}
+        assert float(sum(v.abs().sum() for v in sa.hook_state["grad_ema"].values())) > 0
+        sb = b.snapshot_at(200)
+        assert all(torch.equal(sa.hook_state["grad_ema"][k], sb.hook_state["grad_ema"][k])
+                   for k in sa.hook_state["grad_ema"])
+        assert all(torch.equal(v, b.params_at(300)[k]) for k, v in a.params_at(300).items())
+        last = a.snapshot_at(300).hook_state["grad_ema"]
+    live = done.step.views(done.step.hook.buffers["grad_ema"])
+    assert all(torch.equal(last[k].to(v), v) for k, v in live.items())
+    assert verify_run(whole)["ok"] and verify_run(cut)["ok"]

@@ -11,9 +11,10 @@ records it and a resume rebuilds it. Every step then calls, in order:
 
 ``step`` is the `FusedStep`: ``step.theta``, ``step.grad``, ``step.exp_avg`` and
 ``step.exp_avg_sq`` are flat buffers, ``step.views(flat)`` names their pieces by layer,
-``step.t`` is Adam's step count and ``step.optim`` the optimizer settings. A hook must be
-a function of these (plus its own constants): the run file stores nothing else, so a
-resumed run stays bitwise only if the hook keeps no state of its own.
+``step.t`` is Adam's step count and ``step.optim`` the optimizer settings. A hook is a
+function of these, its own constants and the buffers it names in ``STATE``: flat,
+parameter-shaped tensors (``self.buffers[name]``, zeros at the start) that every keyframe
+stores beside Adam's moments (``keyframes/hook_<name>``), so a resumed run stays bitwise.
 
     >>> from zgdyn.core.hooks import Hook, register
     >>> @register("l1")
@@ -42,11 +43,19 @@ if TYPE_CHECKING:
 
 
 class Hook:
-    """Base class: override `grad`, `update` or both. `strength` is ``optim.hook_strength``."""
+    """Base class: override `grad`, `update` or both. `strength` is ``optim.hook_strength``.
+    `STATE` names the flat buffers the hook keeps across steps (see the module docstring)."""
+
+    STATE: tuple[str, ...] = ()
 
     def __init__(self, strength: float, config: Config) -> None:
         self.strength = strength
         self.config = config
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def init_state(self, like: torch.Tensor) -> None:
+        """Allocate the `STATE` buffers as zeros shaped like the flat parameters `like`."""
+        self.buffers = {name: torch.zeros_like(like) for name in self.STATE}
 
     def grad(self, step: FusedStep) -> None:
         """Change ``step.grad`` in place (default: leave it)."""
@@ -89,6 +98,13 @@ def load_plugins(modules: list[str] | tuple[str, ...]) -> None:
         except Exception as e:  # the module itself failed: one line, not its traceback
             raise ZgdynError(f"--plugin {name}: importing it failed ({type(e).__name__}: "
                              f"{e})") from None
+
+
+def hook_state_names(config: Config) -> tuple[str, ...]:
+    """The state buffers of the config's hook (empty without a hook, or for one that is not
+    registered in this process)."""
+    cls = HOOKS.get(config.optim.hook) if config.optim.hook else None
+    return tuple(cls.STATE) if cls is not None else ()
 
 
 def make_hook(config: Config) -> Hook | None:
@@ -163,5 +179,33 @@ class FixedNorm(Hook):
         return True
 
 
-__all__ = ["Hook", "HOOKS", "register", "load_plugins", "make_hook", "CoupledL2", "PerpGrad",
-           "FixedNorm"]
+@register("grokfast")
+class Grokfast(Hook):
+    """Grokfast-EMA (Lee et al. 2024, "Grokfast: accelerated grokking by amplifying slow
+    gradients", arXiv 2405.20233): the gradient's slow part, an exponential moving average
+    μ ← α μ + (1 − α) g, is amplified and added back, g ← g + λ μ, before the optimizer
+    steps. λ is the strength (the paper's default 2); α = 0.98, the paper's default. μ
+    starts at the first gradient, as the paper's code does (and again where Adam's state
+    is reset, at step 0). μ is kept in every keyframe.
+    """
+
+    STATE = ("grad_ema",)
+    ALPHA = 0.98
+
+    def __init__(self, strength: float, config: Config) -> None:
+        super().__init__(strength, config)
+        if not strength >= 0:
+            raise ZgdynError(f"hook grokfast: --hook-strength is the amplification λ, >= 0; "
+                             f"got {strength}")
+
+    def grad(self, step: FusedStep) -> None:
+        mu = self.buffers["grad_ema"]
+        if step.t == 0:
+            mu.copy_(step.grad)
+        else:
+            mu.mul_(self.ALPHA).add_(step.grad, alpha=1 - self.ALPHA)
+        step.grad.add_(mu, alpha=self.strength)
+
+
+__all__ = ["Hook", "HOOKS", "register", "load_plugins", "hook_state_names", "make_hook",
+           "CoupledL2", "PerpGrad", "FixedNorm", "Grokfast"]

@@ -65,6 +65,7 @@ class Snapshot:
     phase: int  # 0 before the switch, 1 after
     switch_epoch: int  # -1 if no switch has happened
     max_exp_avg_sq: dict[str, Tensor] | None = None  # AMSGrad's running maximum of v
+    hook_state: dict[str, dict[str, Tensor]] | None = None  # the step hook's buffers, by name
 
 
 class Callback:
@@ -102,6 +103,8 @@ class Trainer:
                               loss=m.loss)
         self._train_ab = (torch.as_tensor(a), torch.as_tensor(b))
         self.step.hook = make_hook(config)
+        if self.step.hook is not None:
+            self.step.hook.init_state(self.step.theta)
         self.evaluator = Evaluator(self.split, self.phase_weights, self.phase_s,
                                    self.step.device)
         self.stop_requested = False
@@ -141,7 +144,9 @@ class Trainer:
                         exp_avg_sq=copy(st.exp_avg_sq), step=st.t, phase=self.phase,
                         switch_epoch=self.switch_epoch,
                         max_exp_avg_sq=None if st.max_exp_avg_sq is None
-                        else copy(st.max_exp_avg_sq))
+                        else copy(st.max_exp_avg_sq),
+                        hook_state={k: copy(b) for k, b in st.hook.buffers.items()}
+                        if st.hook is not None and st.hook.buffers else None)
 
     def restore(self, snap: Snapshot) -> None:
         st = self.step
@@ -156,6 +161,13 @@ class Trainer:
             pairs.append((st.max_exp_avg_sq, snap.max_exp_avg_sq))
         elif st.max_exp_avg_sq is not None:  # a later phase's; unused before it
             st.max_exp_avg_sq.zero_()
+        if st.hook is not None and st.hook.buffers:
+            missing = sorted(set(st.hook.buffers) - set(snap.hook_state or {}))
+            if missing:
+                raise ZgdynError(f"the state at epoch {snap.epoch} lacks the "
+                                 f"{self.config.optim.hook} hook's {', '.join(missing)}, which "
+                                 "it needs to go on")
+            pairs += [(st.hook.buffers[k], snap.hook_state[k]) for k in st.hook.buffers]
         for flat, named in pairs:
             for k, view in st.views(flat).items():
                 view.copy_(named[k])

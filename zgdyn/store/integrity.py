@@ -45,10 +45,13 @@ _STANDARD_TYPES = [getattr(h5py.h5t, f"{kind}{bits}{order}")
 
 
 def moment_groups(config: Config) -> tuple[str, ...]:
-    """The optimizer-state groups of a run's keyframes: Adam's (or SGD's) two moments, and
-    AMSGrad's running maximum of v if any phase uses it (zeros before it is in use)."""
+    """The optimizer-state groups of a run's keyframes: Adam's (or SGD's) two moments,
+    AMSGrad's running maximum of v if any phase uses it (zeros before it is in use), and
+    the step hook's buffers (``hook_<name>``, see `zgdyn.core.hooks`)."""
+    from ..core.hooks import hook_state_names
+
     extra = ("max_exp_avg_sq",) if any(needs_max_moment(o) for o in config.optimizers) else ()
-    return ("exp_avg", "exp_avg_sq", *extra)
+    return ("exp_avg", "exp_avg_sq", *extra, *(f"hook_{n}" for n in hook_state_names(config)))
 
 
 def _param_groups(f: h5py.File, config: Config) -> tuple[str, ...]:

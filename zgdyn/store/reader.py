@@ -101,6 +101,8 @@ def read_snapshot(f: h5py.File, row: int, device: str, path: Path) -> Snapshot:
         switch_epoch=int(kf["switch_epoch"][row]),
         max_exp_avg_sq={n: as_t(kf["max_exp_avg_sq"][n], row) for n in names}
         if needs_max_moment(optim.name) and "max_exp_avg_sq" in kf else None,
+        hook_state={g[5:]: {n: as_t(kf[g][n], row) for n in names}
+                    for g in kf if g.startswith("hook_")} or None,
     )
 
 

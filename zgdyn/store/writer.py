@@ -365,6 +365,10 @@ class RunWriter(_Writable, Callback):
                 held = snap.max_exp_avg_sq
                 _append(g["max_exp_avg_sq"][name], (torch.zeros_like(value) if held is None
                                                     else held[name]).cpu().numpy())
+        for state, named in (snap.hook_state or {}).items():
+            if f"hook_{state}" in g:
+                for name, value in named.items():
+                    _append(g[f"hook_{state}"][name], value.cpu().numpy())
         self.h5.attrs["epochs_done"] = trainer.epoch
         if trainer.watch is not None:
             self.h5.attrs["watch_state"] = json.dumps(trainer.watch.state())
