@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 from ..core.config import Config, ZgdynError, fields_by_section, flatten, from_flat, load_toml
 from .common import device_arg, figure_paths, print_json, save_figure
 from .flags import ENSEMBLE_FIELDS
-from .text import (fmt_ratio, fmt_sig, format_info, format_scorecards, format_summary,
-                   format_sweep_report, format_two_phase, pct)
+from .text import (fmt_ratio, fmt_sig, format_info, format_leaderboard, format_scorecards,
+                   format_summary, format_sweep_report, format_two_phase, pct)
 
 if TYPE_CHECKING:
     from ..batch.results import SuiteResult
@@ -387,6 +387,48 @@ def cmd_sweep_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from ..batch.leaderboard import leaderboard, phase2_curves
+    from ..batch.suite import load_suite
+
+    name = args.suite
+    if name is None:
+        runs = sorted(d.name for d in (args.suite_dir / "runs").glob("*") if d.is_dir())
+        if len(runs) != 1:
+            raise ZgdynError(f"{args.suite_dir}: holds {len(runs)} suites' runs under runs/ "
+                             f"({', '.join(runs) or 'none'}); name one with --suite")
+        name = runs[0]
+    suite = load_suite(name)
+    if not (args.suite_dir / "runs" / suite.name).is_dir():
+        raise ZgdynError(f"{args.suite_dir}: has no runs of suite {suite.name!r} "
+                         f"(no {args.suite_dir / 'runs' / suite.name}); give zgdyn reproduce's "
+                         "--out folder")
+    _threads(args.threads)
+    bar = None
+    if not args.no_cost and not args.no_progress:
+        from tqdm.auto import tqdm
+        from ..batch.leaderboard import COST_ROUNDS
+        bar = tqdm(total=COST_ROUNDS, desc="timing the methods' epochs", unit="round")
+    try:
+        board = leaderboard(suite, args.suite_dir, rank_s=args.rank_s, cost=not args.no_cost,
+                            on_round=lambda i: bar.update(1) if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    curves = phase2_curves(suite, args.suite_dir, args.rank_s)
+    outs = []
+    if curves:
+        from ..present.suite_plots import plot_leaderboard
+        outs = figure_paths(args.figure or args.suite_dir / "leaderboard.png", force=True)
+        save_figure(plot_leaderboard(curves, args.rank_s), outs)
+    if args.json:
+        print_json({**board.to_dict(), "figures": [str(o) for o in outs]})
+    else:
+        sys.stdout.write(format_leaderboard(board) + (f"wrote {', '.join(map(str, outs))}\n"
+                                                      if outs else ""))
+    return 0
+
+
 __all__ = ["RUNS_DIR", "fail", "NAME_ALIASES", "MAX_NAME", "cmd_train", "cmd_info", "cmd_stats",
            "cmd_verify", "cmd_bench", "cmd_scorecard", "cmd_two_phase", "cmd_reproduce",
-           "cmd_demo", "cmd_sweep", "cmd_sweep_report"]
+           "cmd_demo", "cmd_sweep", "cmd_sweep_report", "cmd_leaderboard"]

@@ -36,8 +36,9 @@ from pathlib import Path
 from ..core.config import LOOKBACK, REFRACTORY, WEIGHTINGS, ZgdynError
 from .analysis_commands import (cmd_analyze, cmd_events, cmd_fit, cmd_hessian, cmd_perturb,
                                 cmd_plot, cmd_replay, cmd_saddle, cmd_sharpness)
-from .commands import (cmd_bench, cmd_demo, cmd_info, cmd_reproduce, cmd_scorecard, cmd_stats,
-                       cmd_sweep, cmd_sweep_report, cmd_train, cmd_two_phase, cmd_verify, fail)
+from .commands import (cmd_bench, cmd_demo, cmd_info, cmd_leaderboard, cmd_reproduce,
+                       cmd_scorecard, cmd_stats, cmd_sweep, cmd_sweep_report, cmd_train,
+                       cmd_two_phase, cmd_verify, fail)
 from .flags import (ENSEMBLE_FIELDS, Parser, add_config_flags, add_device_flag, add_plugin_flag,
                     add_pool_flags, add_suite_flags, figure_flag, json_flag, progress_flag,
                     threshold_flag)
@@ -388,6 +389,30 @@ def _sweep_report(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_sweep_report)
 
 
+def _leaderboard(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("leaderboard", help="a suite's methods (variants) ranked against its "
+                       "baseline, with the phase-2 curves figure",
+                       description="One row per variant of the suite whose runs are under "
+                       "SUITE_DIR (as zgdyn reproduce --out wrote them): the phase-2 mean test "
+                       "accuracy at each two-phase exponent, the lowest and the time below "
+                       "50%% at --rank-s, collapses per 100k epochs and the first >= 95%% of "
+                       "the single-phase runs, and the epoch time over the baseline's, "
+                       "measured side by side now; ranked by the phase-2 mean at --rank-s.")
+    p.add_argument("suite_dir", type=Path, metavar="SUITE_DIR",
+                   help="the suite's output folder (its runs are in SUITE_DIR/runs/NAME)")
+    p.add_argument("--suite", metavar="NAME|FILE", help="the suite (default: the one "
+                   "folder under SUITE_DIR/runs, as experiments/suite_NAME.toml)")
+    p.add_argument("--rank-s", type=float, default=2.0, metavar="S",
+                   help="the two-phase exponent that ranks the methods (default 2)")
+    p.add_argument("--no-cost", action="store_true", help="skip timing the methods' epochs")
+    p.add_argument("--figure", type=Path, metavar="FIG.png", help="default "
+                   "SUITE_DIR/leaderboard.png (+ .pdf), rewritten each time")
+    p.add_argument("--threads", type=int, help="torch threads for the timing (default: all)")
+    progress_flag(p)
+    json_flag(p)
+    p.set_defaults(func=cmd_leaderboard)
+
+
 def _bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="throughput against a plain PyTorch loop, side by side")
     p.add_argument("--epochs", type=int, default=400, help="epochs per timed run")
@@ -422,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"zgdyn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    for add in (_train, _info, _analyze, _verify, _events, _fit, _replay, _hessian, _saddle, _sharpness, _plot, _stats, _scorecard, _two_phase, _perturb, _reproduce, _demo, _sweep, _sweep_report, _bench):
+    for add in (_train, _info, _analyze, _verify, _events, _fit, _replay, _hessian, _saddle, _sharpness, _plot, _stats, _scorecard, _two_phase, _perturb, _reproduce, _demo, _sweep, _sweep_report, _leaderboard, _bench):
         add(sub)
     return parser
 

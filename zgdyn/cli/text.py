@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ..analysis.perturb import PerturbResult
     from ..analysis.stability import SaddleResult
+    from ..batch.leaderboard import Leaderboard
     from ..batch.results import SuiteResult
 
 
@@ -231,6 +232,34 @@ def format_sweep_report(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["pct", "optimizer_text", "format_info", "opt", "fmt_ratio", "fmt_sig", "pm", "fmt",
+def format_leaderboard(board: Leaderboard) -> str:
+    """The leaderboard: one row per method, ranked, then the conclusion."""
+    def ms(st: Any, fn: Any = pct) -> str:
+        if st.mean is None:
+            return "-" if st.runs == 0 else "never"
+        return fn(st.mean) + ("" if st.std is None else f" ± {fn(st.std)}") + \
+            ("" if st.n == st.runs else f" ({st.n}/{st.runs})")
+    k = f"{board.rank_s:g}"
+    head = ["#", "method", *(f"ph2 mean s={s:g}" for s in board.two_phase_s),
+            f"ph2 min s={k}", f"<50% s={k}", "coll/100k", "first>=95%", "cost"]
+    rows = [[str(r.rank), r.variant, *(ms(r.phase2_mean[f"{s:g}"]) for s in board.two_phase_s),
+             ms(r.phase2_min), ms(r.phase2_below_50),
+             ms(r.collapses_per_100k, lambda x: f"{x:.2f}"),
+             ms(r.first_95, lambda x: f"{x:,.0f}"),
+             "-" if r.cost is None else f"{r.cost:.2f}x"] for r in board.rows]
+    widths = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
+    lines = [f"leaderboard of suite {board.suite} in {board.out}: baseline {board.baseline}, "
+             f"ranked by the phase-2 mean test accuracy at s = {k} (mean ± std over seeds; "
+             "(n/runs) where some runs lack the value; cost: epoch time over the baseline's)"]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)).rstrip()
+              for row in [head, *rows]]
+    if board.missing:
+        lines.append(f"not finished: {len(board.missing)} runs")
+    lines.append(board.conclusion)
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["format_leaderboard", "pct", "optimizer_text", "format_info", "opt", "fmt_ratio",
+           "fmt_sig", "pm", "fmt",
            "format_saddle", "format_sharpness", "format_scorecards", "format_two_phase",
            "format_perturb", "format_summary", "format_sweep_report"]

@@ -1,8 +1,8 @@
 """The base of zgdyn's typed results: frozen dataclasses whose `to_dict()` is their JSON form
 (what `--json` prints and what the run file stores) and whose `from_dict()` reads it back.
 
-A field typed as another result (anything with `from_dict`), or as a tuple or optional of
-one, is converted both ways; tuples become lists in the JSON form, a field named in
+A field typed as another result (anything with `from_dict`), or as a tuple, dict or
+optional of one, is converted both ways; tuples become lists in the JSON form, a field named in
 `OMIT_NONE` is left out of it while it is None, for keys that only some results carry, and
 `KEYS` maps a field to its JSON key where that key is not a Python name ("lambda").
 """
@@ -41,6 +41,9 @@ def _typed(hint: Any, value: Any) -> Any:
         args = typing.get_args(hint)
         inner = args[0] if args else Any
         return tuple(_typed(inner, v) for v in value)
+    if origin is dict and isinstance(value, dict):
+        args = typing.get_args(hint)
+        return {k: _typed(args[1], v) for k, v in value.items()} if args else dict(value)
     if isinstance(hint, type) and hasattr(hint, "from_dict") and isinstance(value, dict):
         return hint.from_dict(value)
     return value

@@ -1,5 +1,5 @@
 """The figures of many runs: accuracy curves over seeds, the perturbation experiment, the
-mechanism table's period laws and a sweep's phase diagram. Like `plots`, it returns
+mechanism table's period laws, a sweep's phase diagram and the leaderboard's curves. Like `plots`, it returns
 `matplotlib.figure.Figure`s and never touches pyplot's global state."""
 
 from __future__ import annotations
@@ -165,5 +165,29 @@ def plot_phase_diagram(phase: dict[str, Any], *, title: str = "") -> Figure:
     return fig
 
 
-__all__ = ["plot_accuracy_curves", "plot_perturb", "LAW_TITLES", "plot_period_laws",
-           "PHASE_LABELS", "plot_phase_diagram"]
+def plot_leaderboard(curves: dict[str, dict[str, Any]], s: float, *,
+                     title: str = "") -> Figure:
+    """Phase-2 test accuracy after the switch to Zipf s, one curve per method (the mean over
+    its seeds), the seeds' range shaded; `curves` as `batch.leaderboard.phase2_curves`."""
+    fig = Figure(figsize=(9, 4.8), layout="constrained")
+    ax = fig.subplots()
+    for k, (name, c) in enumerate(curves.items()):
+        color = f"C{k % 10}"
+        n = int(c["n"])
+        ax.plot(c["epoch"], c["mean"], color=color, lw=1.2,
+                label=f"{name} ({n} seed{'s' if n != 1 else ''})")
+        if n > 1:
+            ax.fill_between(c["epoch"], c["lo"], c["hi"], color=color, alpha=0.18, lw=0)
+    ax.axhline(0.95, color="0.6", lw=0.8, ls="--")
+    ax.axhline(0.5, color="0.6", lw=0.8, ls="--")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(f"epochs since the switch to Zipf s = {s:g}")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title(title or f"phase 2 at s = {s:g}: the mean over seeds, their range shaded")
+    return fig
+
+
+__all__ = ["plot_leaderboard", "plot_accuracy_curves", "plot_perturb", "LAW_TITLES",
+           "plot_period_laws", "PHASE_LABELS", "plot_phase_diagram"]
