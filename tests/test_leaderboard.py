@@ -61,6 +61,12 @@ def test_rows_are_the_scorecards_over_seeds_ranked_at_rank_s(board_dir):
     assert base.cost == 1.0
     assert board.rows[0].variant in board.conclusion
     assert Leaderboard.from_dict(json.loads(json.dumps(board.to_dict()))) == board
+    partial = leaderboard(suite_from_dict({**SUITE, "variants": {**SUITE["variants"],
+                                                                 "later": {"lr": 1e-3}}}),
+                          out, rank_s=3.0, cost=False)
+    assert partial.rows[-1].variant == "later" and partial.rows[-1].rank is None
+    assert partial.rows[-1].phase2_mean["3"] == Stat(mean=None, std=None, n=0, runs=0)
+    assert len(partial.missing) == 6  # its runs were never trained
     with pytest.raises(Exception, match="rank_s: must be one of the suite's two-phase"):
         leaderboard(suite, out, rank_s=2.0, cost=False)
 

@@ -45,9 +45,10 @@ class Stat(Result):
 @dataclass(frozen=True)
 class LeaderRow(Result):
     """One method (a suite variant): see the module docstring. `phase2_mean` maps each
-    two-phase exponent (as text, "2") to its Stat; `cost` is None where it was not measured."""
+    two-phase exponent (as text, "2") to its Stat; `rank` is None while the method has no
+    finished run at the ranking exponent, `cost` None where it was not measured."""
 
-    rank: int
+    rank: int | None
     variant: str
     overrides: dict[str, Any]
     phase2_mean: dict[str, Stat]
@@ -142,7 +143,8 @@ def leaderboard(suite: Suite, out: str | Path, *, rank_s: float = 2.0, cost: boo
                          holds=(mean[f"{rank_s:g}"].mean or 0.0) > HOLDS))
     key = lambda r: (r["phase2_mean"][f"{rank_s:g}"].mean is None,
                      -(r["phase2_mean"][f"{rank_s:g}"].mean or 0.0))
-    ranked = tuple(LeaderRow(rank=i + 1, **r) for i, r in enumerate(sorted(rows, key=key)))
+    ranked = tuple(LeaderRow(rank=None if key(r)[0] else i + 1, **r)
+                   for i, r in enumerate(sorted(rows, key=key)))
     return Leaderboard(suite=suite.name, out=str(out), baseline=variants[0], rank_s=rank_s,
                        two_phase_s=tuple(two), single_s=tuple(single), rows=ranked,
                        missing=tuple(missing),

@@ -242,7 +242,7 @@ def format_leaderboard(board: Leaderboard) -> str:
     k = f"{board.rank_s:g}"
     head = ["#", "method", *(f"ph2 mean s={s:g}" for s in board.two_phase_s),
             f"ph2 min s={k}", f"<50% s={k}", "coll/100k", "first>=95%", "cost"]
-    rows = [[str(r.rank), r.variant, *(ms(r.phase2_mean[f"{s:g}"]) for s in board.two_phase_s),
+    rows = [["-" if r.rank is None else str(r.rank), r.variant, *(ms(r.phase2_mean[f"{s:g}"]) for s in board.two_phase_s),
              ms(r.phase2_min), ms(r.phase2_below_50),
              ms(r.collapses_per_100k, lambda x: f"{x:.2f}"),
              ms(r.first_95, lambda x: f"{x:,.0f}"),
