@@ -238,7 +238,7 @@ def execute(tasks: list[Task], *, jobs: int = 1, threads: int | None = None,
     def done(i: int, res: dict[str, Any]) -> None:
         results[i].update(res)
         finished[0] += 1
-        failed[0] += not res["ok"]
+        failed[0] += not res["ok"] and not res.get("stopped")  # a stop is not a failure
         if bar is not None:
             bar.set_postfix(runs=f"{finished[0]}/{len(todo)}", failed=failed[0])
 
