@@ -134,3 +134,8 @@ def test_conclusion_states_a_method_that_holds_the_solution():
         "At s = 2, no method beats baseline (57.0%, 3 seeds). No method holds the solution "
         "there (phase-2 mean above 95%).")
     assert board_conclusion((), "baseline", 2.0).startswith("Nothing to rank yet")
+    stuck = planted(LeaderRow, rank=None, variant="fixed-norm-1", holds=False,
+                    phase2_mean={"2": Stat(mean=None, std=None, n=0, runs=1)})
+    assert board_conclusion((*rows, stuck), "baseline", 2.0).endswith(
+        "fixed-norm-1 never reached the switch: phase 1 did not end, so there is no phase 2 "
+        "to rank.")

@@ -180,10 +180,14 @@ def board_conclusion(rows: tuple[LeaderRow, ...], baseline: str, rank_s: float) 
             if best.variant != baseline else
             f"At s = {key}, no method beats {baseline} "
             f"({100 * base.phase2_mean[key].mean:.1f}%, {seeds(base)})")
+    stuck = [r.variant for r in rows if r.phase2_mean[key].runs and r.phase2_mean[key].n == 0]
     held = [r.variant for r in scored if r.holds]
     text += (f". {', '.join(held)} hold{'s' if len(held) == 1 else ''} the solution there "
              f"(phase-2 mean above {100 * HOLDS:.0f}%)" if held else
              f". No method holds the solution there (phase-2 mean above {100 * HOLDS:.0f}%)")
+    if stuck:
+        text += (f". {', '.join(stuck)} never reached the switch: phase 1 did not end, so "
+                 "there is no phase 2 to rank")
     return text + "."
 
 

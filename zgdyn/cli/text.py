@@ -234,18 +234,19 @@ def format_sweep_report(r: dict[str, Any]) -> str:
 
 def format_leaderboard(board: Leaderboard) -> str:
     """The leaderboard: one row per method, ranked, then the conclusion."""
-    def ms(st: Any, fn: Any = pct) -> str:
-        if st.mean is None:
-            return "-" if st.runs == 0 else "never"
+    def ms(st: Any, fn: Any = pct, none: str = "no switch") -> str:
+        if st.mean is None:  # no run, or runs without the value: phase 1 never ended
+            return "-" if st.runs == 0 else none
         return fn(st.mean) + ("" if st.std is None else f" ± {fn(st.std)}") + \
             ("" if st.n == st.runs else f" ({st.n}/{st.runs})")
     k = f"{board.rank_s:g}"
     head = ["#", "method", *(f"ph2 mean s={s:g}" for s in board.two_phase_s),
             f"ph2 min s={k}", f"<50% s={k}", "coll/100k", "first>=95%", "cost"]
-    rows = [["-" if r.rank is None else str(r.rank), r.variant, *(ms(r.phase2_mean[f"{s:g}"]) for s in board.two_phase_s),
+    rows = [["-" if r.rank is None else str(r.rank), r.variant,
+             *(ms(r.phase2_mean[f"{s:g}"]) for s in board.two_phase_s),
              ms(r.phase2_min), ms(r.phase2_below_50),
-             ms(r.collapses_per_100k, lambda x: f"{x:.2f}"),
-             ms(r.first_95, lambda x: f"{x:,.0f}"),
+             ms(r.collapses_per_100k, lambda x: f"{x:.2f}", "-"),
+             ms(r.first_95, lambda x: f"{x:,.0f}", "never"),
              "-" if r.cost is None else f"{r.cost:.2f}x"] for r in board.rows]
     widths = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
     lines = [f"leaderboard of suite {board.suite} in {board.out}: baseline {board.baseline}, "
