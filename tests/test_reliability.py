@@ -697,6 +697,54 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def test_sigterm_stops_a_pool_whose_other_worker_is_idle(tmp_path):
+    """SIGTERM when one worker is running and the other has no run left: the parent stops
+    the running run at a keyframe and exits, instead of waiting for ever on a worker that
+    blocked on the pool's queue lock (held by the idle worker the stop terminated)."""
+    spec = tmp_path / "suite.toml"
+    spec.write_text('name = "idle"\n[base]\n' + "".join(
+        f"{k} = {json.dumps(v)}\n" for k, v in LONG_BASE.items() if k != "epochs")
+        + "[[single]]\nzipf_s = [1.5]\nepochs = 300000\n"
+        + "[[single]]\nzipf_s = [0]\nepochs = 100\n")
+    out = tmp_path / "out"
+    long_run = out / "runs" / "idle" / "single-s1.5-seed42.h5"
+    short_run = out / "runs" / "idle" / "single-s0-seed42.h5"
+    err = open(tmp_path / "stderr", "w+")
+    parent = subprocess.Popen([sys.executable, "-c", CHILD, "reproduce", "--suite", str(spec),
+                               "--out", str(out), "--jobs", "2", "--no-progress"],
+                              stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            workers = _pool_workers(parent.pid) or workers
+            if (long_run.exists() and _epochs_done(long_run) >= 2000 and short_run.exists()
+                    and _epochs_done(short_run) == 100):
+                break
+            time.sleep(0.1)
+        time.sleep(1.0)  # the short run's worker back in the pool's queue, idle
+        os.kill(parent.pid, signal.SIGTERM)
+        code = parent.wait(timeout=60)
+        assert code == 130, (tmp_path / "stderr").read_text()
+        deadline = time.monotonic() + 30
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(w) for w in workers), "workers outlived their parent"
+        with open_run(long_run) as run:
+            s = run.summary()
+            assert s["status"] == "interrupted" and 2000 <= s["epochs_done"] < 300000
+        assert verify_run(long_run)["ok"]
+        count("parents killed, their workers stopped at a keyframe")
+    finally:
+        for pid in [parent.pid, *workers]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        parent.wait()
+        err.close()
+
+
 @pytest.mark.parametrize("command,sig", [
     ("sweep", signal.SIGKILL), ("sweep", signal.SIGTERM),
     ("reproduce", signal.SIGKILL), ("reproduce", signal.SIGTERM)],

@@ -318,14 +318,32 @@ def _run_pool(tasks: list[Task], todo: list[int], jobs: int, threads: int,
                         raise KeyboardInterrupt
             _drain(q, receive)
         except KeyboardInterrupt:
-            # workers ignore SIGINT; cancel what has not started, then stop the running
-            # runs at their next epoch (SIGTERM: the trainer keyframes and commits)
-            for f in pending:
-                f.cancel()
-            for proc in list(getattr(pool, "_processes", {}).values()):
-                if proc.is_alive():
-                    proc.terminate()
+            _stop_pool(pool, pending)
             raise
+
+
+STOP_WAIT = 120.0  # seconds a stopped worker may take to keyframe, commit and exit
+
+
+def _stop_pool(pool: ProcessPoolExecutor, pending: set[Future]) -> None:
+    """Ctrl-C or SIGTERM: cancel the runs that have not started, stop the running ones at
+    their next epoch (SIGTERM to each worker: its trainer keyframes and commits; workers
+    ignore SIGINT), wait for them, then kill any worker still there. A worker idle in the
+    pool's queue dies of the SIGTERM, maybe holding the queue's lock; one that finished
+    its run afterwards would block on that lock for ever, and the pool's shutdown with it."""
+    for f in pending:
+        f.cancel()
+    workers = [p for p in list(getattr(pool, "_processes", {}).values()) if p.is_alive()]
+    for proc in workers:
+        proc.terminate()
+    deadline = time.monotonic() + STOP_WAIT
+    running = [f for f in pending if not f.cancelled()]
+    wait(running, timeout=STOP_WAIT)
+    for proc in workers:
+        proc.join(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
+        if proc.is_alive():  # done with its run (or past the wait), blocked in the queue
+            proc.kill()
+            proc.join()
 
 
 def _drain(q: Any, receive: Callable) -> None:
@@ -337,4 +355,4 @@ def _drain(q: Any, receive: Callable) -> None:
 
 
 __all__ = ["Task", "expected_epochs", "run_task", "Backend", "ensemble_backend", "execute",
-           "STOPPED"]
+           "STOPPED", "STOP_WAIT"]
