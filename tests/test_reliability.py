@@ -689,6 +689,25 @@ def _epochs_done(path) -> int:
         return run.summary()["epochs_done"]
 
 
+def _reap(parent: subprocess.Popen, workers: list[int], err) -> None:
+    """SIGKILL the parent and its workers wherever the test left them."""
+    for pid in [parent.pid, *workers]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    parent.wait()
+    err.close()
+
+
+def _wait_gone(workers: list[int]) -> None:
+    """Wait up to 30 s for the workers to exit; fail if any is left."""
+    deadline = time.monotonic() + 30
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(w) for w in workers), "workers outlived their parent"
+
+
 def _alive(pid: int) -> bool:
     try:
         state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
@@ -726,23 +745,14 @@ def test_sigterm_stops_a_pool_whose_other_worker_is_idle(tmp_path):
         os.kill(parent.pid, signal.SIGTERM)
         code = parent.wait(timeout=60)
         assert code == 130, (tmp_path / "stderr").read_text()
-        deadline = time.monotonic() + 30
-        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not any(_alive(w) for w in workers), "workers outlived their parent"
+        _wait_gone(workers)
         with open_run(long_run) as run:
             s = run.summary()
             assert s["status"] == "interrupted" and 2000 <= s["epochs_done"] < 300000
         assert verify_run(long_run)["ok"]
         count("parents killed, their workers stopped at a keyframe")
     finally:
-        for pid in [parent.pid, *workers]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        parent.wait()
-        err.close()
+        _reap(parent, workers, err)
 
 
 @pytest.mark.parametrize("command,sig", [
@@ -784,10 +794,7 @@ def test_workers_die_with_their_parent(tmp_path, command, sig):
         assert len(workers) == 2, workers
         os.kill(parent.pid, sig)
         code = parent.wait(timeout=30)
-        deadline = time.monotonic() + 30
-        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not any(_alive(w) for w in workers), "workers outlived their parent"
+        _wait_gone(workers)
         # SIGTERM is Ctrl-C: the parent waits for its workers' keyframes and exits 130
         assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 130), \
             (tmp_path / "stderr").read_text()
@@ -800,10 +807,4 @@ def test_workers_die_with_their_parent(tmp_path, command, sig):
             RunWriter.resume(path).close()  # the next run can take it at once
         count("parents killed, their workers stopped at a keyframe")
     finally:
-        for pid in [parent.pid, *workers]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        parent.wait()
-        err.close()
+        _reap(parent, workers, err)
