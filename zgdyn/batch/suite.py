@@ -61,12 +61,14 @@ SUITES_DIR = Path("experiments")
 # a suite's, a variant's or a sweep's name: it names a folder or files, so no path in it
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
+
 def check_name(where: str, name: Any, names: str) -> str:
     """`name` if it is a NAME, else a ConfigError saying so (`names`: what it names)."""
     if not (isinstance(name, str) and NAME.fullmatch(name)):
         raise ConfigError(f"{where}: must be 1 to 64 letters, digits, '_', '-', '.', not "
                           f"starting with '_', '-' or '.' (it names {names}), got {name!r}")
     return name
+
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -82,6 +84,7 @@ class RunSpec:
     @property
     def label(self) -> str:
         return self.path.stem
+
 
 @dataclass
 class Suite:
@@ -128,6 +131,7 @@ class Suite:
         single-phase run at s = 0 (first variant, first seed)."""
         return next((r for r in specs if r.table == "single" and r.s == 0), None)
 
+
 def _list(name: str, value: Any, kind: type | tuple = (int, float)) -> list:
     if not isinstance(value, list):
         value = [value]
@@ -136,11 +140,13 @@ def _list(name: str, value: Any, kind: type | tuple = (int, float)) -> list:
         raise ConfigError(f"{name}: must be a non-empty list of {what}, got {value!r}")
     return value
 
+
 def _seeds(where: str, value: Any) -> list[int]:
     seeds = _list(where, value, int)
     if len(set(seeds)) != len(seeds) or any(not 0 <= s < 2**32 for s in seeds):
         raise ConfigError(f"{where}: must be distinct integers in [0, 2^32), got {seeds}")
     return seeds
+
 
 def with_seeds(d: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
     """A suite's TOML table restricted to `seeds`: they replace its seeds, and a table
@@ -164,11 +170,13 @@ def with_seeds(d: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
             del out[table]
     return out
 
+
 def _known(where: str, table: dict[str, Any], allowed: set[str]) -> None:
     bad = sorted(set(table) - allowed)
     if bad:
         raise ConfigError(f"{where}: unknown key {bad[0]!r}; allowed: "
                           f"{', '.join(sorted(allowed))}")
+
 
 def suite_from_dict(d: dict[str, Any], source: str = "") -> Suite:
     """Validate a suite's TOML table (see the module docstring)."""
@@ -244,6 +252,7 @@ def suite_from_dict(d: dict[str, Any], source: str = "") -> Suite:
                           "run; add 0 to [single] zipf_s")
     return suite
 
+
 def find_suite(name: str) -> Path:
     """A suite file: `name` itself if it is a file, else experiments/suite_<name>.toml here
     or in the source tree zgdyn was installed from."""
@@ -257,11 +266,14 @@ def find_suite(name: str) -> Path:
     raise ConfigError(f"suite {name!r}: no such suite file; known suites: "
                       f"{', '.join(known) or 'none'} (or give a path to a suite TOML)")
 
+
 def load_suite(name: str) -> Suite:
     path = find_suite(name)
     return suite_from_dict(read_toml(path, "suite file"), str(path))
 
+
 # -- planning --------------------------------------------------------------------------------
+
 
 def plan(specs: list[RunSpec]) -> list[Task]:
     """One task per run. A file that holds another config is an error (nothing is touched),
@@ -302,7 +314,9 @@ def plan(specs: list[RunSpec]) -> list[Task]:
                               + (f", switched at {switch}" if switch >= 0 else "")))
     return tasks
 
+
 # -- the whole suite -------------------------------------------------------------------------
+
 
 def _stored_saddle(path: Path, epoch: int, dtype: str,
                    exponents: list[float]) -> SaddleResult | None:
@@ -322,6 +336,7 @@ def _stored_saddle(path: Path, epoch: int, dtype: str,
         rows.append(SaddleRow(**row))
     return SaddleResult(**{**a["attrs"]["settings"], "rows": tuple(rows), "stored": True})
 
+
 def _perturb_settings(sec: dict[str, Any]) -> dict[str, Any]:
     """The [perturb] table as `perturb_run` keywords, checked (ConfigError if bad)."""
     from ..analysis.perturb import DIRECTIONS, check_settings
@@ -340,6 +355,7 @@ def _perturb_settings(sec: dict[str, Any]) -> dict[str, Any]:
     ps["zipf_s"] = tuple(float(x) for x in ps["zipf_s"])
     ps["eps"] = tuple(float(x) for x in ps["eps"])
     return ps
+
 
 def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | None = None,
               plugins: tuple[str, ...] = (), progress: bool = False,
@@ -408,6 +424,7 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | No
         stats=tuple(stats), seconds={"runs": t_runs, "total": time.perf_counter() - t0},
         jobs=jobs, threads=threads, mechanism=mechanism)
 
+
 def _score_runs(specs: list[RunSpec], results: list[dict[str, Any]], *, analyze: bool,
                 progress: bool) -> tuple[dict[str, Scorecard], dict[str, str]]:
     """Each run's scorecard (after its Fourier analysis, with `analyze`), and the error of
@@ -427,6 +444,7 @@ def _score_runs(specs: list[RunSpec], results: list[dict[str, Any]], *, analyze:
         except ZgdynError as e:
             errors[str(spec.path)] = str(e)
     return cards, errors
+
 
 def _anchor_analyses(suite: Suite, anchor: RunSpec | None, anchor_card: Scorecard | None, *,
                      analyze: bool, progress: bool, on_stage: Callable[[str], None]
@@ -462,6 +480,7 @@ def _anchor_analyses(suite: Suite, anchor: RunSpec | None, anchor_card: Scorecar
                                                    progress=progress, **ps)
     return anchor_epoch, saddle, perturb
 
+
 def _mechanism(suite: Suite, specs: list[RunSpec], cards: dict[str, Scorecard], *,
                curvature: bool, progress: bool) -> MechanismSummary:
     """The mechanism table of the suite's complete runs: each run's record (with the
@@ -490,6 +509,7 @@ def _mechanism(suite: Suite, specs: list[RunSpec], cards: dict[str, Scorecard], 
                             records=tuple(records),
                             verdicts=tuple(verdicts(records, baseline=baseline)),
                             onset=onset_summary(records))
+
 
 __all__ = ["SECTIONS", "TOP_KEYS", "MECHANISM_KEYS", "SADDLE_KEYS", "PERTURB_KEYS", "SUITES_DIR",
            "NAME", "check_name", "RunSpec", "Suite", "with_seeds", "suite_from_dict", "find_suite",
