@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -358,5 +359,23 @@ def saddle_table(path: str, *, epoch: int | None = None,
     return result
 
 
+def stored_saddle(path: str | Path, epoch: int, dtype: str,
+                  exponents: list[float]) -> SaddleResult | None:
+    """The table `saddle_table` stored for keyframe `epoch` in `dtype`, if it has these
+    exponents; None otherwise."""
+    with open_run(path) as run:
+        a = run.analysis(f"saddle/epoch{epoch}_{dtype}")
+    if a is None or [float(x) for x in a["zipf_s"]] != [float(x) for x in exponents]:
+        return None
+    rows = []
+    for i in range(len(a["zipf_s"])):
+        row = {f: float(a[f][i]) for f in SaddleRow.__dataclass_fields__ if f in a}
+        # files written before convergence was stored: unknown, say no
+        row["converged"] = bool(row.get("converged", 0.0))
+        row["n_hvp"] = int(row["n_hvp"])
+        rows.append(SaddleRow(**row))
+    return SaddleResult(**{**a["attrs"]["settings"], "rows": tuple(rows), "stored": True})
+
+
 __all__ = ["HessianResult", "SaddleRow", "SaddleResult", "hessian_at", "saddle_table",
-           "load_point", "Point", "write_result", "spectrum_record"]
+           "stored_saddle", "load_point", "Point", "write_result", "spectrum_record"]

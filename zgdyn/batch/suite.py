@@ -318,25 +318,6 @@ def plan(specs: list[RunSpec]) -> list[Task]:
 # -- the whole suite -------------------------------------------------------------------------
 
 
-def _stored_saddle(path: Path, epoch: int, dtype: str,
-                   exponents: list[float]) -> SaddleResult | None:
-    from ..analysis.stability import SaddleResult, SaddleRow
-    from ..store.reader import open_run
-
-    with open_run(path) as run:
-        a = run.analysis(f"saddle/epoch{epoch}_{dtype}")
-    if a is None or [float(x) for x in a["zipf_s"]] != [float(x) for x in exponents]:
-        return None
-    rows = []
-    for i in range(len(a["zipf_s"])):
-        row = {f: float(a[f][i]) for f in SaddleRow.__dataclass_fields__ if f in a}
-        # files written before convergence was stored: unknown, say no
-        row["converged"] = bool(row.get("converged", 0.0))
-        row["n_hvp"] = int(row["n_hvp"])
-        rows.append(SaddleRow(**row))
-    return SaddleResult(**{**a["attrs"]["settings"], "rows": tuple(rows), "stored": True})
-
-
 def _perturb_settings(sec: dict[str, Any]) -> dict[str, Any]:
     """The [perturb] table as `perturb_run` keywords, checked (ConfigError if bad)."""
     from ..analysis.perturb import DIRECTIONS, check_settings
@@ -452,7 +433,7 @@ def _anchor_analyses(suite: Suite, anchor: RunSpec | None, anchor_card: Scorecar
     """(epoch, saddle table, perturbation experiment) at the anchor run's last keyframe,
     each stored result reused where its settings match."""
     from ..analysis.perturb import perturb_run, stored_perturb
-    from ..analysis.stability import saddle_table
+    from ..analysis.stability import saddle_table, stored_saddle
     from ..store.reader import open_run
 
     saddle = perturb = None
@@ -465,7 +446,7 @@ def _anchor_analyses(suite: Suite, anchor: RunSpec | None, anchor_card: Scorecar
             exps = _list("saddle: exponents", suite.saddle.get("exponents",
                                                                [0, 1, 1.5, 2, 3]))
             dtype = str(suite.saddle.get("dtype", "float64"))
-            saddle = _stored_saddle(anchor.path, anchor_epoch, dtype, exps) or saddle_table(
+            saddle = stored_saddle(anchor.path, anchor_epoch, dtype, exps) or saddle_table(
                 str(anchor.path), epoch=anchor_epoch, exponents=tuple(map(float, exps)),
                 dtype=dtype)
         if suite.perturb is not None:
