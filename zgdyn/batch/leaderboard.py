@@ -76,7 +76,7 @@ class Leaderboard(Result):
 
 
 def _stat(cards: list[Scorecard], field: str) -> Stat:
-    agg = aggregate(cards)[field] if cards else {"mean": None, "std": None, "n": 0}
+    agg = aggregate(cards)[field]
     return Stat(mean=agg["mean"], std=agg["std"], n=agg["n"], runs=len(cards))
 
 
@@ -199,17 +199,18 @@ def phase2_curves(suite: Suite, out: str | Path, s: float) -> dict[str, dict[str
 
     out_curves: dict[str, dict[str, np.ndarray]] = {}
     specs = [sp for sp in suite.runs(Path(out)) if sp.table == "two_phase" and sp.s == s]
-    cards, _ = _cards(specs)
     for v in suite.variants:
         series = []
         for sp in specs:
-            card = cards.get(str(sp.path))
-            if sp.variant != v or card is None or card.switch_epoch is None:
+            if sp.variant != v or not Path(sp.path).exists():
                 continue
             with open_run(sp.path) as run:
+                switch = int(run.attrs["switch_epoch"])
+                if run.attrs["status"] != "complete" or switch < 0:
+                    continue
                 m = run.metrics
-            after = m["epoch"] >= card.switch_epoch
-            series.append((m["epoch"][after] - card.switch_epoch, m["test_acc"][after]))
+            after = m["epoch"] >= switch
+            series.append((m["epoch"][after] - switch, m["test_acc"][after]))
         if not series:
             continue
         grid = series[0][0]
