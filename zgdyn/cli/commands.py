@@ -404,11 +404,11 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
                          f"(no {args.suite_dir / 'runs' / suite.name}); give zgdyn reproduce's "
                          "--out folder")
     _threads(args.threads)
-    bar = None
-    if not args.no_cost and not args.no_progress:
-        from tqdm.auto import tqdm
-        from ..batch.leaderboard import COST_ROUNDS
-        bar = tqdm(total=COST_ROUNDS, desc="timing the methods' epochs", unit="round")
+    from ..batch.leaderboard import COST_ROUNDS
+    from ..core.runtime import progress_bar
+
+    bar = progress_bar(not args.no_cost and not args.no_progress, total=COST_ROUNDS,
+                       desc="timing the methods' epochs", unit="round")
     try:
         board = leaderboard(suite, args.suite_dir, rank_s=args.rank_s, cost=not args.no_cost,
                             on_round=lambda i: bar.update(1) if bar is not None else None)
