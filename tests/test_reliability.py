@@ -546,6 +546,39 @@ def test_racing_creators_on_one_out_exactly_one_wins(tmp_path, force):
             proc.wait()
 
 
+def test_force_waits_out_another_processes_probe_and_refuses_a_writer(tmp_path):
+    """A --force replacement while another creator probes the old file (a shared flock held
+    for an instant) replaces it, where a probe used to be taken for a writer so that racing
+    replacers could all be refused; while a writer holds the file, it is refused in one line
+    and the file is left as it was."""
+    import fcntl
+    import threading
+
+    path = tmp_path / "r.h5"
+    train_run(small_config(epochs=20), path)
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # another process's probe, released 0.3 s later
+    release = threading.Timer(0.3, os.close, (fd,))
+    release.start()
+    try:
+        train_run(small_config(epochs=30, seed=7), path, force=True)
+    finally:
+        release.join()
+    with open_run(path) as run:
+        assert run.config.seed == 7 and run.summary()["epochs_done"] == 30
+
+    before = path.read_bytes()
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a writer
+    try:
+        with pytest.raises(RunFileError, match="being written by another process"):
+            train_run(small_config(epochs=20), path, force=True)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.h5"]
+
+
 class _Crash(Callback):
     """Dies (the second Ctrl-C: stop at once, nothing since the last commit kept)."""
 

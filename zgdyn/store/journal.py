@@ -63,12 +63,17 @@ def journal_path(path: Path) -> Path:
     return path.with_name(name)
 
 
+def written_error(path: Path) -> RunFileError:
+    """The refusal of a file whose write lock another process holds."""
+    return RunFileError(f"{path}: is being written by another process; "
+                        "wait for it to finish or stop it first")
+
+
 def lock_for_writing(fd: int, path: Path) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise RunFileError(f"{path}: is being written by another process; "
-                           "wait for it to finish or stop it first") from None
+        raise written_error(path) from None
 
 
 # -- raw I/O: every write checked for its count ----------------------------------------------
@@ -342,5 +347,5 @@ def open_for_reading(path: Path) -> tuple[int, bool]:
 
 
 __all__ = ["JOURNAL_SUFFIX", "RunFileError", "Journal", "DISCARD", "recover", "open_for_reading",
-           "journal_path", "check_journal_path", "lock_for_writing", "pread_all", "pwrite_all",
-           "write_all", "rollback", "undo", "PAGE", "HEADER_SIZE"]
+           "journal_path", "check_journal_path", "lock_for_writing", "written_error", "pread_all",
+           "pwrite_all", "write_all", "rollback", "undo", "PAGE", "HEADER_SIZE"]

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
+import fcntl
 import json
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,8 @@ from ..core.train import METRICS, Callback, Snapshot, Trainer
 from ..core.watch import Window
 from .integrity import ATTRS_CRC, HDF5_ERRORS, attrs_checksum, check_attrs, check_layout, \
     damaged, moment_groups, parse_watch_state
-from .journal import RunFileError, check_journal_path, journal_path, lock_for_writing
+from .journal import RunFileError, check_journal_path, journal_path, lock_for_writing, \
+    written_error
 from .locks import stamp
 from .pagefile import JournaledFile
 from .reader import FORMAT, FORMAT_VERSION, WINDOW_INDEX, WINDOW_LOSSES, Run, check_path, \
@@ -43,6 +46,7 @@ from .reader import FORMAT, FORMAT_VERSION, WINDOW_INDEX, WINDOW_LOSSES, Run, ch
 # carry checksums (HDF5 >= 1.10 reads them), so a flipped bit there is an error, not a
 # silent change; objects of files written before keep their older, unchecked formats
 LIBVER = ("v110", "latest")
+REPLACE_WAIT = 0.5  # seconds a replacement waits on a lock that may be another's probe
 
 
 # -- writing ----------------------------------------------------------------------------------
@@ -80,7 +84,8 @@ def _metric_datasets(group: h5py.Group) -> None:
 
 
 
-def _create_skeleton(path: Path, config: Config, trainer: Trainer, *, replace: bool) -> int:
+def _create_skeleton(path: Path, config: Config, trainer: Trainer, *,
+                     replace: tuple[int, int] | None) -> int:
     """Write a new run file with its config, split, weights and empty datasets, atomically;
     returns a descriptor of it that holds the write lock (see `_publish`)."""
     tmp = path.with_name(f".zgdyn-{os.getpid()}-{secrets.token_hex(4)}.tmp")
@@ -119,19 +124,20 @@ def _create_skeleton(path: Path, config: Config, trainer: Trainer, *, replace: b
             tmp.unlink()
 
 
-def _publish(tmp: Path, path: Path, *, replace: bool) -> int:
+def _publish(tmp: Path, path: Path, *, replace: tuple[int, int] | None) -> int:
     """Give the finished file `tmp` the name `path`, locked before anyone can see it.
 
     Without `replace`, exclusively (a hard link fails if the name exists), so of several
-    processes creating one file, exactly one wins; with `replace`, refusing a file that is
-    being written. Returns the locked descriptor."""
+    processes creating one file, exactly one wins; with `replace`, the (device, inode) of the
+    file this process saw there when it began, replaced under that file's write lock
+    (`_replace_locked`), so that of several replacers exactly one wins and a file that is
+    being written is refused. Returns the locked descriptor."""
     fd = os.open(tmp, os.O_RDWR)
     try:
         lock_for_writing(fd, path)  # a fresh inode: nobody else holds it
         os.fsync(fd)
-        if replace:
-            _refuse_if_written(path)
-            os.replace(tmp, path)
+        if replace is not None:
+            _replace_locked(tmp, path, replace)
         else:
             _link_exclusively(tmp, path)
         if stamp(path)[:2] != stamp(fd)[:2]:
@@ -165,16 +171,55 @@ def _link_exclusively(tmp: Path, path: Path) -> None:
         os.replace(tmp, path)
 
 
-def _refuse_if_written(path: Path) -> None:
-    """Refuse to replace a file that another process is writing."""
+def _refuse_if_written(path: Path) -> tuple[int, int] | None:
+    """Refuse to replace a file that another process is writing; returns the (device, inode)
+    of the file at `path`, None if there is none. The probe takes the write lock shared, so
+    that two processes probing at once do not take each other for a writer."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
-        return
+        return None
     try:
-        lock_for_writing(fd, path)
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return stamp(fd)[:2]
+    except BlockingIOError:
+        raise written_error(path) from None
     finally:
-        os.close(fd)
+        os.close(fd)  # releases the probe
+
+
+def _replace_locked(tmp: Path, path: Path, seen: tuple[int, int]) -> None:
+    """os.replace(tmp, path) while holding the write lock of the file it replaces, which must
+    still be the file `seen` when this process began: of several replacers, the first to take
+    the lock wins, and the others find another file at `path` and are refused. Another
+    process's probe holds the lock for microseconds, so a busy lock is retried for
+    `REPLACE_WAIT` seconds before the file is taken to be being written."""
+    moved = RunFileError(f"{path}: was replaced by another process while this one created it")
+    try:
+        old = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise moved from None
+    try:
+        if stamp(old)[:2] != seen:
+            raise moved
+        deadline = time.monotonic() + REPLACE_WAIT
+        while True:
+            try:
+                fcntl.flock(old, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise written_error(path) from None
+                time.sleep(0.002)
+        try:
+            now = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            raise moved from None
+        if (now.st_dev, now.st_ino) != seen:
+            raise moved
+        os.replace(tmp, path)
+    finally:
+        os.close(old)
 
 
 def _reason(e: OSError) -> str:
@@ -264,11 +309,11 @@ class RunWriter(_Writable, Callback):
             raise RunFileError(f"{path}: is a directory; give the run file's name")
         if path.exists() and not force:
             raise _exists_error(path)
-        _refuse_if_written(path)
+        seen = _refuse_if_written(path)
         check_journal_path(path, journal_path(path))  # refuses a planted non-file
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = _create_skeleton(path, config, trainer, replace=force)
+            fd = _create_skeleton(path, config, trainer, replace=seen)
         except OSError as e:
             raise RunFileError(f"{path}: cannot be created ({_reason(e)})") from None
         return cls(path, fd=fd)
