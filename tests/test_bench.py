@@ -26,3 +26,19 @@ def test_hessian_rows_compare_like_with_like(tmp_path, capsys):
     assert main(["bench", "--hessian-run", str(tmp_path / "r.h5"), "--hessian-epoch", "60",
                  "--out", str(out)]) == 0
     assert "r.h5 at epoch 60, s = 0" in capsys.readouterr().out and out.exists()
+
+
+def test_subnormal_bench_plants_subnormals_that_only_the_flush_removes():
+    """The planted state keeps subnormals through training without flush_subnormals and
+    none with it; both variants train the same number of epochs."""
+    from zgdyn.core.config import Config, DataConfig, ModelConfig, RecordConfig, ScheduleConfig
+    from zgdyn.present.bench import bench_subnormals
+
+    cfg = Config(data=DataConfig(p=11), model=ModelConfig(hidden=(16, 16)),
+                 schedule=ScheduleConfig(epochs=20),
+                 record=RecordConfig(eval_every=10, ckpt_every=10, keyframe_every=20))
+    r = bench_subnormals(cfg, dead=0.25, epochs=20, repeats=2)
+    assert r["subnormal_fraction"]["plain"] > 0.01
+    assert r["subnormal_fraction"]["flushed"] == 0.0
+    assert all(len(v) == 2 and min(v) > 0 for v in r["raw_seconds"].values())
+    assert r["speedup"] == r["epochs_per_s"]["flushed"] / r["epochs_per_s"]["plain"]

@@ -147,6 +147,38 @@ def _adam_reference(o, *, atan2=False, floor=0.0, clip=False):
     return ref
 
 
+def test_flush_subnormals_zeroes_exactly_the_subnormals_after_each_update():
+    """Planted: a dead unit (bias -1) whose input weights are 1e-39, a float32 subnormal, as
+    weight decay leaves a dead unit's weights, and a third of fc1's other entries at 1e-39 too.
+    With flush_subnormals, 100 steps equal bitwise the same steps
+    without it, each followed by the rule written densely in numpy (every |x| below float32's
+    smallest normal number set to zero in θ, m and v); without it, subnormals persist."""
+    tiny = np.finfo(np.float32).tiny
+    subnormals = lambda x: int(((x != 0) & (x.abs() < tiny)).sum())
+    runs = []
+    for flush in (True, False, False):
+        step, _, _ = _setup(OptimConfig(lr=1e-2, weight_decay=0.5, flush_subnormals=flush),
+                            dtype="float32")
+        w = step.params["fc1.weight"]
+        with torch.no_grad():
+            w[:, ::3] = 1e-39
+            w[0] = 1e-39
+            step.params["fc1.bias"][0] = -1.0
+        runs.append(step)
+    flushed, ruled, plain = runs
+    left = []
+    for _ in range(100):
+        for step in runs:
+            step.step()
+        for name in ("theta", "exp_avg", "exp_avg_sq"):
+            x = getattr(ruled, name).numpy()
+            x[np.abs(x) < tiny] = 0  # the rule, on the unflushed step's buffers in place
+            assert torch.equal(getattr(flushed, name), getattr(ruled, name)), name
+            assert subnormals(getattr(flushed, name)) == 0
+        left.append(sum(subnormals(getattr(plain, n)) for n in ("theta", "exp_avg_sq")))
+    assert min(left) >= 2 * P  # unflushed, the dead unit's weights stay subnormal
+
+
 def test_adam_atan2_equals_its_formula():
     o = OptimConfig(name="adam_atan2", lr=1e-2, weight_decay=0.5, beta1=0.8, beta2=0.99)
     step, model, _ = _run_both(o, _adam_reference(o, atan2=True))
@@ -321,6 +353,7 @@ VARIANTS = {
     "clip": dict(update_clip=True),
     "stablemax": dict(loss="stablemax"),
     "no-decay-out": dict(no_decay=("out",)),
+    "flush": dict(flush_subnormals=True),
 }
 
 CHILD = KILL_PREAMBLE + """

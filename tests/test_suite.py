@@ -407,6 +407,31 @@ def test_plan_resumes_a_run_whose_stop_after_collapses_changed(tmp_path):
         plan([RunSpec("single", "default", 0.0, cfg.seed, cfg.replace(lr=2e-3), path)])
 
 
+def test_plan_flushes_subnormals_from_where_an_unfinished_run_goes_on(tmp_path):
+    """flush_subnormals changes how a run computes, not what it is: a suite that turns it on
+    resumes a run that goes on with it (the change kept in the file's history) and leaves a
+    complete run done, as it was trained."""
+    from zgdyn.store.runner import resume_run, train_run
+    from zgdyn.batch.suite import RunSpec, plan
+
+    cfg = small_config(60)
+    done, unfinished = tmp_path / "done.h5", tmp_path / "unfinished.h5"
+    train_run(cfg, done)
+    train_run(cfg.replace(epochs=40), unfinished)  # complete at 40, the suite wants 60
+    on = cfg.replace(flush_subnormals=True)
+    first, second = plan([RunSpec("single", "default", 0.0, cfg.seed, on, done),
+                          RunSpec("single", "default", 0.0, cfg.seed, on, unfinished)])
+    assert (first.action, first.changes) == ("done", {})
+    assert second.action == "resume"
+    assert second.changes == {"epochs": 60, "flush_subnormals": True}
+    resume_run(unfinished, changes=second.changes)
+    with open_run(unfinished) as run:
+        assert run.config.optim.flush_subnormals and run.summary()["epochs_done"] == 60
+        assert [h["epoch"] for h in json.loads(run.attrs["history"])] == [40]
+    with pytest.raises(ZgdynError, match="holds a run with another config"):
+        plan([RunSpec("single", "default", 0.0, cfg.seed, on.replace(lr=2e-3), done)])
+
+
 def test_table_entries_each_with_their_own_length_and_variants(tmp_path):
     """[[single]] entries: s = 0 runs shorter than s = 1.5, and a variant runs only where an
     entry names it."""

@@ -277,7 +277,9 @@ def load_suite(name: str) -> Suite:
 
 def plan(specs: list[RunSpec]) -> list[Task]:
     """One task per run. A file that holds another config is an error (nothing is touched),
-    unless only `epochs` / `phase2_epochs` grew: then the run is extended."""
+    unless only `epochs` / `phase2_epochs` grew: then the run is extended. A change of
+    `flush_subnormals` (or `stop_after_collapses`) applies from where a run goes on; a
+    complete run that has nowhere to go is left as it was trained."""
     from ..store.runner import RESUMABLE_CHANGES
     from ..store.locks import writer_active
     from ..store.reader import open_run
@@ -296,9 +298,13 @@ def plan(specs: list[RunSpec]) -> list[Task]:
             switch = int(run.attrs["switch_epoch"])
         a, b = flatten(stored), flatten(spec.config)
         diff = {k: b[k] for k in b if a[k] != b[k]}
-        # a run may grow (epochs, phase2_epochs) and change when it stops after collapses
+        if status == "complete" and set(diff) == {"flush_subnormals"}:
+            diff = {}  # how a run computes, not what it is: a finished run is done as it is
+        # a run may grow (epochs, phase2_epochs), change when it stops after collapses, and
+        # flush subnormals from here on
         growing = all((k in RESUMABLE_CHANGES[:2] and b[k] is not None and a[k] is not None
-                       and b[k] >= a[k]) or k == "stop_after_collapses" for k in diff)
+                       and b[k] >= a[k]) or k in ("stop_after_collapses", "flush_subnormals")
+                      for k in diff)
         if diff and not growing:
             k = next(iter(diff))
             raise ZgdynError(f"{spec.path}: holds a run with another config ({k} = {a[k]!r}, "

@@ -61,8 +61,9 @@ def _default_out(cfg: Config) -> Path:
     """data/runs/p<p>-<weighting>-s<s>[-to-s<s2>][-<field><value>...]-seed<seed>.h5: every
     field that shapes the trajectory and differs from the default is in the name (floats
     exactly: 0.1234567 and 0.1234568 differ), so two different runs never share a name.
-    Left out: how long a run goes and where (epochs, phase2_epochs, device: a resume may
-    change them) and what it records ([record]), which leave the trajectory as it is."""
+    Left out: how long a run goes and where (epochs, phase2_epochs, device, flush_subnormals:
+    a resume may change them) and what it records ([record]), which leave the trajectory
+    as it is."""
     from ..store.runner import RESUMABLE_CHANGES
 
     d, sch = cfg.data, cfg.schedule

@@ -33,6 +33,8 @@ def optimizer_text(o: dict[str, Any], sch: dict[str, Any]) -> str:
             text += f", sqrt(v-hat) floor {o['sqrt_v_floor']:g}"
         if o.get("update_clip"):
             text += ", update clipping"
+    if o.get("flush_subnormals"):
+        text += ", subnormals flushed to zero"
     if sch.get("switch_optimizer") or sch.get("switch_lr"):
         text += (f"; after the switch {sch.get('switch_optimizer') or name}"
                  + (f" lr {sch['switch_lr']:g}" if sch.get("switch_lr") else ""))

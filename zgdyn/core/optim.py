@@ -40,7 +40,7 @@ from .flat import unflatten
 
 # the fields that make two members' updates the same computation
 SETTINGS = ("name", "lr", "weight_decay", "no_decay", "beta1", "beta2", "eps", "momentum",
-            "nesterov", "sqrt_v_floor", "update_clip")
+            "nesterov", "sqrt_v_floor", "update_clip", "flush_subnormals")
 
 
 def has_second_moment(name: str) -> bool:
@@ -125,6 +125,17 @@ def update(thetas: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
             whole = part == slice(None)
             _update_group(*([b[k] if b[k] is None or whole else b[k][part] for k in members]
                             for b in buffers), o, t, part_shapes)
+        if optims[members[0]].flush_subnormals:
+            for k in members:
+                for b in (thetas, exp_avgs, exp_avg_sqs, max_exp_avg_sqs):
+                    if b[k] is not None:
+                        flush_subnormals(b[k])
+
+
+def flush_subnormals(x: Tensor) -> None:
+    """Set the entries of `x` smaller in magnitude than its dtype's smallest normal number
+    to zero, in place (subnormals, and zeros, which stay zero)."""
+    x.masked_fill_(x.abs() < torch.finfo(x.dtype).tiny, 0)
 
 
 def decay_segments(o: OptimConfig, shapes: Mapping[str, tuple[int, ...]]
@@ -214,4 +225,4 @@ def denominator(exp_avg_sq: Tensor, max_exp_avg_sq: Tensor | None, step: int,
 
 
 __all__ = ["update", "update_direction", "decay_segments", "denominator", "has_second_moment",
-           "needs_max_moment", "SETTINGS"]
+           "needs_max_moment", "flush_subnormals", "SETTINGS"]

@@ -7,7 +7,9 @@ repeat by repeat, so machine noise hits all of them alike:
           weighted loss and evaluation interval (what a user would write);
 - zgdyn:  `Trainer` (gather first layer, fused backward, flat-buffer AdamW);
 - record: `Trainer` recording to an HDF5 run file with a checkpoint every 100 epochs;
-- ensembles: `zgdyn.core.ensemble.Ensemble` of K members, in model-epochs/s against K = 1.
+- ensembles: `zgdyn.core.ensemble.Ensemble` of K members, in model-epochs/s against K = 1;
+- subnormals: `Trainer` from a state whose dead units hold subnormal weights, without and
+          with `flush_subnormals`.
 
 With ``device="cuda"`` the training variants run on the GPU (the analyses stay on the CPU).
 """
@@ -113,6 +115,49 @@ def _ensemble_loop(cfg: Config, k: int, mode: str = "auto") -> float:
     return time.perf_counter() - t0
 
 
+def _planted_loop(cfg: Config, dead: float, epochs: int) -> tuple[float, float]:
+    """(seconds for `epochs` epochs, fraction of θ, m, v subnormal at the end) from an init
+    where a fraction `dead` of each hidden layer's units is dead (bias -1) with every weight
+    into or out of them at 1e-39, a float32 subnormal: the state weight decay leaves dead
+    units in after a long run."""
+    trainer = Trainer(cfg)
+    step = trainer.step
+    widths = cfg.model.hidden
+    with torch.no_grad():
+        for i, width in enumerate(widths, 1):
+            k = max(1, round(dead * width))
+            step.params[f"fc{i}.weight"][:k] = 1e-39
+            step.params[f"fc{i}.bias"][:k] = -1.0
+            nxt = f"fc{i + 1}.weight" if i < len(widths) else "out.weight"
+            step.params[nxt][:, :k] = 1e-39
+    _sync(cfg.device)
+    t0 = time.perf_counter()
+    trainer.advance_to(epochs)
+    _sync(cfg.device)
+    seconds = time.perf_counter() - t0
+    tiny = torch.finfo(step.theta.dtype).tiny
+    buffers = (step.theta, step.exp_avg, step.exp_avg_sq)
+    sub = sum(int(((x != 0) & (x.abs() < tiny)).sum()) for x in buffers)
+    return seconds, sub / sum(x.numel() for x in buffers)
+
+
+def bench_subnormals(cfg: Config, *, dead: float = 0.14, epochs: int = 100,
+                     repeats: int = 3) -> dict[str, Any]:
+    """Epochs/s from a state with dead units whose weights are subnormal (`_planted_loop`),
+    without and with `flush_subnormals`, alternating repeat by repeat."""
+    variants = {"plain": cfg, "flushed": cfg.replace(flush_subnormals=True)}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    fraction: dict[str, float] = {}
+    for _ in range(repeats):
+        for k, c in variants.items():
+            seconds, fraction[k] = _planted_loop(c, dead, epochs)
+            times[k].append(seconds)
+    rate = {k: epochs / statistics.median(v) for k, v in times.items()}
+    return {"dead_fraction": dead, "epochs": epochs, "epochs_per_s": rate,
+            "speedup": rate["flushed"] / rate["plain"], "subnormal_fraction": fraction,
+            "raw_seconds": times}
+
+
 def bench_ensembles(cfg: Config, sizes: tuple[int, ...], *, model_epochs: int = 1600,
                     repeats: int = 3, mode: str = "auto") -> dict[str, Any]:
     """Model-epochs/s of ensembles of each size, the sizes alternating repeat by repeat.
@@ -186,6 +231,7 @@ def run_bench(*, epochs: int = 400, repeats: int = 5, p: int = 97, device: str =
     gemm = _gemm_gflops(device=device)
     ens = (bench_ensembles(cfg, tuple(ensemble_sizes), model_epochs=ensemble_model_epochs,
                            repeats=min(repeats, 3)) if ensemble_sizes else None)
+    subnormals = bench_subnormals(cfg, repeats=min(repeats, 3))
     if ens is not None:
         ens["achieved_gflops"] = {k: r * flops / 1e9
                                   for k, r in ens["model_epochs_per_s"].items()}
@@ -203,6 +249,7 @@ def run_bench(*, epochs: int = 400, repeats: int = 5, p: int = 97, device: str =
         "large_gemm_gflops": gemm,
         "raw_seconds": times,
         "ensembles": ens,
+        "subnormals": subnormals,
         "analysis": bench_analysis(p) if analysis else None,
     }
 
@@ -419,6 +466,15 @@ def format_bench(r: dict[str, Any]) -> str:
         for k, rate in e["model_epochs_per_s"].items():
             lines.append(f"{k:<12}{e['epochs'][k]:>8}{rate:>16.0f}"
                          f"{e['vs_smallest'][k]:>9.2f}x{e['achieved_gflops'][k]:>10.0f}")
+    if r.get("subnormals"):  # files from before flush_subnormals lack it
+        sn = r["subnormals"]
+        rate = sn["epochs_per_s"]
+        lines.append(f"dead units with subnormal weights ({100 * sn['dead_fraction']:.0f}% of "
+                     f"each layer, {sn['epochs']} epochs): {rate['plain']:.0f} epochs/s, "
+                     f"{rate['flushed']:.0f} with flush_subnormals ({sn['speedup']:.2f}x); "
+                     f"{100 * sn['subnormal_fraction']['plain']:.1f}% of theta, m, v "
+                     f"subnormal without, {100 * sn['subnormal_fraction']['flushed']:.1f}% "
+                     "with")
     if r.get("analysis"):
         an = r["analysis"]
         t = an["top_k"]

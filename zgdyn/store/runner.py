@@ -22,7 +22,8 @@ from .writer import RunWriter
 
 # fields that may change when a run is resumed: how long it goes on, and where it runs;
 # after a divergence also the optimizer's settings (every change is kept in `history`)
-RESUMABLE_CHANGES = ("epochs", "phase2_epochs", "device", "stop_after_collapses")
+RESUMABLE_CHANGES = ("epochs", "phase2_epochs", "device", "stop_after_collapses",
+                     "flush_subnormals")
 AFTER_DIVERGENCE = ("lr", "weight_decay", "beta1", "beta2", "eps")
 
 
@@ -95,7 +96,8 @@ def resume_run(path: str | Path, *, changes: dict[str, Any] | None = None,
                callbacks: list[Callback] | tuple = ()) -> Trainer:
     """Continue the run in `path` from its last keyframe, bitwise as if never stopped.
 
-    `changes` may set only epochs, phase2_epochs and device (to extend a run, say).
+    `changes` may set only epochs, phase2_epochs, device, stop_after_collapses and
+    flush_subnormals (to extend a run, say); each change is kept in the file's history.
     """
     trainer, writer = _open_resume(path, changes, force_disk)
     return _drive(trainer, writer, list(callbacks), progress)
