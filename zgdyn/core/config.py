@@ -84,6 +84,10 @@ class DataConfig:
                                   "uniform 1/n_train, the capped mass spread over the others "
                                   "in proportion (water-filling), so the effective sample "
                                   "size stays >= n_train / cap; > 1, unset = no cap")
+    weight_power: float | None = _f(None, "temper the loss weights: each raised to this power "
+                                    "t and renormalized, w ∝ (Zipf weight)^t, so the "
+                                    "effective sample size grows as t falls (applied before "
+                                    "weight_cap); in (0, 1), unset = off")
     split_rng: str = _f("random_state", "how the seed shuffles the pairs: random_state "
                         "(numpy RandomState(seed).shuffle, the reference's single-phase "
                         "script) | default_rng (default_rng(seed).permutation, its two-phase "
@@ -103,6 +107,10 @@ class DataConfig:
         if self.weight_cap is not None:
             _check(_is_real(self.weight_cap) and self.weight_cap > 1, "weight_cap",
                    "a number > 1 (1 would be uniform weights)", self.weight_cap)
+        if self.weight_power is not None:
+            _check(_is_real(self.weight_power) and 0 < self.weight_power < 1, "weight_power",
+                   "a number in (0, 1) (1 would leave the weights as they are)",
+                   self.weight_power)
         _check(self.split_rng in SPLIT_RNGS, "split_rng", " | ".join(SPLIT_RNGS), self.split_rng)
 
 

@@ -99,10 +99,19 @@ def cap_weights(w: np.ndarray, cap: float) -> np.ndarray:
     return capped
 
 
+def temper_weights(w: np.ndarray, t: float) -> np.ndarray:
+    """Weights w (n,), sum 1, raised to the power t and renormalized: w^t / Σ w^t."""
+    out = np.power(w, t)
+    return out / out.sum()
+
+
 def loss_weights(split: Split, s: float, data: DataConfig) -> np.ndarray:
     """The training loss's weights under exponent s: `zipf_weights` in the config's
-    weighting mode, capped by its weight_cap where it has one."""
+    weighting mode, tempered by its weight_power and capped by its weight_cap where it has
+    them."""
     w = zipf_weights(split, s, data.weighting)
+    if data.weight_power is not None:
+        w = temper_weights(w, data.weight_power)
     return w if data.weight_cap is None else cap_weights(w, data.weight_cap)
 
 
@@ -133,5 +142,5 @@ def stats_table(p: int, train_frac: float, exponents: list[float], *, seed: int 
             for s in exponents]
 
 
-__all__ = ["Split", "make_split", "zipf_weights", "cap_weights", "loss_weights",
-           "distribution_stats", "stats_table"]
+__all__ = ["Split", "make_split", "zipf_weights", "cap_weights", "temper_weights",
+           "loss_weights", "distribution_stats", "stats_table"]
