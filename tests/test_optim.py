@@ -179,6 +179,31 @@ def test_flush_subnormals_zeroes_exactly_the_subnormals_after_each_update():
     assert min(left) >= 2 * P  # unflushed, the dead unit's weights stay subnormal
 
 
+def test_a_flushing_step_computes_in_flush_to_zero_mode_and_restores_it():
+    """Inside a step with flush_subnormals, a subnormal computes as zero; outside, and in a
+    step without it, it stays itself (torch's default)."""
+    from zgdyn.core.runtime import flush_to_zero
+
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU has no flush-to-zero mode")
+    tiny = torch.tensor([1e-39], dtype=torch.float32)
+    seen = {}
+    for flush in (True, False):
+        step, _, _ = _setup(OptimConfig(flush_subnormals=flush), dtype="float32")
+        inner = step.loss_and_grad
+
+        def probe(inner=inner, flush=flush):
+            seen[flush] = float((tiny * 1.0)[0])
+            return inner()
+        step.loss_and_grad = probe
+        step.step()
+    assert seen == {True: 0.0, False: pytest.approx(1e-39, rel=1e-3)}
+    assert float((tiny * 1.0)[0]) > 0  # restored after the step
+    with flush_to_zero(True):
+        assert float((tiny * 1.0)[0]) == 0.0
+    assert float((tiny * 1.0)[0]) > 0
+
+
 def test_adam_atan2_equals_its_formula():
     o = OptimConfig(name="adam_atan2", lr=1e-2, weight_decay=0.5, beta1=0.8, beta2=0.99)
     step, model, _ = _run_both(o, _adam_reference(o, atan2=True))
@@ -400,10 +425,13 @@ def test_each_optimizer_resumes_bitwise_after_sigkill(tmp_path, name):
                        for k in sa.max_exp_avg_sq)
 
 
-def test_ensemble_members_with_different_optimizers_are_bitwise_their_solo_runs():
-    configs = [small_config(200, seed=i, zipf_s=1.5, **ch)
+@pytest.mark.parametrize("flush", [False, True])
+def test_ensemble_members_with_different_optimizers_are_bitwise_their_solo_runs(flush):
+    """Members share the loss and flush_subnormals (the step's mode), so the StableMax and
+    flush variants are not among them; every other optimizer is, with and without flushing."""
+    configs = [small_config(200, seed=i, zipf_s=1.5, flush_subnormals=flush, **ch)
                for i, ch in enumerate([{}, *[v for k, v in VARIANTS.items()
-                                             if k != "stablemax"]])]
+                                             if k not in ("stablemax", "flush")]])]
     ens = Ensemble(configs, mode="members")
     assert ens.run() == {}
     for cfg, member in zip(configs, ens.members):
@@ -411,6 +439,8 @@ def test_ensemble_members_with_different_optimizers_are_bitwise_their_solo_runs(
         solo.run([])
         assert torch.equal(member.step.theta, solo.step.theta), cfg.optim
         assert torch.equal(member.step.exp_avg, solo.step.exp_avg)
+    with pytest.raises(ConfigError, match="flush_subnormals: ensemble members must share"):
+        Ensemble([configs[0], configs[1].replace(flush_subnormals=not flush)])
 
 
 def test_switch_resets_or_changes_the_optimizer(tmp_path):

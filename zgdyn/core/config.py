@@ -159,10 +159,12 @@ class OptimConfig:
     update_clip: bool = _f(False, "adamw, amsgrad: StableAdamW's update clipping (Wortsman "
                            "et al. 2023): each tensor's lr is divided by max(1, RMS of "
                            "g^2 / max(v-hat, eps^2))")
-    flush_subnormals: bool = _f(False, "after each update, set parameters and optimizer "
+    flush_subnormals: bool = _f(False, "compute each step in the CPU's flush-to-zero mode, "
+                                "and after each update set parameters and optimizer "
                                 "moments smaller than the dtype's smallest normal number "
-                                "(1.2e-38 in float32) to zero: weights of dead units that "
-                                "weight decay drives into subnormals otherwise make every "
+                                "(1.2e-38 in float32) to zero: dead units' weights that "
+                                "weight decay drives into subnormals, and the tiny "
+                                "softmax terms of large logits, otherwise make every "
                                 "epoch several times slower on a CPU")
     hook: str = _f("", "a registered step hook (zgdyn.core.hooks): a regularizer or a change of "
                    "optimizer applied every step; empty = the optimizer alone")

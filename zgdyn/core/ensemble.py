@@ -37,10 +37,12 @@ from .config import Config, ConfigError
 from .evaluate import batched_losses
 from .model import matmul_flops
 from .optim import has_second_moment, update
+from .runtime import flush_to_zero
 from .step import FusedStep, column_backprop, dense_layers, padded_rows, param_views
 from .train import Callback, Trainer, adam_scale_of
 
-SHARED = ("p", "train_frac", "hidden", "dtype", "loss", "device")  # what members share
+SHARED = ("p", "train_frac", "hidden", "dtype", "loss", "device",
+          "flush_subnormals")  # what members share
 MODES = ("auto", "batched", "members")
 SMALL_STEP_FLOP = 50e6  # below this much matmul work per member-epoch, batch on a CPU
 
@@ -69,7 +71,7 @@ def step_flop(step: FusedStep) -> float:
 
 def _shared(cfg: Config) -> tuple:
     return (cfg.data.p, cfg.data.train_frac, cfg.model.hidden, cfg.model.dtype,
-            cfg.model.loss, cfg.device)
+            cfg.model.loss, cfg.device, cfg.optim.flush_subnormals)
 
 
 def check_members(configs: list[Config]) -> None:
@@ -219,9 +221,11 @@ class EnsembleStep:
                [st.t for st in steps], self.shapes)
 
     def step(self) -> Tensor:
-        """One epoch of every member. Returns the losses (K,) before the update."""
-        loss = self.loss_and_grad()
-        self.optimizer_step()
+        """One epoch of every member. Returns the losses (K,) before the update. Members
+        share flush_subnormals (`SHARED`), so they share the CPU's flush-to-zero mode."""
+        with flush_to_zero(self.steps[0].optim.flush_subnormals):
+            loss = self.loss_and_grad()
+            self.optimizer_step()
         return loss
 
 

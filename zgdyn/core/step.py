@@ -26,6 +26,7 @@ from torch import Tensor
 from .config import OptimConfig, layer_names
 from .model import DTYPES, param_shapes
 from .optim import needs_max_moment, update
+from .runtime import flush_to_zero
 
 
 def keep_heap_mapped() -> bool:
@@ -299,15 +300,17 @@ class FusedStep:
 
     def step(self) -> Tensor:
         """One full-batch epoch: gradient, the hook if any (see `zgdyn.core.hooks`), then the
-        optimizer. Returns the loss before the update."""
-        loss = self.loss_and_grad()
-        if self.hook is None:
-            self.optimizer_step()
-        else:
-            with torch.no_grad():
-                self.hook.grad(self)
-                if not self.hook.update(self):
-                    self.optimizer_step()
+        optimizer. Returns the loss before the update. With `flush_subnormals`, computed in
+        the CPU's flush-to-zero mode."""
+        with flush_to_zero(self.optim.flush_subnormals):
+            loss = self.loss_and_grad()
+            if self.hook is None:
+                self.optimizer_step()
+            else:
+                with torch.no_grad():
+                    self.hook.grad(self)
+                    if not self.hook.update(self):
+                        self.optimizer_step()
         return loss
 
     @torch.no_grad()
