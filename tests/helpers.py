@@ -7,6 +7,16 @@ from zgdyn import Config, DataConfig, ModelConfig, RecordConfig, ScheduleConfig
 from zgdyn.core.train import Callback
 
 
+def sampled(cases: list, ids: list[str], default: set[str]) -> list:
+    """`cases` as pytest params, those whose id is not in `default` marked slow: the default
+    suite checks a property at a spread of its points, `-m slow` at the rest."""
+    unknown = default - set(ids)
+    assert not unknown, f"no such cases: {sorted(unknown)}"
+    return [pytest.param(*(c if isinstance(c, tuple) else (c,)), id=i,
+                         marks=() if i in default else pytest.mark.slow)
+            for c, i in zip(cases, ids)]
+
+
 def small_config(epochs: int = 300, **changes) -> Config:
     """A run that takes well under a second: p = 13, hidden (24, 24)."""
     cfg = Config(data=DataConfig(p=13, train_frac=0.5), model=ModelConfig(hidden=(24, 24)),

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import KILL_PREAMBLE, count
+from helpers import KILL_PREAMBLE, count, sampled
 from zgdyn import Config
 from zgdyn.analysis.events import detect_events
 from zgdyn.store.runner import replay_run, resume_run, train_run
@@ -178,7 +178,10 @@ resume_run(sys.argv[1], changes={"epochs": int(sys.argv[2])})
 """
 
 
-@pytest.mark.parametrize("kill", ["fsync:3", "pwrite:20", "fsync:5", "after:2.5", "after:3.5"])
+KILLS = ["fsync:3", "pwrite:20", "fsync:5", "after:2.5", "after:3.5"]
+
+
+@pytest.mark.parametrize("kill", sampled(KILLS, KILLS, {"fsync:3", "pwrite:20", "after:2.5"}))
 def test_windows_survive_sigkill(reference, base, tmp_path, kill):
     """Killed while training through the collapse, inside commits or at a moment in the
     window; resumed, the file holds the same complete window, bitwise."""
