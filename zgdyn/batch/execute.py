@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class Task:
-    """What to do for one run: "train", "resume" (with config changes) or "done"."""
+    """What to do for one run: "train", "resume" (with config changes), "done", or
+    "digest" (done elsewhere: its file is absent, its digest stands for it)."""
 
     spec: RunSpec
     action: str
@@ -192,21 +193,25 @@ def ensemble_backend(size: int | None = None, *, mode: str = "auto") -> Backend:
 def execute(tasks: list[Task], *, jobs: int = 1, threads: int | None = None,
             plugins: tuple[str, ...] = (), progress: bool = False,
             desc: str = "runs", backend: Backend | None = None,
-            force_disk: bool = False) -> list[dict[str, Any]]:
+            force_disk: bool = False,
+            on_finished: Callable[[Task], None] | None = None) -> list[dict[str, Any]]:
     """Run the "train" and "resume" tasks, `jobs` at a time. Returns one result per task:
-    {"path", "action", "ok", "error", "seconds"}; "done" tasks are ok with 0 seconds.
+    {"path", "action", "ok", "error", "seconds"}; "done" and "digest" tasks are ok with 0
+    seconds.
 
     jobs > 1 runs each task in its own process (spawned) with `threads` torch threads
     (default: the cores divided among the jobs); jobs = 1 runs them here, one by one;
     a `backend` (a cluster's scheduler, see zgdyn.batch.sweep) runs them wherever it runs them.
     SIGTERM stops them as Ctrl-C does; a worker whose parent dies stops at a keyframe and
     exits. `force_disk`: start runs even where the disk estimate says they will not fit.
+    `on_finished` hears each task whose run ended well (not stopped), here, as it ends,
+    while the others go on.
     """
     import multiprocessing as mp
 
     todo = [i for i, t in enumerate(tasks) if t.action in ("train", "resume")]
     results: list[dict[str, Any]] = [
-        {"path": str(t.spec.path), "action": t.action, "ok": t.action == "done",
+        {"path": str(t.spec.path), "action": t.action, "ok": t.action in ("done", "digest"),
          "error": t.note if t.action == "failed" else None, "note": t.note, "seconds": 0.0}
         for t in tasks]
     if not todo:
@@ -241,6 +246,8 @@ def execute(tasks: list[Task], *, jobs: int = 1, threads: int | None = None,
         failed[0] += not res["ok"] and not res.get("stopped")  # a stop is not a failure
         if bar is not None:
             bar.set_postfix(runs=f"{finished[0]}/{len(todo)}", failed=failed[0])
+        if on_finished is not None and res["ok"] and not res.get("stopped"):
+            on_finished(tasks[i])
 
     def args(i: int) -> tuple:
         t = tasks[i]

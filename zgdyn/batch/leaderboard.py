@@ -25,6 +25,7 @@ import numpy as np
 
 from ..core.config import ZgdynError
 from ..core.results import Result
+from .digest import Digest, digest_curve, matching_digest, read_digests
 from .scorecard import Scorecard, aggregate, scorecard
 from .suite import RunSpec, Suite
 
@@ -80,11 +81,25 @@ def _stat(cards: list[Scorecard], field: str) -> Stat:
     return Stat(mean=agg["mean"], std=agg["std"], n=agg["n"], runs=len(cards))
 
 
-def _cards(specs: list[RunSpec]) -> tuple[dict[str, Scorecard], list[str]]:
-    """The scorecards of the complete runs, by path, and the paths of the others."""
+def _digests(suite: Suite, digests: str | Path | None) -> tuple[Path | None, dict[str, Digest]]:
+    """The suite's digest folder under `digests` and its digests by label."""
+    if digests is None:
+        return None, {}
+    root = Path(digests) / suite.name
+    return root, read_digests(root)
+
+
+def _cards(specs: list[RunSpec], root: Path | None,
+           digests: dict[str, Digest]) -> tuple[dict[str, Scorecard], list[str]]:
+    """The scorecards of the complete runs, by path, from their files or, with no file,
+    their digests; and the paths of the others."""
     cards, missing = {}, []
     for sp in specs:
-        card = scorecard(sp.path) if Path(sp.path).exists() else None
+        if Path(sp.path).exists():
+            card = scorecard(sp.path)
+        else:
+            d = matching_digest(digests, sp, str(root))
+            card = None if d is None else d.card
         if card is not None and card.status == "complete":
             cards[str(sp.path)] = card
         else:
@@ -114,17 +129,20 @@ def epoch_costs(configs: dict[str, Any], *, epochs: int = COST_EPOCHS,
 
 
 def leaderboard(suite: Suite, out: str | Path, *, rank_s: float = 2.0, cost: bool = True,
+                digests: str | Path | None = None,
                 on_round: Callable[[int], None] = lambda i: None) -> Leaderboard:
     """The table of `suite`'s variants from the runs under `out` (as `zgdyn reproduce
-    --out` wrote them). The first variant is the baseline. rank_s: the two-phase exponent
-    that ranks the rows; cost: measure each variant's epoch time against the baseline's."""
+    --out` wrote them), and, for runs with no file there, from their digests under
+    `digests`/<suite> (`zgdyn.batch.digest`). The first variant is the baseline. rank_s:
+    the two-phase exponent that ranks the rows; cost: measure each variant's epoch time
+    against the baseline's."""
     specs = suite.runs(Path(out))
     two = sorted({sp.s for sp in specs if sp.table == "two_phase"})
     single = sorted({sp.s for sp in specs if sp.table == "single"})
     if rank_s not in two:
         raise ZgdynError(f"rank_s: must be one of the suite's two-phase exponents "
                          f"{[f'{s:g}' for s in two] or 'none'}, got {rank_s:g}")
-    cards, missing = _cards(specs)
+    cards, missing = _cards(specs, *_digests(suite, digests))
     variants = list(suite.variants)
     costs = epoch_costs(_cost_configs(specs, variants), on_round=on_round) if cost else {}
     rows = []
@@ -191,24 +209,40 @@ def board_conclusion(rows: tuple[LeaderRow, ...], baseline: str, rank_s: float) 
     return text + "."
 
 
-def phase2_curves(suite: Suite, out: str | Path, s: float) -> dict[str, dict[str, np.ndarray]]:
-    """Per variant, the phase-2 test accuracy of its finished two-phase runs at `s`, on the
-    epochs since the switch (the evaluation grid of the first run): {"epoch", "mean", "lo",
-    "hi", "n"} (lo and hi the seeds' lowest and highest)."""
+def _finished(sp: RunSpec, root: Path | None, digests: dict[str, Digest]
+              ) -> tuple[int, dict[str, np.ndarray]] | None:
+    """(switch epoch, metrics) of a complete two-phase run that switched, from its file or
+    its digest; None for any other."""
     from ..store.reader import open_run
 
+    if Path(sp.path).exists():
+        with open_run(sp.path) as run:
+            switch, status, m = int(run.attrs["switch_epoch"]), run.attrs["status"], run.metrics
+    else:
+        d = matching_digest(digests, sp, str(root))
+        if d is None:
+            return None
+        switch, status, m = d.card.switch_epoch, d.status, digest_curve(d)
+        switch = -1 if switch is None else switch
+    return None if status != "complete" or switch < 0 else (switch, m)
+
+
+def phase2_curves(suite: Suite, out: str | Path, s: float, *,
+                  digests: str | Path | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Per variant, the phase-2 test accuracy of its finished two-phase runs at `s` (from
+    their files under `out`, or their digests under `digests`), on the epochs since the
+    switch (the evaluation grid of the first run): {"epoch", "mean", "lo", "hi", "n"} (lo
+    and hi the seeds' lowest and highest)."""
     out_curves: dict[str, dict[str, np.ndarray]] = {}
+    root, have = _digests(suite, digests)
     specs = [sp for sp in suite.runs(Path(out)) if sp.table == "two_phase" and sp.s == s]
     for v in suite.variants:
         series = []
         for sp in specs:
-            if sp.variant != v or not Path(sp.path).exists():
+            got = None if sp.variant != v else _finished(sp, root, have)
+            if got is None:
                 continue
-            with open_run(sp.path) as run:
-                switch = int(run.attrs["switch_epoch"])
-                if run.attrs["status"] != "complete" or switch < 0:
-                    continue
-                m = run.metrics
+            switch, m = got
             after = m["epoch"] >= switch
             series.append((m["epoch"][after] - switch, m["test_acc"][after]))
         if not series:

@@ -46,8 +46,10 @@ from ..core.config import Config, ConfigError, ZgdynError, flatten, from_flat, r
 from .execute import Task, ensemble_backend, execute
 
 if TYPE_CHECKING:
+    from ..analysis.mechanism import RunRecord
     from ..analysis.perturb import PerturbResult
     from ..analysis.stability import SaddleResult
+    from .digest import Digest
     from .results import MechanismSummary, SuiteResult
     from .scorecard import Scorecard
 
@@ -348,14 +350,17 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | No
               plugins: tuple[str, ...] = (), progress: bool = False,
               report_only: bool = False, only: tuple[str, ...] | None = None,
               analyze: bool = True, device: str | None = None,
-              ensemble: int | None = None,
+              ensemble: int | None = None, digests: str | Path | None = None,
               on_stage: Callable[[str], None] = lambda stage: None) -> SuiteResult:
     """Run (unless `report_only`; with `only`, just the runs of those tables) and analyze
     every run of `suite` under `out`/runs/<name>; return everything the report shows.
     `on_stage` hears the name of each stage as it starts. With `analyze` False, runs are
     only scored (no Fourier analysis, no saddle table, no perturbations). `device` sets
     every run's device; `ensemble` (K, or 0 for all at once) trains the runs here as
-    ensembles of up to K members instead of in a process pool."""
+    ensembles of up to K members instead of in a process pool. `digests`: a folder whose
+    `<name>/` subfolder holds the suite's digests (`zgdyn.batch.digest`): a run with no
+    file is done where its digest holds it, and every complete run's digest is written
+    there."""
     from ..core.data import stats_table
     from .results import SuiteInfo, SuiteResult, TaskEntry
     from .scorecard import aggregate
@@ -366,18 +371,25 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | No
     if device is not None:
         specs = [replace(sp, config=sp.config.replace(device=device)) for sp in specs]
     tasks = plan(specs)
+    digest_dir = None if digests is None else Path(digests) / suite.name
+    digested = {} if digest_dir is None else _take_digests(tasks, digest_dir)
     for t in tasks:  # runs left out this time: reported as not run
         if t.action in ("train", "resume") and (report_only or (only is not None
                                                                  and t.spec.table not in only)):
             t.action, t.note = "skipped", f"not run: {t.note or 'no file yet'}"
     on_stage("runs")
     backend = None if ensemble is None else ensemble_backend(ensemble or None)
+    curvature = analyze and suite.mechanism is not None and bool(
+        suite.mechanism["onset_sharpness"])
     results = execute(tasks, jobs=jobs, threads=threads, plugins=plugins,
                       progress=progress and not report_only, desc=f"{suite.name}: runs",
-                      backend=backend)
+                      backend=backend, on_finished=None if digest_dir is None else
+                      lambda t: _digest_now(suite, t.spec, digest_dir, analyze=analyze,
+                                            curvature=curvature))
     t_runs = time.perf_counter() - t0
     on_stage("analysis")
     cards, errors = _score_runs(specs, results, analyze=analyze, progress=progress)
+    cards.update({path: d.card for path, d in digested.items()})
     groups: dict[tuple[str, str, float], list[Scorecard]] = {}
     for spec in specs:
         card = cards.get(str(spec.path))
@@ -389,11 +401,15 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | No
     anchor_epoch, saddle, perturb = _anchor_analyses(
         suite, anchor, cards.get(str(anchor.path)) if anchor is not None else None,
         analyze=analyze, progress=progress, on_stage=on_stage)
-    mechanism = None
+    mechanism, records = None, {}
     if suite.mechanism is not None:
         on_stage("mechanism")
-        mechanism = _mechanism(suite, specs, cards, curvature=analyze and bool(
-            suite.mechanism["onset_sharpness"]), progress=progress)
+        records = _mechanism_records(suite, specs, cards, digested, curvature=curvature,
+                                     progress=progress)
+        mechanism = _mechanism(suite, list(records.values()))
+    if digest_dir is not None:
+        on_stage("digests")
+        _write_digests(specs, cards, records, digest_dir, errors)
     p = next(iter(specs)).config.data
     stats = stats_table(p.p, p.train_frac, [0, 1, 1.5, 2, 3], seed=specs[0].seed,
                         mode=p.weighting)
@@ -409,7 +425,8 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | No
         anchor_epoch=anchor_epoch, saddle=saddle, perturb=perturb,
         anchor_weight_decay=None if anchor is None else anchor.config.optim.weight_decay,
         stats=tuple(stats), seconds={"runs": t_runs, "total": time.perf_counter() - t0},
-        jobs=jobs, threads=threads, mechanism=mechanism)
+        jobs=jobs, threads=threads, mechanism=mechanism,
+        digests=None if digest_dir is None else str(digest_dir))
 
 
 def _score_runs(specs: list[RunSpec], results: list[dict[str, Any]], *, analyze: bool,
@@ -444,7 +461,8 @@ def _anchor_analyses(suite: Suite, anchor: RunSpec | None, anchor_card: Scorecar
 
     saddle = perturb = None
     anchor_epoch = None
-    if analyze and anchor_card is not None and anchor_card.status == "complete":
+    if analyze and anchor_card is not None and anchor_card.status == "complete" \
+            and anchor.path.exists():  # not from a digest: these need the file
         with open_run(anchor.path) as run:
             anchor_epoch = run.last_keyframe
         if suite.saddle is not None:
@@ -468,34 +486,107 @@ def _anchor_analyses(suite: Suite, anchor: RunSpec | None, anchor_card: Scorecar
     return anchor_epoch, saddle, perturb
 
 
-def _mechanism(suite: Suite, specs: list[RunSpec], cards: dict[str, Scorecard], *,
-               curvature: bool, progress: bool) -> MechanismSummary:
-    """The mechanism table of the suite's complete runs: each run's record (with the
-    curvature at its onsets), the verdicts and the onset summary (`zgdyn.analysis.mechanism`)."""
-    from ..analysis.mechanism import mechanism_record, onset_summary, verdicts
-    from .results import MechanismSummary
+def _mechanism_records(suite: Suite, specs: list[RunSpec], cards: dict[str, Scorecard],
+                       digested: dict[str, Digest], *, curvature: bool,
+                       progress: bool) -> dict[str, RunRecord]:
+    """The mechanism record of each of the suite's complete runs, by path, in suite order:
+    from its file, with the curvature at its onsets, or from its digest."""
+    from ..analysis.mechanism import mechanism_record
 
     done = [sp for sp in specs if str(sp.path) in cards
             and cards[str(sp.path)].status == "complete"]
+    files = [sp for sp in done if str(sp.path) not in digested]
     bar = None
     if progress and curvature:
         from tqdm.auto import tqdm
-        bar = tqdm(total=sum(cards[str(sp.path)].collapses for sp in done),
+        bar = tqdm(total=sum(cards[str(sp.path)].collapses for sp in files),
                    desc=f"{suite.name}: curvature at onsets", unit="onset")
-    records = []
+    records: dict[str, RunRecord] = {}
     try:
         for sp in done:
-            records.append(mechanism_record(
+            d = digested.get(str(sp.path))
+            if d is not None:
+                if d.mechanism is not None:
+                    records[str(sp.path)] = replace(d.mechanism, variant=sp.variant)
+                continue
+            records[str(sp.path)] = mechanism_record(
                 sp.path, variant=sp.variant, curvature=curvature,
-                progress=None if bar is None else lambda i, n: bar.update(1)))
+                progress=None if bar is None else lambda i, n: bar.update(1))
     finally:
         if bar is not None:
             bar.close()
+    return records
+
+
+def _mechanism(suite: Suite, records: list[RunRecord]) -> MechanismSummary:
+    """The mechanism table of the records: the verdicts against the suite's baseline and
+    the onset summary (`zgdyn.analysis.mechanism`)."""
+    from ..analysis.mechanism import onset_summary, verdicts
+    from .results import MechanismSummary
+
     baseline = suite.mechanism["baseline"]
     return MechanismSummary(baseline=baseline, variants=tuple(suite.variants),
                             records=tuple(records),
                             verdicts=tuple(verdicts(records, baseline=baseline)),
                             onset=onset_summary(records))
+
+
+# -- digests ---------------------------------------------------------------------------------
+
+
+def _take_digests(tasks: list[Task], root: Path) -> dict[str, Digest]:
+    """The digests under `root` that stand for runs with no file (their tasks become
+    "digest"), by path. A digest of a run the suite would train, for another config, is
+    an error, as a file of another config is (`plan`)."""
+    from .digest import matching_digest, read_digests
+
+    have = read_digests(root)
+    out = {}
+    for t in tasks:
+        if t.action != "train":  # a file exists (or failed): the file is the run
+            continue
+        d = matching_digest(have, t.spec, str(root))
+        if d is not None:
+            t.action, t.note = "digest", f"from its digest in {root}"
+            out[str(t.spec.path)] = d
+    return out
+
+
+def _write_digests(specs: list[RunSpec], cards: dict[str, Scorecard],
+                   records: dict[str, RunRecord], root: Path, errors: dict[str, str]) -> None:
+    """Write the digest of every complete run with a file under `root` (those unchanged
+    are left as they are); a digest that cannot be made is an error of its run."""
+    from .digest import digest_run, write_digest
+
+    for sp in specs:
+        card = cards.get(str(sp.path))
+        if card is None or card.status != "complete" or not sp.path.exists():
+            continue
+        try:
+            write_digest(root, digest_run(sp.path, mechanism=records.get(str(sp.path))))
+        except ZgdynError as e:
+            errors[str(sp.path)] = f"digest: {e}"
+
+
+def _digest_now(suite: Suite, spec: RunSpec, root: Path, *, analyze: bool,
+                curvature: bool) -> None:
+    """A run of the suite just ended: analyze it and write its digest now, while the others
+    train, so that a suite stopped before its end keeps it. What fails here is left to the
+    analysis stage, which meets it again and reports it."""
+    from ..analysis.analyze import analyze_run
+    from ..analysis.mechanism import mechanism_record
+    from .scorecard import scorecard
+
+    try:
+        if analyze:
+            analyze_run(str(spec.path))
+        card = scorecard(spec.path)
+        records = {} if suite.mechanism is None or card.status != "complete" else {
+            str(spec.path): mechanism_record(spec.path, variant=spec.variant,
+                                             curvature=curvature)}
+        _write_digests([spec], {str(spec.path): card}, records, root, {})
+    except ZgdynError:
+        pass
 
 
 __all__ = ["SECTIONS", "TOP_KEYS", "MECHANISM_KEYS", "SADDLE_KEYS", "PERTURB_KEYS", "SUITES_DIR",

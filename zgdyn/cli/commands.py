@@ -284,7 +284,8 @@ def cmd_scorecard(args: argparse.Namespace) -> int:
 
 def _run_suite_cli(args: argparse.Namespace, suite: Any, *, analyze: bool = True,
                    report_only: bool = False, only: tuple[str, ...] | None = None,
-                   seeds: list[int] | None = None) -> SuiteResult:
+                   seeds: list[int] | None = None,
+                   digests: Path | None = None) -> SuiteResult:
     """A suite's runs from the command line: with a report (`suite` a name or a file),
     or without (`suite` a Suite, for two-phase)."""
     from ..present.report import reproduce
@@ -303,7 +304,7 @@ def _run_suite_cli(args: argparse.Namespace, suite: Any, *, analyze: bool = True
         raise ZgdynError(f"--ensemble: must be an integer >= 1, got {args.ensemble}")
     kw = dict(jobs=jobs, threads=args.threads, plugins=tuple(args.plugin or ()),
               progress=not args.no_progress, report_only=report_only, only=only,
-              on_stage=stage, ensemble=args.ensemble,
+              on_stage=stage, ensemble=args.ensemble, digests=digests,
               device=device_arg(args.device) if getattr(args, "device", None) else None)
     if isinstance(suite, str):
         return reproduce(suite, args.out, seeds=seeds, **kw)
@@ -334,7 +335,7 @@ def cmd_two_phase(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     only = tuple(t.replace("-", "_") for t in args.only) if args.only else None
     result = _run_suite_cli(args, args.suite, report_only=args.report_only, only=only,
-                            seeds=args.seeds)
+                            seeds=args.seeds, digests=args.digests)
     if args.json:
         print_json({k: v for k, v in result.to_dict().items() if k != "perturb"})
     else:
@@ -400,10 +401,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
                              f"({', '.join(runs) or 'none'}); name one with --suite")
         name = runs[0]
     suite = load_suite(name)
-    if not (args.suite_dir / "runs" / suite.name).is_dir():
+    if not (args.suite_dir / "runs" / suite.name).is_dir() and args.digests is None:
         raise ZgdynError(f"{args.suite_dir}: has no runs of suite {suite.name!r} "
                          f"(no {args.suite_dir / 'runs' / suite.name}); give zgdyn reproduce's "
-                         "--out folder")
+                         "--out folder, or --digests")
     _threads(args.threads)
     from ..batch.leaderboard import COST_ROUNDS
     from ..core.runtime import progress_bar
@@ -412,11 +413,12 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
                        desc="timing the methods' epochs", unit="round")
     try:
         board = leaderboard(suite, args.suite_dir, rank_s=args.rank_s, cost=not args.no_cost,
+                            digests=args.digests,
                             on_round=lambda i: bar.update(1) if bar is not None else None)
     finally:
         if bar is not None:
             bar.close()
-    curves = phase2_curves(suite, args.suite_dir, args.rank_s)
+    curves = phase2_curves(suite, args.suite_dir, args.rank_s, digests=args.digests)
     outs = []
     if curves:
         from ..present.suite_plots import plot_leaderboard

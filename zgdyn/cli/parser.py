@@ -340,8 +340,17 @@ def _reproduce(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--only", nargs="+", choices=("single", "two-phase"), metavar="TABLE",
                    help="run only the runs of these tables (single, two-phase); the "
                    "report covers every finished run")
+    digests_flag(p)
     add_suite_flags(p, "data/report")
     p.set_defaults(func=cmd_reproduce)
+
+
+def digests_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--digests", type=Path, metavar="DIR",
+                   help="a folder of run digests (small JSON summaries, see "
+                   "zgdyn.batch.digest) in DIR/<suite>/: a run with no file counts as done "
+                   "where its digest holds it, and every complete run's digest is written "
+                   "there, so a suite can span machines")
 
 
 def _demo(sub: argparse._SubParsersAction) -> None:
@@ -408,6 +417,7 @@ def _leaderboard(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--figure", type=Path, metavar="FIG.png", help="default "
                    "SUITE_DIR/leaderboard.png (+ .pdf), rewritten each time")
     p.add_argument("--threads", type=int, help="torch threads for the timing (default: all)")
+    digests_flag(p)
     progress_flag(p)
     json_flag(p)
     p.set_defaults(func=cmd_leaderboard)

@@ -29,18 +29,15 @@ MARKER = "<!-- written by zgdyn reproduce; rerunning it rewrites this file -->"
 
 
 def _curves(result: SuiteResult, table: str, align_switch: bool) -> list[dict[str, Any]]:
-    from ..store.reader import open_run
-
     first_seed = result.suite.seeds[0]
     out = []
     for t in result.tasks:
-        if t.table != table or t.seed != first_seed or not Path(t.path).exists():
-            continue
         card = result.card(t.path)
-        if card is None:
+        if t.table != table or t.seed != first_seed or card is None:
             continue
-        with open_run(t.path) as run:
-            m = run.metrics
+        m = result.run_metrics(t.path)
+        if m is None:
+            continue
         shift = card.switch_epoch if align_switch and card.switch_epoch else 0
         label = ("" if len(result.suite.variants) == 1 else f"{t.variant} ") + \
             (f"s = 0 → {t.s:g}" if table == "two_phase" else f"s = {t.s:g}")
@@ -61,7 +58,7 @@ def _figures(result: SuiteResult, fig_dir: Path) -> tuple[dict[str, str], str | 
     fig_dir.mkdir(parents=True, exist_ok=True)
     figs: dict[str, Any] = {}
     portrait_run = None
-    if result.anchor and result.card(result.anchor) is not None:
+    if result.anchor and result.card(result.anchor) is not None and Path(result.anchor).exists():
         with open_run(result.anchor) as run:
             traj = sorted_trajectory(run)
             figs["grokking"] = plot_dynamics(
@@ -80,7 +77,8 @@ def _figures(result: SuiteResult, fig_dir: Path) -> tuple[dict[str, str], str | 
                 title="two phase: uniform until 99% test, then Zipf s (crosses: collapses)")
     # the portrait of a single-phase Zipf run: the first with a full cycle, else the one
     # with the most collapses (the later one on a tie)
-    cards = [(c, cycle) for c, cycle in cycle_runs(result) if c.collapses]
+    cards = [(c, cycle) for c, cycle in cycle_runs(result) if c.collapses
+             and Path(c.path).exists()]  # a digest has no trajectory to draw
     if cards:
         full = [c for c, cycle in cards if cycle["complete"]]
         best = full[0] if full else max(reversed([c for c, _ in cards]),

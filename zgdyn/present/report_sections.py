@@ -286,21 +286,15 @@ def section_perturb(result: SuiteResult) -> tuple[list[str], str]:
 def cycle_runs(result: SuiteResult) -> list[tuple[Scorecard, dict[str, Any]]]:
     """The single-phase Zipf runs (s > 0, in suite order), each scorecard with its first
     full cycle (`conclusions.full_cycle`)."""
-    from ..store.reader import open_run
-
     out = []
     for c in result.cards:
-        if c.switch_s is not None or not c.zipf_s > 0:
-            continue
-        with open_run(c.path) as run:
-            cycle = full_cycle(run.metrics, c.collapse_epochs)
-        out.append((c, cycle))
+        m = None if c.switch_s is not None or not c.zipf_s > 0 else result.run_metrics(c.path)
+        if m is not None:
+            out.append((c, full_cycle(m, c.collapse_epochs)))
     return out
 
 
 def section_cycle(result: SuiteResult) -> tuple[list[str], str]:
-    from ..analysis.analyze import run_events
-
     runs = [(c, cycle) for c, cycle in cycle_runs(result) if c.zipf_s == 1.5]
     if not runs:
         return [], ""
@@ -311,7 +305,7 @@ def section_cycle(result: SuiteResult) -> tuple[list[str], str]:
              "| run | collapse (epoch) | train-loss rise (epochs) | test before → after | "
              "Fourier energy before → after |", "|---|---|---|---|---|"]
     for c, _ in runs:
-        for e in run_events(c.path)["events"]:
+        for e in result.run_events(c.path):
             lines.append(f"| {Path(c.path).name} | {e['epoch']:,} | {e['duration']:.1f} | "
                          f"{_pct(e['test_acc_before'])} → {_pct(e['test_acc_after'])} | "
                          f"{_num(e['fourier_before'], '.3f')} → "
