@@ -793,6 +793,48 @@ def test_sigterm_stops_a_pool_whose_other_worker_is_idle(tmp_path):
         _reap(parent, workers, err)
 
 
+def test_sigterm_starts_no_run_the_pool_had_queued(tmp_path):
+    """SIGTERM while two workers train and a third run waits in the pool's call queue
+    (where a future can no longer be cancelled): each worker stops its run at a keyframe
+    and starts nothing more, so the third run is never created and the parent exits at
+    once, not after the stop's wait for workers (STOP_WAIT)."""
+    from zgdyn.batch.execute import STOP_WAIT
+
+    spec = tmp_path / "suite.toml"
+    spec.write_text('name = "queued"\n[base]\n' + "".join(
+        f"{k} = {json.dumps(v)}\n" for k, v in LONG_BASE.items() if k != "epochs")
+        + "[single]\nzipf_s = [0, 1, 1.5]\nepochs = 300000\n")
+    out = tmp_path / "out"
+    runs = {s: out / "runs" / "queued" / f"single-s{s}-seed42.h5" for s in ("0", "1", "1.5")}
+    err = open(tmp_path / "stderr", "w+")
+    parent = subprocess.Popen([sys.executable, "-c", CHILD, "reproduce", "--suite", str(spec),
+                               "--out", str(out), "--jobs", "2", "--no-progress"],
+                              stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            workers = _pool_workers(parent.pid) or workers
+            started = [p for p in runs.values() if p.exists()]
+            if len(started) == 2 and all(_epochs_done(p) >= 2000 for p in started):
+                break
+            time.sleep(0.1)
+        (queued,) = [p for p in runs.values() if not p.exists()]
+        t0 = time.monotonic()
+        os.kill(parent.pid, signal.SIGTERM)
+        code = parent.wait(timeout=STOP_WAIT)
+        assert code == 130, (tmp_path / "stderr").read_text()
+        assert time.monotonic() - t0 < STOP_WAIT / 4
+        _wait_gone(workers)
+        assert not queued.exists()
+        for p in runs.values():
+            if p != queued:
+                assert _epochs_done(p) >= 2000 and verify_run(p)["ok"]
+        count("parents killed, their workers stopped at a keyframe")
+    finally:
+        _reap(parent, workers, err)
+
+
 @pytest.mark.parametrize("command,sig", [
     ("sweep", signal.SIGKILL), ("sweep", signal.SIGTERM),
     ("reproduce", signal.SIGKILL), ("reproduce", signal.SIGTERM)],

@@ -67,6 +67,9 @@ _QUEUE: Any = None
 # in a pool worker: set once the parent process is gone; held while a run trains
 _ORPHANED = threading.Event()
 _BUSY = threading.Lock()
+# in a pool worker: set once a run of it was stopped (SIGTERM from the parent's stop), so
+# that a run the pool had already queued for it is not started after the stop
+_STOPPING = threading.Event()
 STOPPED = "stopped (resume it by running the suite again)"
 
 
@@ -119,7 +122,7 @@ def run_task(index: int, path: str, config_json: str, action: str, changes: dict
     cb = [_Report(index, send), _StopWhenOrphaned()]
     t0 = time.perf_counter()
     with _BUSY:
-        if _ORPHANED.is_set():
+        if _ORPHANED.is_set() or _STOPPING.is_set():
             return {"ok": False, "error": STOPPED, "stopped": True, "seconds": 0.0}
         try:
             if action == "train":
@@ -129,6 +132,8 @@ def run_task(index: int, path: str, config_json: str, action: str, changes: dict
                 trainer = resume_run(path, changes=changes, callbacks=cb,
                                      force_disk=force_disk)
             if trainer.stopped_early:  # Ctrl-C, SIGTERM, the parent gone: at a keyframe
+                if _QUEUE is not None:  # a pool worker: it starts nothing more
+                    _STOPPING.set()
                 return {"ok": False, "error": STOPPED, "stopped": True,
                         "seconds": time.perf_counter() - t0}
         except ZgdynError as e:
