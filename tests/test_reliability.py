@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -754,31 +756,44 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_sigterm_stops_a_pool_whose_other_worker_is_idle(tmp_path):
-    """SIGTERM when one worker is running and the other has no run left: the parent stops
-    the running run at a keyframe and exits, instead of waiting for ever on a worker that
-    blocked on the pool's queue lock (held by the idle worker the stop terminated)."""
+def _start_pool_suite(tmp_path, name: str, tables: str) -> tuple[subprocess.Popen, Path, Any]:
+    """`zgdyn reproduce` of a suite of LONG_BASE runs with these [single] tables, on 2 jobs,
+    in a child process of its own session: (the parent, its runs' folder, its stderr)."""
     spec = tmp_path / "suite.toml"
-    spec.write_text('name = "idle"\n[base]\n' + "".join(
-        f"{k} = {json.dumps(v)}\n" for k, v in LONG_BASE.items() if k != "epochs")
-        + "[[single]]\nzipf_s = [1.5]\nepochs = 300000\n"
-        + "[[single]]\nzipf_s = [0]\nepochs = 100\n")
+    spec.write_text(f'name = "{name}"\n[base]\n' + "".join(
+        f"{k} = {json.dumps(v)}\n" for k, v in LONG_BASE.items() if k != "epochs") + tables)
     out = tmp_path / "out"
-    long_run = out / "runs" / "idle" / "single-s1.5-seed42.h5"
-    short_run = out / "runs" / "idle" / "single-s0-seed42.h5"
     err = open(tmp_path / "stderr", "w+")
     parent = subprocess.Popen([sys.executable, "-c", CHILD, "reproduce", "--suite", str(spec),
                                "--out", str(out), "--jobs", "2", "--no-progress"],
                               stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    return parent, out / "runs" / name, err
+
+
+def _wait_for(parent: subprocess.Popen, workers: list[int], ready) -> list[int]:
+    """Poll for up to 90 s until `ready()`; returns the parent's pool workers seen."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        workers = _pool_workers(parent.pid) or workers
+        if ready():
+            break
+        time.sleep(0.1)
+    return workers
+
+
+def test_sigterm_stops_a_pool_whose_other_worker_is_idle(tmp_path):
+    """SIGTERM when one worker is running and the other has no run left: the parent stops
+    the running run at a keyframe and exits, instead of waiting for ever on a worker that
+    blocked on the pool's queue lock (held by the idle worker the stop terminated)."""
+    parent, runs, err = _start_pool_suite(
+        tmp_path, "idle", "[[single]]\nzipf_s = [1.5]\nepochs = 300000\n"
+        "[[single]]\nzipf_s = [0]\nepochs = 100\n")
+    long_run, short_run = runs / "single-s1.5-seed42.h5", runs / "single-s0-seed42.h5"
     workers: list[int] = []
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            workers = _pool_workers(parent.pid) or workers
-            if (long_run.exists() and _epochs_done(long_run) >= 2000 and short_run.exists()
-                    and _epochs_done(short_run) == 100):
-                break
-            time.sleep(0.1)
+        workers = _wait_for(parent, workers, lambda: (
+            long_run.exists() and _epochs_done(long_run) >= 2000 and short_run.exists()
+            and _epochs_done(short_run) == 100))
         time.sleep(1.0)  # the short run's worker back in the pool's queue, idle
         os.kill(parent.pid, signal.SIGTERM)
         code = parent.wait(timeout=60)
@@ -800,25 +815,14 @@ def test_sigterm_starts_no_run_the_pool_had_queued(tmp_path):
     once, not after the stop's wait for workers (STOP_WAIT)."""
     from zgdyn.batch.execute import STOP_WAIT
 
-    spec = tmp_path / "suite.toml"
-    spec.write_text('name = "queued"\n[base]\n' + "".join(
-        f"{k} = {json.dumps(v)}\n" for k, v in LONG_BASE.items() if k != "epochs")
-        + "[single]\nzipf_s = [0, 1, 1.5]\nepochs = 300000\n")
-    out = tmp_path / "out"
-    runs = {s: out / "runs" / "queued" / f"single-s{s}-seed42.h5" for s in ("0", "1", "1.5")}
-    err = open(tmp_path / "stderr", "w+")
-    parent = subprocess.Popen([sys.executable, "-c", CHILD, "reproduce", "--suite", str(spec),
-                               "--out", str(out), "--jobs", "2", "--no-progress"],
-                              stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    parent, folder, err = _start_pool_suite(tmp_path, "queued",
+                                            "[single]\nzipf_s = [0, 1, 1.5]\nepochs = 300000\n")
+    runs = {s: folder / f"single-s{s}-seed42.h5" for s in ("0", "1", "1.5")}
     workers: list[int] = []
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            workers = _pool_workers(parent.pid) or workers
-            started = [p for p in runs.values() if p.exists()]
-            if len(started) == 2 and all(_epochs_done(p) >= 2000 for p in started):
-                break
-            time.sleep(0.1)
+        started = lambda: [p for p in runs.values() if p.exists()]
+        workers = _wait_for(parent, workers, lambda: len(started()) == 2 and all(
+            _epochs_done(p) >= 2000 for p in started()))
         (queued,) = [p for p in runs.values() if not p.exists()]
         t0 = time.monotonic()
         os.kill(parent.pid, signal.SIGTERM)
