@@ -191,6 +191,20 @@ def test_a_file_with_another_config_is_refused_untouched(tmp_path):
     assert spec.path.read_bytes() == before
 
 
+def test_a_suite_that_says_analyze_false_scores_its_runs_without_analyzing_them(tmp_path):
+    suite = suite_from_dict({"name": "plain", "seeds": [1], "analyze": False,
+                             "base": {"p": 7, "hidden": [8], "eval_every": 10,
+                                      "ckpt_every": 50, "keyframe_every": 50},
+                             "single": {"zipf_s": [0, 1.5], "epochs": 100},
+                             "saddle": {"exponents": [0]}})
+    result = run_suite(suite, tmp_path)
+    assert not result.errors and len(result.cards) == 2 and result.saddle is None
+    for spec in suite.runs(tmp_path):
+        with open_run(spec.path) as run:
+            assert run.analysis("trajectory") is None
+        assert result.card(str(spec.path)) == scorecard(spec.path)
+
+
 def test_longer_epochs_extend_a_finished_run(tmp_path):
     d = {**TINY, "two_phase": None, "saddle": None, "perturb": None, "seeds": [1]}
     d = {k: v for k, v in d.items() if v is not None}
@@ -241,6 +255,7 @@ def test_process_pool_equals_in_process(tmp_path):
     ({"perturb": {"epochs": 2}}, r"\[perturb\] epochs"),
     ({"perturb": {"directions": ["up"]}}, r"\[perturb\] directions"),
     ({"saddle": {"exponents": ["a"]}}, "exponents"),
+    ({"analyze": "yes"}, "analyze: must be true or false, got 'yes'"),
 ])
 def test_bad_suites_are_one_line_config_errors(change, message):
     with pytest.raises(ConfigError, match=message) as e:

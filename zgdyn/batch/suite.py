@@ -5,6 +5,8 @@ A suite is a TOML file (``experiments/suite_*.toml``):
     name = "quick"
     description = "..."
     seeds = [42]
+    analyze = true         # false: score the runs only (no Fourier analysis, no saddle
+                           # table, no perturbations), for a table of scorecards
     [base]                 # flat config fields for every run (as `zgdyn train` flags)
     eval_every = 100
     [variants]             # optional: a name -> flat config fields; one copy of every run
@@ -55,7 +57,7 @@ if TYPE_CHECKING:
 
 SECTIONS = {"single": "zipf_s", "two_phase": "switch_s"}
 TOP_KEYS = {"name", "description", "seeds", "base", "variants", "single", "two_phase",
-            "saddle", "perturb", "mechanism"}
+            "saddle", "perturb", "mechanism", "analyze"}
 MECHANISM_KEYS = {"baseline", "onset_sharpness"}
 SADDLE_KEYS = {"exponents", "dtype", "run"}
 PERTURB_KEYS = {"zipf_s", "eps", "epochs", "directions", "dtype", "early", "seed"}
@@ -100,6 +102,7 @@ class Suite:
     perturb: dict[str, Any] | None
     source: str = ""
     mechanism: dict[str, Any] | None = None  # the mechanism table: its baseline variant
+    analyze: bool = True  # False: its runs are scored, not analyzed
 
     def runs(self, root: str | Path) -> list[RunSpec]:
         """Every run, with its config and its file under `root`/runs."""
@@ -231,10 +234,13 @@ def suite_from_dict(d: dict[str, Any], source: str = "") -> Suite:
                               f"({', '.join(variants)}), got {mechanism['baseline']!r}")
         if not isinstance(mechanism.setdefault("onset_sharpness", True), bool):
             raise ConfigError(f"{where}: [mechanism] onset_sharpness: must be true or false")
+    analyze = d.get("analyze", True)
+    if not isinstance(analyze, bool):
+        raise ConfigError(f"{where}: analyze: must be true or false, got {analyze!r}")
     suite = Suite(name=name,
                   description=str(d.get("description", "")), seeds=seeds, base=base,
                   variants=variants, tables=tables, saddle=saddle, perturb=perturb,
-                  source=source, mechanism=mechanism)
+                  source=source, mechanism=mechanism, analyze=analyze)
     specs = suite.runs(".")  # validates every run's config
     paths = [sp.path for sp in specs]
     twice = next((p for p in paths if paths.count(p) > 1), None)
@@ -354,8 +360,9 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | No
               on_stage: Callable[[str], None] = lambda stage: None) -> SuiteResult:
     """Run (unless `report_only`; with `only`, just the runs of those tables) and analyze
     every run of `suite` under `out`/runs/<name>; return everything the report shows.
-    `on_stage` hears the name of each stage as it starts. With `analyze` False, runs are
-    only scored (no Fourier analysis, no saddle table, no perturbations). `device` sets
+    `on_stage` hears the name of each stage as it starts. With `analyze` False, or a suite
+    that says `analyze = false`, runs are only scored (no Fourier analysis, no saddle
+    table, no perturbations). `device` sets
     every run's device; `ensemble` (K, or 0 for all at once) trains the runs here as
     ensembles of up to K members instead of in a process pool. `digests`: a folder whose
     `<name>/` subfolder holds the suite's digests (`zgdyn.batch.digest`): a run with no
@@ -367,6 +374,7 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | No
 
     t0 = time.perf_counter()
     out = Path(out)
+    analyze = analyze and suite.analyze
     specs = suite.runs(out)
     if device is not None:
         specs = [replace(sp, config=sp.config.replace(device=device)) for sp in specs]
