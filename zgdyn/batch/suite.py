@@ -362,12 +362,11 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | No
     every run of `suite` under `out`/runs/<name>; return everything the report shows.
     `on_stage` hears the name of each stage as it starts. With `analyze` False, or a suite
     that says `analyze = false`, runs are only scored (no Fourier analysis, no saddle
-    table, no perturbations). `device` sets
-    every run's device; `ensemble` (K, or 0 for all at once) trains the runs here as
-    ensembles of up to K members instead of in a process pool. `digests`: a folder whose
-    `<name>/` subfolder holds the suite's digests (`zgdyn.batch.digest`): a run with no
-    file is done where its digest holds it, and every complete run's digest is written
-    there."""
+    table, no perturbations). `device` sets every run's device; `ensemble` (K, or 0 for
+    all at once) trains the runs here as ensembles of up to K members instead of in a
+    process pool. `digests`: a folder whose `<name>/` subfolder holds the suite's digests
+    (`zgdyn.batch.digest`): a run with no file is done where its digest holds it, and
+    every complete run's digest is written there as the run ends."""
     from ..core.data import stats_table
     from .results import SuiteInfo, SuiteResult, TaskEntry
     from .scorecard import aggregate
