@@ -262,3 +262,31 @@ def test_a_mechanism_suite_reports_its_table_and_verdicts(tmp_path):
     assert "**Conclusion.** From 2 runs of 2 controls: " in text
     assert text.count("**Conclusion.**") >= 3  # every section ends with one
     assert (tmp_path / "figures" / "mechanism.png").exists()
+
+
+def test_seed_agreement_names_the_controls_whose_seeds_disagree():
+    """Planted over three seeds: the baseline collapses on each, eps-1e-6 on none, beta2
+    on one; sgd never reaches the solution and never collapses, so it tests nothing."""
+    from zgdyn.analysis.mechanism import seed_agreement
+    from zgdyn.batch.results import MechanismSummary
+    from zgdyn.present.report_sections import mechanism_conclusion
+
+    recs = []
+    for seed in (42, 43, 44):
+        recs += [_rec("baseline", 30_000, seed=seed),
+                 _rec("eps-1e-6", 0, seed=seed, eps=1e-6),
+                 _rec("beta2-0.99", 4_000 if seed == 42 else 0, seed=seed, beta2=0.99),
+                 _rec("sgd", 0, seed=seed, reach=False, optimizer="sgd", lr=0.3,
+                      weight_decay=1 / 300, momentum=0.9)]
+    assert seed_agreement(recs) == {"baseline": (3, 3), "eps-1e-6": (0, 3),
+                                    "beta2-0.99": (1, 3)}
+    summary = lambda rs: MechanismSummary(baseline="baseline", variants=(), records=tuple(rs),
+                                          verdicts=tuple(verdicts(rs)), onset={})
+    text = mechanism_conclusion(summary(recs))
+    assert text.endswith(" The seeds disagree on whether beta2-0.99 (1 of 3 runs) collapses; "
+                         "they agree on the other 2 of 3 controls run on several seeds.")
+    agreed = [r for r in recs if r.variant != "beta2-0.99"]
+    assert mechanism_conclusion(summary(agreed)).endswith(
+        " The seeds agree on whether each of the 2 controls run on several seeds collapses.")
+    one_seed = [r for r in recs if r.seed == 42]
+    assert "seeds" not in mechanism_conclusion(summary(one_seed))

@@ -461,6 +461,19 @@ def _eos_predictions(records: list[RunRecord]) -> list[Prediction]:
         f"{vals.max():.3g}) over {len(vals)} collapses", None, len(vals))]
 
 
+def seed_agreement(records: list[RunRecord]) -> dict[str, tuple[int, int]]:
+    """Per control (variant) with runs of more than one seed: (runs that collapsed, runs
+    that tested it), where a run tests it if it collapsed or reached the solution (a run
+    that did neither has nothing to fall from). Whether a control collapses can depend on
+    the seed; this says where it did."""
+    out: dict[str, tuple[int, int]] = {}
+    for v in dict.fromkeys(r.variant for r in records):
+        tested = [r for r in records if r.variant == v and (r.collapses > 0 or _reached(r))]
+        if len({r.seed for r in tested}) > 1:
+            out[v] = (sum(r.collapses > 0 for r in tested), len(tested))
+    return out
+
+
 def onset_summary(records: list[RunRecord]) -> dict[str, Any]:
     """The curvature at onset against the three thresholds, over every measured onset:
     λ_max(P⁻¹H)/threshold, λ_min(P⁻¹H)/(−2·wd) and λ_grad/(2/lr), each (median, min, max, n)."""
@@ -480,4 +493,4 @@ def onset_summary(records: list[RunRecord]) -> dict[str, Any]:
 
 __all__ = ["Onset", "RunRecord", "Prediction", "Verdict", "run_record", "onset_curvature",
            "mechanism_record", "verdicts", "period_predictions", "onset_summary",
-           "stability_threshold"]
+           "seed_agreement", "stability_threshold"]

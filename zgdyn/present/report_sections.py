@@ -423,7 +423,24 @@ def mechanism_conclusion(mech: MechanismSummary) -> str:
         parts.append(f"{' and '.join(failed)} failed every prediction tested")
     n = len({r.variant for r in mech.records})
     text = "; ".join(parts) if parts else "nothing could be tested yet"
-    return f"From {len(mech.records)} runs of {n} controls: {text}."
+    return f"From {len(mech.records)} runs of {n} controls: {text}." + _seeds_sentence(mech)
+
+
+def _seeds_sentence(mech: MechanismSummary) -> str:
+    """" The seeds disagree on whether X collapses (k of n runs) ..." where they do, or that
+    they agree everywhere, from `mechanism.seed_agreement`; nothing with one seed."""
+    from ..analysis.mechanism import seed_agreement
+
+    agree = seed_agreement(list(mech.records))
+    split = [f"{v} ({k} of {n} runs)" for v, (k, n) in agree.items() if 0 < k < n]
+    if not agree:
+        return ""
+    if not split:
+        return (f" The seeds agree on whether each of the {len(agree)} controls run on "
+                "several seeds collapses.")
+    return (f" The seeds disagree on whether {', '.join(split)} collapse"
+            f"{'s' if len(split) == 1 else ''}; they agree on the other "
+            f"{len(agree) - len(split)} of {len(agree)} controls run on several seeds.")
 
 
 __all__ = ["ESSAY_STATS", "ESSAY_SINGLE", "ESSAY_SINGLE_EPOCHS", "ESSAY_TWO_PHASE", "ESSAY_CYCLE",
