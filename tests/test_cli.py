@@ -297,3 +297,26 @@ def test_read_only_storage_is_one_line(a_run, tmp_path, capsys):
         count("commands on read-only storage refused", 4)
     finally:
         umount(ro)
+
+
+@pytest.mark.parametrize("argv,suite,digests", [
+    (["demo"], "quick", None),
+    (["reproduce", "--suite", "mechanism"], "mechanism", None),
+    (["reproduce", "--suite", "mechanism", "--digests", "dig"], "mechanism", "dig")])
+def test_demo_and_reproduce_hand_their_suite_and_digests_to_reproduce(tmp_path, monkeypatch,
+                                                                     argv, suite, digests):
+    """The command line up to the library call (which the slow demo test runs whole)."""
+    import zgdyn.present.report as report
+
+    class Called(Exception):
+        pass
+
+    def fake(name, out, *, seeds=None, **kw):
+        raise Called(name, kw["digests"], kw["report_only"])
+
+    monkeypatch.setattr(report, "reproduce", fake)
+    with pytest.raises(Called) as e:
+        main(argv + ["--out", str(tmp_path), "--no-progress"])
+    name, dig, report_only = e.value.args
+    assert name == suite and report_only is False
+    assert (dig is None) if digests is None else (str(dig) == digests)

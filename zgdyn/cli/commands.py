@@ -345,6 +345,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     args.suite, args.seeds, args.report_only, args.only = "quick", None, False, None
+    args.digests = None
     return cmd_reproduce(args)
 
 
