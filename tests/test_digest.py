@@ -48,14 +48,55 @@ def test_an_incomplete_run_has_no_digest_and_a_damaged_digest_is_one_line(tmp_pa
     with pytest.raises(ZgdynError, match="is interrupted, not complete"):
         digest_run(path)
     bad = tmp_path / "bad.json"
+    good = json.loads(json.dumps(digest_run_of_a_small_run(tmp_path).to_dict()))
     for text, match in (("{", "not a readable digest"), ('{"format": "x"}', "not a zgdyn digest"),
                         ('{"format": "zgdyn.digest", "version": 9}', "digest version 9"),
                         ('{"format": "zgdyn.digest", "version": 1, "label": "x"}',
-                         "a damaged digest")):
+                         "a damaged digest"),
+                        (json.dumps({**good, "metrics": []}), r"damaged digest \(metrics: list"),
+                        (json.dumps({**good, "metrics": {"epoch": 1, "test_acc": 2,
+                                                         "train_loss": 3}}),
+                         "lists of one length"),
+                        (json.dumps({**good, "card": []}), r"damaged digest \(card: list"),
+                        (json.dumps({**good, "card": {"seed": 1}}), "a damaged digest"),
+                        (json.dumps({**good, "config": {"p": -3}}), "a damaged digest")):
         bad.write_text(text)
         with pytest.raises(ZgdynError, match=match) as e:
             read_digest(bad)
         assert "\n" not in str(e.value)
+
+
+def digest_run_of_a_small_run(tmp_path) -> Digest:
+    path = tmp_path / "small.h5"
+    if not path.exists():
+        train_run(small_config(100, zipf_s=1.5), path)
+    return digest_run(path)
+
+
+def test_digests_are_strict_json_and_nan_comes_back_as_nan(tmp_path):
+    """An onset measured where √v̂'s median was not recorded holds NaN: null in the file
+    (strict JSON), NaN again when read."""
+    import math
+
+    from zgdyn.analysis.mechanism import Onset, RunRecord
+    from test_mechanism import _rec
+
+    rec = _rec("baseline", 30_000)
+    rec = RunRecord.from_dict({**rec.to_dict(), "onsets": [
+        {**o.to_dict(), "sqrt_v_median": math.nan} for o in rec.onsets]})
+    d = digest_run_of_a_small_run(tmp_path)
+    d = Digest.from_dict({**d.to_dict(), "mechanism": rec.to_dict()})
+    write_digest(tmp_path / "dig", d)
+    text = digest_file(tmp_path / "dig", d.label).read_text()
+
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+
+    strict = json.loads(text, parse_constant=refuse)
+    assert strict["mechanism"]["onsets"][0]["sqrt_v_median"] is None
+    back = read_digest(digest_file(tmp_path / "dig", d.label))
+    assert all(math.isnan(o.sqrt_v_median) for o in back.mechanism.onsets)
+    assert [o.adam_scale for o in back.mechanism.onsets] == [o.adam_scale for o in rec.onsets]
 
 
 MECH = {"name": "mech", "seeds": [1],
@@ -82,6 +123,7 @@ def test_a_suite_reported_from_its_digests_says_what_its_files_said(tmp_path):
     assert not first.errors
     files = sorted((tmp_path / "dig" / "mech").glob("*.json"))
     assert [f.stem for f in files] == ["baseline-single-s1.5-seed1", "wd-2-single-s1.5-seed1"]
+    assert all(r.onsets for r in first.mechanism.records)
     assert all(o.lambda_max is not None for r in first.mechanism.records for o in r.onsets)
     assert sum(f.stat().st_size for f in files) < 200_000
     # the same suite under another --out, whose runs were never made here
@@ -177,3 +219,99 @@ def test_each_runs_digest_is_written_as_it_ends_not_only_at_the_suites_end(tmp_p
     for label, d in got.items():
         assert d.mechanism is not None and d.mechanism.label == label
         assert d.card == scorecard(tmp_path / "a" / "runs" / "d" / f"{label}.h5")
+
+
+@pytest.fixture
+def one_run_suite(tmp_path):
+    """A one-run suite, trained with --digests: (its dict, the digest folder, the digest)."""
+    d = {"name": "d", "seeds": [1],
+         "base": {"p": 7, "hidden": [8], "eval_every": 10, "ckpt_every": 50,
+                  "keyframe_every": 50},
+         "single": {"zipf_s": [1.5], "epochs": 100}}
+    run_suite(suite_from_dict(d), tmp_path / "a", threads=1, analyze=False,
+              digests=tmp_path / "dig")
+    (digest,) = (tmp_path / "dig" / "d").glob("*.json")
+    return d, tmp_path / "dig", digest
+
+
+@pytest.mark.heavy
+def test_a_digest_of_another_run_is_never_replaced_by_a_run_trained_here(tmp_path,
+                                                                        one_run_suite):
+    """Another machine's digest of lr 1e-3, and a run of lr 2e-3 trained here under the same
+    name: the run is trained and scored, its digest is refused, the other left as it was."""
+    d, dig, digest = one_run_suite
+    before = digest.read_bytes()
+    other = suite_from_dict({**d, "base": {**d["base"], "lr": 2e-3}})
+    spec = other.runs(tmp_path / "b")[0]
+    spec.path.parent.mkdir(parents=True)
+    train_run(spec.config, spec.path)  # the file exists: the planner takes it as done
+    result = run_suite(other, tmp_path / "b", threads=1, analyze=False, digests=dig)
+    assert result.card(str(spec.path)).status == "complete"
+    assert "holds a run with another config (lr = 0.001, this run has 0.002)" in \
+        result.errors[str(spec.path)]
+    assert digest.read_bytes() == before
+
+
+@pytest.mark.heavy
+def test_a_longer_run_replaces_its_digest_and_a_shorter_one_does_not(tmp_path, one_run_suite):
+    """The digest holds 100 epochs. A suite that wants 50 is refused (as a longer file
+    would be); a 50-epoch file trained here keeps its digest out; a suite that wants 150
+    makes the run again, here from scratch, and its digest replaces the shorter one."""
+    d, dig, digest = one_run_suite
+    before = digest.read_bytes()
+    shorter = suite_from_dict({**d, "single": {"zipf_s": [1.5], "epochs": 50}})
+    with pytest.raises(ZgdynError, match=r"another config \(epochs = 100, the suite wants 50"):
+        run_suite(shorter, tmp_path / "s", threads=1, analyze=False, digests=dig)
+    spec = shorter.runs(tmp_path / "s")[0]
+    spec.path.parent.mkdir(parents=True)
+    train_run(spec.config, spec.path)
+    result = run_suite(shorter, tmp_path / "s", threads=1, analyze=False, digests=dig)
+    (err,) = result.errors.values()
+    assert "holds this run longer (100 epochs, this one 50)" in err
+    assert digest.read_bytes() == before
+    longer = suite_from_dict({**d, "single": {"zipf_s": [1.5], "epochs": 150}})
+    result = run_suite(longer, tmp_path / "l", threads=1, analyze=False, digests=dig)
+    assert [t.planned for t in result.tasks] == ["train"] and not result.errors
+    assert read_digest(digest).epochs_done == 150
+
+
+@pytest.mark.heavy
+def test_a_complete_digest_stands_for_an_unfinished_file_which_is_left_alone(tmp_path,
+                                                                            one_run_suite):
+    from helpers import StopAt
+    from zgdyn.store.runner import train_run as run_with
+
+    d, dig, digest = one_run_suite
+    suite = suite_from_dict(d)
+    spec = suite.runs(tmp_path / "c")[0]
+    spec.path.parent.mkdir(parents=True)
+    run_with(spec.config, spec.path, callbacks=[StopAt(50)])
+    before = spec.path.read_bytes()
+    (dig / "d" / "notes.json").write_text('{"who": "me"}')  # not a digest: not read
+    result = run_suite(suite, tmp_path / "c", threads=1, report_only=True, digests=dig)
+    (task,) = result.tasks
+    assert task.planned == "digest" and "its file here: interrupted at epoch 50" in task.note
+    assert result.cards[0] == read_digest(digest).card.__class__.from_dict(
+        {**read_digest(digest).card.to_dict(), "path": str(spec.path)})
+    assert spec.path.read_bytes() == before and not result.errors
+    board = leaderboard(suite_from_dict({**d, "two_phase": {"switch_s": [3],
+                                                            "switch_at_epoch": 50,
+                                                            "phase2_epochs": 50}}),
+                        tmp_path / "c", rank_s=3.0, cost=False, digests=dig)
+    assert board.rows[0].collapses_per_100k.runs == 1  # the single run, from its digest
+
+
+@pytest.mark.heavy
+def test_cards_keep_the_suites_order_when_some_come_from_digests(tmp_path):
+    d = {"name": "o", "seeds": [1, 2],
+         "base": {"p": 7, "hidden": [8], "eval_every": 10, "ckpt_every": 50,
+                  "keyframe_every": 50},
+         "single": {"zipf_s": [1.5], "epochs": 100}}
+    suite = suite_from_dict(d)
+    run_suite(suite, tmp_path / "a", threads=1, analyze=False, digests=tmp_path / "dig")
+    first = suite.runs(tmp_path / "a")[0]
+    first.path.unlink()  # seed 1 from its digest, seed 2 from its file
+    result = run_suite(suite, tmp_path / "a", threads=1, analyze=False, report_only=True,
+                       digests=tmp_path / "dig")
+    assert [t.planned for t in result.tasks] == ["digest", "done"]
+    assert [c.seed for c in result.cards] == [1, 2]

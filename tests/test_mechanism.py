@@ -290,3 +290,25 @@ def test_seed_agreement_names_the_controls_whose_seeds_disagree():
         " The seeds agree on whether each of the 2 controls run on several seeds collapses.")
     one_seed = [r for r in recs if r.seed == 42]
     assert "seeds" not in mechanism_conclusion(summary(one_seed))
+
+
+def test_the_median_at_onset_is_the_last_evaluations_not_a_windows():
+    """Collapse windows record adam_scale at every epoch but not √v̂'s median: the onset's
+    median is the last evaluation's, its adam_scale the last record's."""
+    m = planted_cycle(30_000)
+    first = 20_000
+    w = np.arange(first - 50, first, dtype=np.float64)  # a window's epochs before the onset
+    keep = ~np.isin(m["epoch"], w)
+    merged = {k: np.concatenate([v[keep], np.full(len(w), 1e-6 if k == "train_loss" else
+                                                  0.99 if k == "test_acc" else np.nan)])
+              for k, v in m.items()}
+    merged["epoch"][keep.sum():] = w
+    merged["adam_scale"][keep.sum():] = 7e-8
+    order = np.argsort(merged["epoch"])
+    merged = {k: v[order] for k, v in merged.items()}
+    rec = run_record(Config().replace(zipf_s=1.5), merged, label="w", variant="baseline",
+                     epochs_done=150_000, status="complete")
+    o = rec.onsets[0]
+    assert o.epoch == first and o.adam_scale == 7e-8
+    at = m["epoch"] == first - 100
+    assert o.sqrt_v_median == pytest.approx(float(m["sqrt_v_median"][at][0]), rel=1e-12)

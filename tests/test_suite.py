@@ -256,6 +256,9 @@ def test_process_pool_equals_in_process(tmp_path):
     ({"perturb": {"directions": ["up"]}}, r"\[perturb\] directions"),
     ({"saddle": {"exponents": ["a"]}}, "exponents"),
     ({"analyze": "yes"}, "analyze: must be true or false, got 'yes'"),
+    ({"mechanism": {}}, r"\[mechanism\] compares controls of one single-phase run: give "
+     r"\[single\] one zipf_s and no \[two_phase\] \(got zipf_s \['0'\] and a "
+     r"\[two_phase\] table\)"),
 ])
 def test_bad_suites_are_one_line_config_errors(change, message):
     with pytest.raises(ConfigError, match=message) as e:
@@ -513,3 +516,24 @@ def test_shipped_suites_are_found_from_any_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     found = find_suite("quick")
     assert found.is_file() and found.name == "suite_quick.toml" and found.is_absolute()
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_an_error_in_what_follows_a_run_does_not_stop_the_others(tmp_path, jobs):
+    """execute's on_finished (a suite writes digests there) raising: every run still
+    trains to its end, here and in a pool, and each task's note says what was raised."""
+    suite = suite_from_dict({"name": "f", "seeds": [1, 2, 3],
+                             "base": {"p": 7, "hidden": [8], "eval_every": 10,
+                                      "ckpt_every": 50, "keyframe_every": 50},
+                             "single": {"zipf_s": [1.5], "epochs": 100}})
+    heard = []
+
+    def boom(task):
+        heard.append(task.spec.seed)
+        raise ValueError("boom")
+
+    results = execute(plan(suite.runs(tmp_path)), jobs=jobs, threads=1, on_finished=boom)
+    assert sorted(heard) == [1, 2, 3]
+    assert all(r["ok"] and r["note"] == "after the run: ValueError: boom" for r in results)
+    assert all(scorecard(sp.path).status == "complete" for sp in suite.runs(tmp_path))

@@ -53,8 +53,9 @@ class Onset:
     """One collapse and the optimizer's state at its onset."""
 
     epoch: int  # the detector's epoch (first evaluation above threshold × the minimum)
-    adam_scale: float  # √mean v̂ at the last evaluation before it
-    sqrt_v_median: float  # median √v̂ there (NaN in files from before it was recorded)
+    adam_scale: float  # √mean v̂ at the last evaluation (or window epoch) before it
+    sqrt_v_median: float  # median √v̂ at the last evaluation before it (windows lack it;
+    # NaN in files from before it was recorded)
     adam_scale_after: float  # the largest √mean v̂ within CLOCK_AFTER epochs after
     curvature_epoch: int | None = None  # where the curvature below was measured
     lambda_max: float | None = None  # λ_max(P⁻¹H) there
@@ -102,8 +103,13 @@ class RunRecord:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunRecord:
+        """The inverse of `to_dict`; an onset's measure given as None (strict JSON's
+        null for NaN) is NaN."""
         d = {k: v for k, v in d.items() if k != "lam"}
-        return cls(**{**d, "onsets": [Onset(**o) for o in d.get("onsets", [])]})
+        nan = {k: math.nan for k in ("adam_scale", "sqrt_v_median", "adam_scale_after")}
+        return cls(**{**d, "onsets": [Onset(**{**o, **{k: v for k, v in nan.items()
+                                                       if o.get(k) is None}})
+                                      for o in d.get("onsets", [])]})
 
 
 def stability_threshold(config: Config) -> float:
@@ -140,8 +146,11 @@ def run_record(config: Config, metrics: dict[str, np.ndarray], *, label: str, va
         before = np.flatnonzero(e < ev.epoch)
         after = (e >= ev.epoch) & (e <= ev.epoch + CLOCK_AFTER)
         i = before[-1] if len(before) else 0
+        # the median is recorded at evaluations, not in collapse windows
+        evals = before[np.isfinite(med[before])]
         c = (curvature or {}).get(ev.epoch, {})
-        onsets.append(Onset(epoch=ev.epoch, adam_scale=float(a[i]), sqrt_v_median=float(med[i]),
+        onsets.append(Onset(epoch=ev.epoch, adam_scale=float(a[i]),
+                            sqrt_v_median=float(med[evals[-1]]) if len(evals) else math.nan,
                             adam_scale_after=float(np.nanmax(a[after])) if after.any()
                             and not np.isnan(a[after]).all() else math.nan,
                             curvature_epoch=c.get("epoch"), lambda_max=c.get("lambda_max"),
@@ -406,15 +415,19 @@ def _clock_predictions(laws: dict[str, list], records: list[RunRecord]) -> list[
             f"median error {_pct(err)} over {len(laws[key])} intervals"
             + (f"; beyond {_pct(TOLERANCE)} in {', '.join(broke)}" if broke else ""),
             err, len(laws[key]), broke))
-    ratios = [o.adam_scale / r.eps for r in records if r.optimizer in ("adamw", "amsgrad")
-              for o in r.onsets if o.adam_scale > 0]
-    if ratios:
-        lo, med, hi = np.min(ratios), np.median(ratios), np.max(ratios)
-        preds.append(Prediction(
-            "Adam's clock", f"collapses start with √v̂ near ε (within {NEAR_EPS:g}×)",
-            bool(1 / NEAR_EPS <= med <= NEAR_EPS),
-            f"√mean v̂ at onset / ε: median {med:.3g} (range {lo:.3g}–{hi:.3g}) over "
-            f"{len(ratios)} collapses", None, len(ratios)))
+    # √v̂ at onset in two statistics: √(mean v̂), which its largest coordinates set, and
+    # the median coordinate's √v̂
+    for what, attr in (("√mean v̂", "adam_scale"), ("the median √v̂", "sqrt_v_median")):
+        ratios = [getattr(o, attr) / r.eps for r in records
+                  if r.optimizer in ("adamw", "amsgrad") for o in r.onsets
+                  if getattr(o, attr) > 0]  # (NaN is not > 0)
+        if ratios:
+            lo, med, hi = np.min(ratios), np.median(ratios), np.max(ratios)
+            preds.append(Prediction(
+                "Adam's clock", f"collapses start with {what} near ε (within {NEAR_EPS:g}×)",
+                bool(1 / NEAR_EPS <= med <= NEAR_EPS),
+                f"{what} at onset / ε: median {med:.3g} (range {lo:.3g}–{hi:.3g}) over "
+                f"{len(ratios)} collapses", None, len(ratios)))
     every_sgd = [r for r in records if r.optimizer == "sgd"]
     sgd = [r for r in every_sgd if r.collapses > 0 or _reached(r)]
     if every_sgd:

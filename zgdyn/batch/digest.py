@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,9 @@ FORMAT, VERSION = "zgdyn.digest", 1
 TEST_DECIMALS, LOSS_DIGITS = 6, 4
 # config fields that say how or where a run computed, not which run it is
 HOW = ("device", "flush_subnormals")
+# fields in which a run may grow (the planner extends a finished run whose epochs grew);
+# its longer digest replaces the shorter
+GROWTH = ("epochs", "phase2_epochs", "stop_after_collapses")
 
 
 @dataclass(frozen=True)
@@ -120,15 +124,23 @@ def read_digest(path: str | Path) -> Digest:
     if d.get("version") != VERSION:
         raise ZgdynError(f"{path}: digest version {d.get('version')!r}; this zgdyn reads "
                          f"version {VERSION}")
+    shapes = {"config": dict, "card": dict, "metrics": dict, "events": list,
+              "mechanism": (dict, type(None))}
+    bad = next((k for k, t in shapes.items() if not isinstance(d.get(k), t)), None)
+    if bad is not None:
+        raise ZgdynError(f"{path}: a damaged digest ({bad}: {type(d.get(bad)).__name__})")
+    m = d["metrics"]
+    if set(m) != {"epoch", "test_acc", "train_loss"} or not all(isinstance(v, list) for v in
+                                                                 m.values()) \
+            or len({len(v) for v in m.values()}) != 1:
+        raise ZgdynError(f"{path}: a damaged digest (metrics must be epoch, test_acc and "
+                         "train_loss, lists of one length)")
     try:
         digest = Digest.from_dict(d)
         digest.run_config  # validates the config
-    except (KeyError, TypeError, ValueError) as e:
+        digest_curve(digest)  # numbers, or null
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise ZgdynError(f"{path}: a damaged digest ({e})") from None
-    n = {len(v) for v in digest.metrics.values()}
-    if set(digest.metrics) != {"epoch", "test_acc", "train_loss"} or len(n) != 1:
-        raise ZgdynError(f"{path}: a damaged digest (metrics must be epoch, test_acc and "
-                         "train_loss, of one length)")
     return digest
 
 
@@ -141,18 +153,36 @@ def read_digests(root: str | Path) -> dict[str, Digest]:
         else {}
 
 
+def _strict(x: Any) -> Any:
+    """`x` with every NaN or infinity as None, for strict JSON (null)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _strict(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_strict(v) for v in x]
+    return x
+
+
 def _text(digest: Digest) -> str:
-    return json.dumps(digest.to_dict(), indent=1, sort_keys=True) + "\n"
+    return json.dumps(_strict(digest.to_dict()), indent=1, sort_keys=True,
+                      allow_nan=False) + "\n"
 
 
 def write_digest(root: str | Path, digest: Digest) -> bool:
     """Write `digest` to ROOT/<label>.json, atomically; False (and nothing written) where
-    the same digest is there already."""
+    the same digest is there already, or one with more in it (`should_write`, which also
+    refuses to replace the digest of another run)."""
     path = digest_file(root, digest.label)
     text = _text(digest)
     try:
         if path.is_file() and path.read_text() == text:
             return False
+    except OSError as e:
+        raise ZgdynError(f"{path}: cannot read the digest ({e.strerror or e})") from None
+    if not should_write(root, digest):
+        return False
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(text)
@@ -162,37 +192,88 @@ def write_digest(root: str | Path, digest: Digest) -> bool:
     return True
 
 
-def config_difference(digest: Digest, config: Config) -> tuple[str, Any, Any] | None:
+def config_difference(digest: Digest, config: Config, *,
+                      ignore: tuple[str, ...] = ()) -> tuple[str, Any, Any] | None:
     """(field, the digest's value, `config`'s value) of the first field in which the
-    digest's run is not the run `config` asks for, ignoring how it computed (`HOW`); None
-    where it is that run."""
+    digest's run is not the run `config` asks for, ignoring how it computed (`HOW`) and
+    the fields in `ignore`; None where it is that run."""
     a, b = flatten(digest.run_config), flatten(config)
     for k in b:
-        if k not in HOW and a[k] != b[k]:
+        if k not in HOW + ignore and a[k] != b[k]:
             return k, a[k], b[k]
     return None
 
 
-def matching_digest(digests: dict[str, Digest], spec: RunSpec, where: str) -> Digest | None:
-    """The digest of `spec`'s run among `digests` (under the spec's path), or None; a
-    ConfigError where the digest of that name holds another run (`where`: its folder)."""
-    digest = digests.get(spec.label)
-    if digest is None:
+def _refuse(path: Path, diff: tuple[str, Any, Any], wants: str) -> ConfigError:
+    k, have, want = diff
+    return ConfigError(f"{path}: holds a run with another config ({k} = {have!r}, {wants} "
+                       f"{want!r}); move it away or give another --digests")
+
+
+def _existing(path: Path, config: Config, wants: str
+              ) -> tuple[Digest, tuple[str, Any, Any] | None] | None:
+    """The digest at `path` (None where there is none) and the first field in which it
+    differs from `config`, a GROWTH field (None where none); a ConfigError where it holds
+    another run (`wants`: how the message names `config`)."""
+    if not path.is_file():
         return None
-    diff = config_difference(digest, spec.config)
+    digest = read_digest(path)
+    diff = config_difference(digest, config, ignore=GROWTH)
     if diff is not None:
-        k, have, want = diff
-        raise ConfigError(f"{digest_file(where, spec.label)}: holds a run with another config "
-                          f"({k} = {have!r}, the suite wants {want!r}); move it away or give "
-                          "another --digests")
+        raise _refuse(path, diff, wants)
+    return digest, config_difference(digest, config)
+
+
+def matching_digest(root: str | Path, spec: RunSpec) -> Digest | None:
+    """The digest of `spec`'s run under `root` (ROOT/<label>.json), as the run at the
+    spec's path; None where there is none, or where it holds the run shorter than the
+    spec asks (it grew: the run is to be made again, and its digest then replaced). A
+    ConfigError where the digest of that name holds another run; other files under `root`
+    are not read."""
+    path = digest_file(root, spec.label)
+    found = _existing(path, spec.config, "the suite wants")
+    if found is None:
+        return None
+    digest, grown = found
+    if grown is not None:
+        k, have, want = grown
+        if have is not None and want is not None and want > have:
+            return None
+        raise _refuse(path, grown, "the suite wants")
     return digest.for_spec(spec)
 
 
+def _curvature(d: Digest) -> bool:
+    return d.mechanism is not None and any(o.lambda_max is not None for o in d.mechanism.onsets)
+
+
+def should_write(root: str | Path, new: Digest) -> bool:
+    """Whether `new` may take the place of the digest of its name under `root`: where there
+    is none, or it holds the same run (or that run shorter) with no more in it. A digest
+    of another run is a ConfigError (nothing is replaced); one that holds the same run
+    with a mechanism record or onset curvature that `new` lacks is kept (False)."""
+    path = digest_file(root, new.label)
+    found = _existing(path, new.run_config, "this run has")
+    if found is None:
+        return True
+    old, grown = found
+    if grown is not None:  # it grew, or shrank
+        if new.epochs_done < old.epochs_done:
+            raise ZgdynError(f"{path}: holds this run longer ({old.epochs_done:,} epochs, "
+                             f"this one {new.epochs_done:,}); move it away or give another "
+                             "--digests")
+        return True
+    richer = (old.mechanism is not None and new.mechanism is None) or \
+        (_curvature(old) and not _curvature(new))
+    return not richer
+
+
 def digest_curve(digest: Digest) -> dict[str, np.ndarray]:
-    """The digest's metrics as arrays, like `Run.metrics`."""
-    return {k: np.asarray(v, np.float64) for k, v in digest.metrics.items()}
+    """The digest's metrics as arrays, like `Run.metrics` (null as NaN)."""
+    return {k: np.array([math.nan if x is None else x for x in v], np.float64)
+            for k, v in digest.metrics.items()}
 
 
-__all__ = ["FORMAT", "VERSION", "Digest", "digest_run", "digest_file", "read_digest",
+__all__ = ["FORMAT", "VERSION", "GROWTH", "Digest", "digest_run", "digest_file", "read_digest",
            "read_digests", "write_digest", "config_difference", "matching_digest",
-           "digest_curve"]
+           "should_write", "digest_curve"]

@@ -210,7 +210,7 @@ def execute(tasks: list[Task], *, jobs: int = 1, threads: int | None = None,
     SIGTERM stops them as Ctrl-C does; a worker whose parent dies stops at a keyframe and
     exits. `force_disk`: start runs even where the disk estimate says they will not fit.
     `on_finished` hears each task whose run ended well (not stopped), here, as it ends,
-    while the others go on.
+    while the others go on; an exception it raises (but Ctrl-C) becomes the task's note.
     """
     import multiprocessing as mp
 
@@ -252,7 +252,10 @@ def execute(tasks: list[Task], *, jobs: int = 1, threads: int | None = None,
         if bar is not None:
             bar.set_postfix(runs=f"{finished[0]}/{len(todo)}", failed=failed[0])
         if on_finished is not None and res["ok"] and not res.get("stopped"):
-            on_finished(tasks[i])
+            try:
+                on_finished(tasks[i])
+            except Exception as e:  # the run is done; what follows it must not stop the pool
+                results[i]["note"] = f"after the run: {type(e).__name__}: {e}"
 
     def args(i: int) -> tuple:
         t = tasks[i]
@@ -264,7 +267,7 @@ def execute(tasks: list[Task], *, jobs: int = 1, threads: int | None = None,
                 tasks[i].spec.path.parent.mkdir(parents=True, exist_ok=True)
             backend(todo, args, receive, done)
         elif jobs == 1:
-            with torch_threads(threads):
+            with torch_threads(threads), _sigterm_interrupts():
                 for i in todo:
                     tasks[i].spec.path.parent.mkdir(parents=True, exist_ok=True)
                     res = run_task(*args(i), send=receive)

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..core.config import ZgdynError
 from ..core.results import Result
-from .digest import Digest, digest_curve, matching_digest, read_digests
+from .digest import digest_curve, matching_digest
 from .scorecard import Scorecard, aggregate, scorecard
 from .suite import RunSpec, Suite
 
@@ -81,25 +81,20 @@ def _stat(cards: list[Scorecard], field: str) -> Stat:
     return Stat(mean=agg["mean"], std=agg["std"], n=agg["n"], runs=len(cards))
 
 
-def _digests(suite: Suite, digests: str | Path | None) -> tuple[Path | None, dict[str, Digest]]:
-    """The suite's digest folder under `digests` and its digests by label."""
-    if digests is None:
-        return None, {}
-    root = Path(digests) / suite.name
-    return root, read_digests(root)
+def _digest_root(suite: Suite, digests: str | Path | None) -> Path | None:
+    """The suite's digest folder under `digests`."""
+    return None if digests is None else Path(digests) / suite.name
 
 
-def _cards(specs: list[RunSpec], root: Path | None,
-           digests: dict[str, Digest]) -> tuple[dict[str, Scorecard], list[str]]:
-    """The scorecards of the complete runs, by path, from their files or, with no file,
-    their digests; and the paths of the others."""
+def _cards(specs: list[RunSpec], root: Path | None) -> tuple[dict[str, Scorecard], list[str]]:
+    """The scorecards of the complete runs, by path, from their files or, where there is
+    no complete file, their digests under `root`; and the paths of the others."""
     cards, missing = {}, []
     for sp in specs:
-        if Path(sp.path).exists():
-            card = scorecard(sp.path)
-        else:
-            d = matching_digest(digests, sp, str(root))
-            card = None if d is None else d.card
+        card = scorecard(sp.path) if Path(sp.path).exists() else None
+        if (card is None or card.status != "complete") and root is not None:
+            d = matching_digest(root, sp)
+            card = card if d is None else d.card
         if card is not None and card.status == "complete":
             cards[str(sp.path)] = card
         else:
@@ -142,7 +137,7 @@ def leaderboard(suite: Suite, out: str | Path, *, rank_s: float = 2.0, cost: boo
     if rank_s not in two:
         raise ZgdynError(f"rank_s: must be one of the suite's two-phase exponents "
                          f"{[f'{s:g}' for s in two] or 'none'}, got {rank_s:g}")
-    cards, missing = _cards(specs, *_digests(suite, digests))
+    cards, missing = _cards(specs, _digest_root(suite, digests))
     variants = list(suite.variants)
     costs = epoch_costs(_cost_configs(specs, variants), on_round=on_round) if cost else {}
     rows = []
@@ -209,22 +204,21 @@ def board_conclusion(rows: tuple[LeaderRow, ...], baseline: str, rank_s: float) 
     return text + "."
 
 
-def _finished(sp: RunSpec, root: Path | None, digests: dict[str, Digest]
-              ) -> tuple[int, dict[str, np.ndarray]] | None:
-    """(switch epoch, metrics) of a complete two-phase run that switched, from its file or
-    its digest; None for any other."""
+def _finished(sp: RunSpec, root: Path | None) -> tuple[int, dict[str, np.ndarray]] | None:
+    """(switch epoch, metrics) of a complete two-phase run that switched, from its file or,
+    where there is no complete file, its digest; None for any other."""
     from ..store.reader import open_run
 
+    got = None
     if Path(sp.path).exists():
         with open_run(sp.path) as run:
-            switch, status, m = int(run.attrs["switch_epoch"]), run.attrs["status"], run.metrics
-    else:
-        d = matching_digest(digests, sp, str(root))
-        if d is None:
-            return None
-        switch, status, m = d.card.switch_epoch, d.status, digest_curve(d)
-        switch = -1 if switch is None else switch
-    return None if status != "complete" or switch < 0 else (switch, m)
+            if run.attrs["status"] == "complete":
+                got = int(run.attrs["switch_epoch"]), run.metrics
+    if got is None and root is not None:
+        d = matching_digest(root, sp)
+        if d is not None:
+            got = -1 if d.card.switch_epoch is None else d.card.switch_epoch, digest_curve(d)
+    return None if got is None or got[0] < 0 else got
 
 
 def phase2_curves(suite: Suite, out: str | Path, s: float, *,
@@ -234,12 +228,12 @@ def phase2_curves(suite: Suite, out: str | Path, s: float, *,
     switch (the evaluation grid of the first run): {"epoch", "mean", "lo", "hi", "n"} (lo
     and hi the seeds' lowest and highest)."""
     out_curves: dict[str, dict[str, np.ndarray]] = {}
-    root, have = _digests(suite, digests)
+    root = _digest_root(suite, digests)
     specs = [sp for sp in suite.runs(Path(out)) if sp.table == "two_phase" and sp.s == s]
     for v in suite.variants:
         series = []
         for sp in specs:
-            got = None if sp.variant != v else _finished(sp, root, have)
+            got = None if sp.variant != v else _finished(sp, root)
             if got is None:
                 continue
             switch, m = got

@@ -234,6 +234,12 @@ def suite_from_dict(d: dict[str, Any], source: str = "") -> Suite:
                               f"({', '.join(variants)}), got {mechanism['baseline']!r}")
         if not isinstance(mechanism.setdefault("onset_sharpness", True), bool):
             raise ConfigError(f"{where}: [mechanism] onset_sharpness: must be true or false")
+        exps = sorted({float(x) for sec in tables.get("single", []) for x in sec["zipf_s"]})
+        if "two_phase" in tables or len(exps) != 1:
+            raise ConfigError(f"{where}: [mechanism] compares controls of one single-phase "
+                              "run: give [single] one zipf_s and no [two_phase] (got zipf_s "
+                              f"{[f'{x:g}' for x in exps]}"
+                              f"{' and a [two_phase] table' if 'two_phase' in tables else ''})")
     analyze = d.get("analyze", True)
     if not isinstance(analyze, bool):
         raise ConfigError(f"{where}: analyze: must be true or false, got {analyze!r}")
@@ -379,7 +385,7 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | No
         specs = [replace(sp, config=sp.config.replace(device=device)) for sp in specs]
     tasks = plan(specs)
     digest_dir = None if digests is None else Path(digests) / suite.name
-    digested = {} if digest_dir is None else _take_digests(tasks, digest_dir)
+    digested = {} if digest_dir is None else _take_digests(suite, tasks, digest_dir)
     for t in tasks:  # runs left out this time: reported as not run
         if t.action in ("train", "resume") and (report_only or (only is not None
                                                                  and t.spec.table not in only)):
@@ -395,8 +401,10 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | No
                                             curvature=curvature))
     t_runs = time.perf_counter() - t0
     on_stage("analysis")
-    cards, errors = _score_runs(specs, results, analyze=analyze, progress=progress)
+    files = [sp for sp in specs if str(sp.path) not in digested]
+    cards, errors = _score_runs(files, results, analyze=analyze, progress=progress)
     cards.update({path: d.card for path, d in digested.items()})
+    cards = {str(sp.path): cards[str(sp.path)] for sp in specs if str(sp.path) in cards}
     groups: dict[tuple[str, str, float], list[Scorecard]] = {}
     for spec in specs:
         card = cards.get(str(spec.path))
@@ -416,7 +424,7 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | No
         mechanism = _mechanism(suite, list(records.values()))
     if digest_dir is not None:
         on_stage("digests")
-        _write_digests(specs, cards, records, digest_dir, errors)
+        _write_digests(files, cards, records, digest_dir, errors)
     p = next(iter(specs)).config.data
     stats = stats_table(p.p, p.train_frac, [0, 1, 1.5, 2, 3], seed=specs[0].seed,
                         mode=p.weighting)
@@ -541,21 +549,32 @@ def _mechanism(suite: Suite, records: list[RunRecord]) -> MechanismSummary:
 # -- digests ---------------------------------------------------------------------------------
 
 
-def _take_digests(tasks: list[Task], root: Path) -> dict[str, Digest]:
-    """The digests under `root` that stand for runs with no file (their tasks become
-    "digest"), by path. A digest of a run the suite would train, for another config, is
-    an error, as a file of another config is (`plan`)."""
-    from .digest import matching_digest, read_digests
+def _take_digests(suite: Suite, tasks: list[Task], root: Path) -> dict[str, Digest]:
+    """The digests under `root` that stand for runs not complete here (their tasks become
+    "digest"), by path: a run with no file, or an unfinished file that its complete digest
+    holds (the file is left as it is). A digest of a run the suite would train, for
+    another config, is an error, as a file of another config is (`plan`); in a mechanism
+    suite a digest without a mechanism record does not stand for its run."""
+    from .digest import matching_digest
 
-    have = read_digests(root)
     out = {}
     for t in tasks:
-        if t.action != "train":  # a file exists (or failed): the file is the run
+        if t.action == "done":  # a complete file here is the run
             continue
-        d = matching_digest(have, t.spec, str(root))
-        if d is not None:
-            t.action, t.note = "digest", f"from its digest in {root}"
-            out[str(t.spec.path)] = d
+        try:
+            d = matching_digest(root, t.spec)
+        except ConfigError:
+            if t.action == "train":
+                raise
+            continue  # a file here, of the suite's config: it is the run
+        if d is None:
+            continue
+        if suite.mechanism is not None and d.mechanism is None:
+            t.note = "; ".join(x for x in (t.note, "its digest has no mechanism record") if x)
+            continue
+        here = "no file here" if t.action == "train" else f"its file here: {t.note}"
+        t.action, t.note = "digest", f"from its digest in {root} ({here})"
+        out[str(t.spec.path)] = d
     return out
 
 
@@ -578,22 +597,21 @@ def _write_digests(specs: list[RunSpec], cards: dict[str, Scorecard],
 def _digest_now(suite: Suite, spec: RunSpec, root: Path, *, analyze: bool,
                 curvature: bool) -> None:
     """A run of the suite just ended: analyze it and write its digest now, while the others
-    train, so that a suite stopped before its end keeps it. What fails here is left to the
-    analysis stage, which meets it again and reports it."""
+    train, so that a suite stopped before its end keeps it. What fails here (the task's
+    note says what) is left to the analysis stage, which meets it again and reports it."""
     from ..analysis.analyze import analyze_run
     from ..analysis.mechanism import mechanism_record
     from .scorecard import scorecard
 
-    try:
-        if analyze:
-            analyze_run(str(spec.path))
-        card = scorecard(spec.path)
-        records = {} if suite.mechanism is None or card.status != "complete" else {
-            str(spec.path): mechanism_record(spec.path, variant=spec.variant,
-                                             curvature=curvature)}
-        _write_digests([spec], {str(spec.path): card}, records, root, {})
-    except ZgdynError:
-        pass
+    if analyze:
+        analyze_run(str(spec.path))
+    card = scorecard(spec.path)
+    records = {} if suite.mechanism is None or card.status != "complete" else {
+        str(spec.path): mechanism_record(spec.path, variant=spec.variant, curvature=curvature)}
+    errors: dict[str, str] = {}
+    _write_digests([spec], {str(spec.path): card}, records, root, errors)
+    if errors:
+        raise ZgdynError(next(iter(errors.values())))
 
 
 __all__ = ["SECTIONS", "TOP_KEYS", "MECHANISM_KEYS", "SADDLE_KEYS", "PERTURB_KEYS", "SUITES_DIR",

@@ -351,6 +351,8 @@ def mechanism_rows(mech: MechanismSummary) -> list[dict[str, Any]]:
             "first_95": [r.first_95 for r in mine],
             "onset_over_eps": _med([o.adam_scale / r.eps for o, r in onsets
                                     if r.optimizer in ("adamw", "amsgrad")]),
+            "median_over_eps": _med([o.sqrt_v_median / r.eps for o, r in onsets
+                                     if r.optimizer in ("adamw", "amsgrad")]),
             "onset_adam_scale": _med([o.adam_scale for o, _ in onsets]),
             "saddle": saddle,
             "clock": [x for r in mine for x in r.clock if x is not None],
@@ -377,21 +379,23 @@ def section_mechanism(result: SuiteResult,
     lines = [
         "Each row is one control of the s = 1.5 run, over its seeds (mean ± std where there "
         "are several). Measured: collapses per run, the mean period, √mean v̂ at the last "
-        "evaluation before each onset over ε, the first epoch with ≥ 95% test. Predicted: "
+        "record before each onset over ε and the median √v̂ at the last evaluation over ε "
+        "(medians over onsets), the first epoch with ≥ 95% test. Predicted: "
         "the saddle's period (the same seed's baseline period × λ_base/λ), Adam's clock "
         "with the onset at ε (ln(√v̂ after / ε)/((1 − β2)/2) per interval), what numerics "
         "predicts, and at onset λ_max(P⁻¹H) / the optimizer's threshold (38/lr for Adam), "
         "λ_grad / (2/lr) and λ_min(P⁻¹H) / (−2·wd) (medians over onsets).", "",
-        "| control | runs | collapses | mean period | √v̂/ε at onset | first ≥ 95% | saddle "
-        "predicts | clock (onset ε) predicts | numerics predicts | λ_max(P⁻¹H)/thr | "
-        "λ_grad/(2/lr) | λ_min/(−2wd) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        "| control | runs | collapses | mean period | √mean v̂/ε at onset | median √v̂/ε | "
+        "first ≥ 95% | saddle predicts | clock (onset ε) predicts | numerics predicts | "
+        "λ_max(P⁻¹H)/thr | λ_grad/(2/lr) | λ_min/(−2wd) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         never = sum(x is None for x in r["first_95"])
         first = _mean_sd(r["first_95"]) + (f" ({never} never)" if never else "")
         lines.append(
             f"| {r['variant']} | {r['n']} | {', '.join(map(str, r['collapses']))} | "
-            f"{_mean_sd(r['period'])} | {_num(r['onset_over_eps'], '.3g')} | {first} | "
+            f"{_mean_sd(r['period'])} | {_num(r['onset_over_eps'], '.3g')} | "
+            f"{_num(r['median_over_eps'], '.3g')} | {first} | "
             f"{_mean_sd(r['saddle'])} | {_mean_sd(r['clock_eps'])} | {r['numerics']} | "
             f"{_num(r['eos'], '.3g')} | {_num(r['lambda_grad'], '.3g')} | "
             f"{_num(r['lambda_min'], '.3g')} |")
