@@ -315,3 +315,16 @@ def test_cards_keep_the_suites_order_when_some_come_from_digests(tmp_path):
                        digests=tmp_path / "dig")
     assert [t.planned for t in result.tasks] == ["digest", "done"]
     assert [c.seed for c in result.cards] == [1, 2]
+
+
+def test_digests_must_be_a_folder(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    f = str(tmp_path / "f")
+    for argv in (["reproduce", "--suite", "quick", "--report-only", "--out", str(tmp_path / "o"),
+                  "--digests", f],
+                 ["leaderboard", str(tmp_path), "--suite", "interventions", "--no-cost",
+                  "--digests", f]):
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "f: is not a folder" in err
+    assert (tmp_path / "f").read_text() == "x" and not (tmp_path / "o").exists()

@@ -108,6 +108,15 @@ def digest_run(path: str | Path, *, mechanism: RunRecord | None = None,
                       source=source)
 
 
+def suite_folder(digests: str | Path, suite: str) -> Path:
+    """DIGESTS/<suite>, the folder of a suite's digests; a ZgdynError where `digests` or it
+    is there but not a folder."""
+    for p in (Path(digests), Path(digests) / suite):
+        if p.exists() and not p.is_dir():
+            raise ZgdynError(f"{p}: is not a folder; digests go to DIR/<suite>/ (--digests DIR)")
+    return Path(digests) / suite
+
+
 def digest_file(root: str | Path, label: str) -> Path:
     return Path(root) / f"{label}.json"
 
@@ -274,6 +283,6 @@ def digest_curve(digest: Digest) -> dict[str, np.ndarray]:
             for k, v in digest.metrics.items()}
 
 
-__all__ = ["FORMAT", "VERSION", "GROWTH", "Digest", "digest_run", "digest_file", "read_digest",
-           "read_digests", "write_digest", "config_difference", "matching_digest",
-           "should_write", "digest_curve"]
+__all__ = ["FORMAT", "VERSION", "GROWTH", "Digest", "digest_run", "suite_folder", "digest_file",
+           "read_digest", "read_digests", "write_digest", "config_difference",
+           "matching_digest", "should_write", "digest_curve"]

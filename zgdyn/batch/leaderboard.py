@@ -25,7 +25,7 @@ import numpy as np
 
 from ..core.config import ZgdynError
 from ..core.results import Result
-from .digest import digest_curve, matching_digest
+from .digest import digest_curve, matching_digest, suite_folder
 from .scorecard import Scorecard, aggregate, scorecard
 from .suite import RunSpec, Suite
 
@@ -83,7 +83,7 @@ def _stat(cards: list[Scorecard], field: str) -> Stat:
 
 def _digest_root(suite: Suite, digests: str | Path | None) -> Path | None:
     """The suite's digest folder under `digests`."""
-    return None if digests is None else Path(digests) / suite.name
+    return None if digests is None else suite_folder(digests, suite.name)
 
 
 def _cards(specs: list[RunSpec], root: Path | None) -> tuple[dict[str, Scorecard], list[str]]:

@@ -374,6 +374,7 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | No
     (`zgdyn.batch.digest`): a run with no file is done where its digest holds it, and
     every complete run's digest is written there as the run ends."""
     from ..core.data import stats_table
+    from .digest import suite_folder
     from .results import SuiteInfo, SuiteResult, TaskEntry
     from .scorecard import aggregate
 
@@ -384,7 +385,7 @@ def run_suite(suite: Suite, out: str | Path, *, jobs: int = 1, threads: int | No
     if device is not None:
         specs = [replace(sp, config=sp.config.replace(device=device)) for sp in specs]
     tasks = plan(specs)
-    digest_dir = None if digests is None else Path(digests) / suite.name
+    digest_dir = None if digests is None else suite_folder(digests, suite.name)
     digested = {} if digest_dir is None else _take_digests(suite, tasks, digest_dir)
     for t in tasks:  # runs left out this time: reported as not run
         if t.action in ("train", "resume") and (report_only or (only is not None
